@@ -1,0 +1,45 @@
+"""The `micd` command line: a thin door; each subcommand's options and work live in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+from micd import __version__
+
+# subcommand -> module exposing `register(subparsers)`; each registers a parser whose `func(args) -> int` runs it.
+COMMANDS = {
+    "train": "micd.training.command",
+    "predict": "micd.inference.command",
+    "evaluate": "micd.evaluation.command",
+    "info": "micd.info_command",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="micd", description="MICD semi-supervised 3D segmentation: train, predict, "
+                                     "evaluate and inspect models.")
+    parser.add_argument("--version", action="version", version=f"micd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        try:
+            importlib.import_module(module).register(sub)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""The progress event stream: one JSON object per line, on stdout and appended to `RUN_DIR/events.jsonl`.
+
+Schema version 1 (`EVENT_SCHEMA_VERSION`). Every object has `"event"`, `"time"` (Unix seconds, float) and
+`"schema"` (the version). Event kinds and their fields:
+
+- `start`: method, device, labeled, unlabeled, validation (case counts), iterations, start_iter, patch_size,
+  batch_size, world_size, plan (how patch/spacing were chosen), resumed (bool), notes (list of strings)
+- `warning`: message, and optionally file
+- `iteration`: iter, total, loss (dict of every loss term, plus "total"), lr, beta, sec_per_iter, eta_s
+- `validation`: iter, dice (per label name), mean_dice
+- `checkpoint`: path, iter, kind ("last" or "best")
+- `retry`: reason, patch_size, batch_size (after a CUDA out-of-memory error)
+- `done`: model (path of the exported model folder), best_mean_dice, iter, wall_s
+- `error`: kind (data | oom | cuda | cancelled | internal), message, hint, and optionally problems (list of
+  {file, reason}) and rank
+
+Readers must ignore fields and event kinds they do not know; a change that removes or renames a field bumps the
+version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import IO, Any, Callable, Optional
+
+EVENT_SCHEMA_VERSION = 1
+EVENT_KINDS = ("start", "warning", "iteration", "validation", "checkpoint", "retry", "done", "error")
+ERROR_KINDS = ("data", "oom", "cuda", "cancelled", "internal")
+
+
+class EventWriter:
+    """Writes events to `events.jsonl` in the run folder and to a stream (stdout by default).
+
+    `enabled=False` (non-zero distributed ranks) makes every call a no-op. `stream=None` silences stdout, e.g. when a
+    progress bar is shown instead; `on_event` sees every event (used for the tqdm bar).
+    """
+
+    def __init__(self, path: Optional[str], stream: Optional[IO[str]] = sys.stdout, enabled: bool = True,
+                 on_event: Optional[Callable[[dict], None]] = None):
+        self.path = path
+        self.stream = stream
+        self.enabled = enabled
+        self.on_event = on_event
+        self._file = None
+        if enabled and path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self._file = open(path, "a", encoding="utf-8")
+
+    def emit(self, event: str, **fields: Any) -> dict:
+        if event not in EVENT_KINDS:
+            raise ValueError(f"unknown event kind {event!r}")
+        record = {"event": event, "time": round(time.time(), 3), "schema": EVENT_SCHEMA_VERSION, **fields}
+        if not self.enabled:
+            return record
+        line = json.dumps(record, default=_jsonable)
+        if self._file is not None:
+            self._file.write(line + "\n")
+            self._file.flush()
+        if self.stream is not None:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+        if self.on_event is not None:
+            self.on_event(record)
+        return record
+
+    def error(self, kind: str, message: str, hint: str = "", **fields: Any) -> dict:
+        if kind not in ERROR_KINDS:
+            raise ValueError(f"unknown error kind {kind!r}")
+        return self.emit("error", kind=kind, message=message, hint=hint, **fields)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _jsonable(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    return str(o)
+
+
+def read_events(path: str) -> list:
+    """Parse an `events.jsonl`, skipping a torn last line (a run killed mid-write)."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
