@@ -1,0 +1,118 @@
+"""The one small interface every training method implements, and the options of all methods in one dataclass."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from micd.nets.vnet import NetworkConfig, VNet, build_network
+
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class MethodConfig:
+    """Options of the methods. Defaults are the spec's recommended choices (docs: micd-method.md §9)."""
+
+    beta_max: float = 0.1            # Eq. 7: weight of the unsupervised terms after ramp-up (DHC's -w 0.1)
+    rampup_fraction: float = 1.0     # ramp length as a fraction of all iterations (DHC: the whole run)
+    term_weights: Tuple[float, float, float] = (1.0, 1.0, 1.0)  # MCPC, CFC, CMD multipliers inside Eq. 7
+    mask_ratio: float = 0.5          # Eq. 2: r, probability that a block is dropped
+    mask_block: int = 8              # Eq. 2: s, block side in voxels
+    mask_shared: bool = True         # one mask per sample for both students
+    mask_labeled: bool = True        # mask labeled inputs too (the paper masks both sets)
+    mcpc_mode: str = "masked_from_clean"  # | clean_from_masked | masked_from_masked
+    keep_clean_cps: bool = False     # add DHC's clean cross pseudo supervision as well
+    cfc_distance: str = "kl_sym"     # | kl | mse
+    cfc_weights: Tuple[float, float, float, float] = (0.2, 0.4, 0.6, 0.8)  # λ_1..4, coarse -> full resolution
+    cfc_inputs: str = "masked"       # | clean
+    cmd_mode: str = "own_teacher"    # | cross_teacher | neg_discrepancy
+    cmd_weighted: bool = False       # apply W_diff/W_dist in CMD too
+    cmd_margin: float = 0.1          # hinge margin of neg_discrepancy
+    ema_alpha: float = 0.99          # Eq. 1
+    init_a: str = "kaiming"
+    init_b: str = "kaiming"          # CPS-style heterogeneity would be "xavier"
+    diffdw_accumulate: int = 50
+    distdw_momentum: float = 0.99
+    mt_noise: float = 0.1            # mean teacher: input noise std
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MethodConfig":
+        known = {}
+        for k, v in d.items():
+            if k in cls.__dataclass_fields__:
+                known[k] = tuple(v) if isinstance(v, list) else v
+        return cls(**known)
+
+
+def gaussian_rampup(t: float, length: float, beta_max: float) -> float:
+    """Eq. 7's β(t) = β_max · exp(−5 (1 − t/T)²), t clipped to [0, T]; β_max at and after T."""
+    if length <= 0:
+        return beta_max
+    p = min(max(t, 0.0), length) / length
+    return float(beta_max * math.exp(-5.0 * (1.0 - p) ** 2))
+
+
+class Method(nn.Module):
+    """A training method: owns the students (and any teachers or class-weight state) and computes the loss terms.
+
+    `students` are what the optimizer trains. `step()` returns a dict of loss tensors that includes "total".
+    The training loop calls `prepare()` once (to wrap students, e.g. in DistributedDataParallel), `step()` and
+    `after_step()` every iteration, and saves `extra_state()` in checkpoints.
+    """
+
+    name = "base"
+    uses_unlabeled = True
+    branch_inits: Tuple[str, str] = ("kaiming", "kaiming")
+
+    def __init__(self, net_config: NetworkConfig, num_classes: int, config: MethodConfig):
+        super().__init__()
+        self.cfg = config
+        self.num_classes = num_classes
+        inits = self.inits()
+        self.students = nn.ModuleDict({"student_a": build_network(net_config, inits[0]),
+                                       "student_b": build_network(net_config, inits[1])})
+        self.runners: Dict[str, Callable] = dict(self.students.items())
+        self.reduce: Reduce = lambda t: t
+        self.optimizer_steps = 0
+
+    def inits(self) -> Tuple[str, str]:
+        return self.branch_inits
+
+    def prepare(self, wrap: Callable[[nn.Module], Callable], reduce: Optional[Reduce] = None) -> None:
+        """Wrap each student for training (identity, or DDP) and set the cross-rank sum used by statistics."""
+        self.runners = {k: wrap(v) for k, v in self.students.items()}
+        if reduce is not None:
+            self.reduce = reduce
+
+    def init_from_label_counts(self, counts: np.ndarray) -> None:
+        """Called once with the voxel count of each class over the labeled training set."""
+
+    def step(self, x_l: torch.Tensor, y_l: torch.Tensor, x_u: Optional[torch.Tensor], beta: float,
+             generator: torch.Generator) -> Dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Called after each optimizer step (EMA teachers)."""
+        self.optimizer_steps += 1
+
+    def export_networks(self) -> Dict[str, nn.Module]:
+        """Networks written to the model folder; the first two (students) are the default ensemble."""
+        return dict(self.students.items())
+
+    def inference_networks(self) -> List[nn.Module]:
+        return list(self.students.values())
+
+    def extra_state(self) -> dict:
+        return {"optimizer_steps": self.optimizer_steps}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.optimizer_steps = int(state.get("optimizer_steps", 0))

@@ -1,0 +1,25 @@
+"""Cross Pseudo Supervision (Chen et al. 2021): two differently initialised students (Kaiming / Xavier) supervise
+each other with hard argmax pseudo-labels on the whole batch; plain Dice + CE on labeled patches."""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+
+from micd.methods.base import Method
+from micd.methods.losses import dice_ce, weighted_ce
+
+
+class CPS(Method):
+    name = "cps"
+    branch_inits = ("kaiming", "xavier")
+
+    def step(self, x_l, y_l, x_u, beta, generator) -> Dict[str, torch.Tensor]:
+        x = torch.cat([x_l, x_u])
+        n_l = x_l.shape[0]
+        za, _ = self.runners["student_a"](x)
+        zb, _ = self.runners["student_b"](x)
+        sup = dice_ce(za[:n_l], y_l) + dice_ce(zb[:n_l], y_l)
+        cps = weighted_ce(za, zb.detach().argmax(1)) + weighted_ce(zb, za.detach().argmax(1))
+        return {"sup": sup, "cps": cps, "total": sup + beta * cps}

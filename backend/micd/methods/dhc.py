@@ -1,0 +1,60 @@
+"""DHC (Wang & Li, MICCAI 2023): heterogeneous co-training where branch A's supervised and cross-pseudo losses are
+weighted by DiffDW and branch B's by DistDW. MICD extends this method."""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+import torch
+
+from micd.methods.base import Method
+from micd.methods.class_weights import DiffDW, DistDW
+from micd.methods.losses import dice_ce, weighted_ce
+
+
+class DHC(Method):
+    name = "dhc"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.diffdw = DiffDW(self.num_classes, self.cfg.diffdw_accumulate)
+        self.distdw = DistDW(self.num_classes, self.cfg.distdw_momentum)
+
+    def inits(self):
+        return (self.cfg.init_a, self.cfg.init_b)
+
+    def prepare(self, wrap, reduce=None):
+        super().prepare(wrap, reduce)
+        self.diffdw.reduce = self.distdw.reduce = self.reduce
+
+    def init_from_label_counts(self, counts: np.ndarray) -> None:
+        self.distdw.init_from_counts(counts)
+
+    def class_weights(self, za_l, y_l, zb_u):
+        """Update and return (W_diff for branch A, W_dist for branch B), on the logits' device."""
+        w_diff = self.diffdw.update(za_l, y_l).to(za_l.device)
+        w_dist = self.distdw.update(zb_u).to(za_l.device)
+        return w_diff, w_dist
+
+    def step(self, x_l, y_l, x_u, beta, generator) -> Dict[str, torch.Tensor]:
+        x = torch.cat([x_l, x_u])
+        n_l = x_l.shape[0]
+        za, _ = self.runners["student_a"](x)
+        zb, _ = self.runners["student_b"](x)
+        w_diff, w_dist = self.class_weights(za[:n_l], y_l, zb[n_l:])
+        sup = dice_ce(za[:n_l], y_l, w_diff) + dice_ce(zb[:n_l], y_l, w_dist)
+        cps = weighted_ce(za, zb.detach().argmax(1), w_diff) + weighted_ce(zb, za.detach().argmax(1), w_dist)
+        return {"sup": sup, "cps": cps, "total": sup + beta * cps}
+
+    def extra_state(self) -> dict:
+        return {**super().extra_state(), "diffdw": self.diffdw.state_dict(), "distdw": self.distdw.state_dict()}
+
+    def load_extra_state(self, state: dict) -> None:
+        super().load_extra_state(state)
+        self.diffdw.load_state_dict(state["diffdw"])
+        self.distdw.load_state_dict(state["distdw"])
+
+    @property
+    def current_weights(self) -> Dict[str, list]:
+        return {"w_diff": self.diffdw.weights.tolist(), "w_dist": self.distdw.weights.tolist()}

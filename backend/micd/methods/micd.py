@@ -1,0 +1,122 @@
+"""MICD (Zhou, Zhang, Li, arXiv 2503.14013): DHC's heterogeneous co-training plus three regularisers on masked inputs.
+
+One iteration (defaults; the alternatives are `MethodConfig` options):
+- Eq. 2: x_m = M(r, s) ⊙ x, one block mask per sample shared by both students, labeled and unlabeled alike.
+- Eq. 6: L_sup = DiceCE(p_A(x_l), y; W_diff) + DiceCE(p_B(x_l), y; W_dist) on clean labeled patches.
+- Eq. 3 (MCPC): CE(p_A(x_m), ŷ_B(x); W_diff) + CE(p_B(x_m), ŷ_A(x); W_dist): each student's masked prediction learns
+  the other student's hard pseudo-label on the clean input.
+- Eq. 4 (CFC): Σ_k λ_k · symKL(softmax_ch d_A^k(x_m), softmax_ch d_B^k(x_m)) over the four decoder stages.
+- Eq. 5 (CMD): CE(p_A(x_m), ŷ_A'(x)) + CE(p_B(x_m), ŷ_B'(x)): each student is anchored to its own EMA teacher.
+- Eq. 7: L = L_sup + β(t) (L_cps + L_con + L_dis); Eq. 1 updates the teachers after the optimizer step.
+
+Cost control: each student runs one forward/backward on [clean labeled; masked all] and one gradient-free pass on the
+clean unlabeled patches, which only feed an argmax.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from micd.methods.dhc import DHC
+from micd.methods.ema import ema_alpha, ema_update, make_teacher
+from micd.methods.losses import dice_ce, feature_distance, weighted_ce
+from micd.methods.masking import block_mask
+
+MCPC_MODES = ("masked_from_clean", "clean_from_masked", "masked_from_masked")
+CMD_MODES = ("own_teacher", "cross_teacher", "neg_discrepancy")
+
+
+class MICD(DHC):
+    name = "micd"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.cfg.mcpc_mode not in MCPC_MODES:
+            raise ValueError(f"mcpc_mode must be one of {MCPC_MODES}")
+        if self.cfg.cmd_mode not in CMD_MODES:
+            raise ValueError(f"cmd_mode must be one of {CMD_MODES}")
+        self.teachers = nn.ModuleDict({"teacher_a": make_teacher(self.students["student_a"]),
+                                       "teacher_b": make_teacher(self.students["student_b"])})
+
+    @property
+    def _clean_needs_grad(self) -> bool:
+        return self.cfg.mcpc_mode == "clean_from_masked" or self.cfg.cfc_inputs == "clean" or self.cfg.keep_clean_cps
+
+    def make_masked(self, x: torch.Tensor, n_l: int, generator: torch.Generator) -> List[torch.Tensor]:
+        """Masked inputs for A and B (the same tensor when the mask is shared)."""
+        def one() -> torch.Tensor:
+            m = block_mask(x.shape, self.cfg.mask_ratio, self.cfg.mask_block, generator, x.device)
+            if not self.cfg.mask_labeled:
+                m[:n_l] = 1.0
+            return x * m
+        xa = one()
+        return [xa, xa if self.cfg.mask_shared else one()]
+
+    def step(self, x_l, y_l, x_u, beta, generator) -> Dict[str, torch.Tensor]:
+        cfg = self.cfg
+        x = torch.cat([x_l, x_u])
+        n_l, n = x_l.shape[0], x.shape[0]
+        xm_a, xm_b = self.make_masked(x, n_l, generator)
+        clean_grad = self._clean_needs_grad
+        clean_in = x if clean_grad else x_l
+        n_c = clean_in.shape[0]
+
+        za_all, fa_all = self.runners["student_a"](torch.cat([clean_in, xm_a]))
+        zb_all, fb_all = self.runners["student_b"](torch.cat([clean_in, xm_b]))
+        za_c, za_m = za_all[:n_c], za_all[n_c:]
+        zb_c, zb_m = zb_all[:n_c], zb_all[n_c:]
+        with torch.no_grad():
+            if clean_grad:
+                pa, pb = za_c.detach(), zb_c.detach()
+            else:  # clean unlabeled predictions only feed an argmax: no graph
+                pa = torch.cat([za_c.detach(), self.students["student_a"](x_u)[0]])
+                pb = torch.cat([zb_c.detach(), self.students["student_b"](x_u)[0]])
+            ta = self.teachers["teacher_a"](x, turnoff_drop=True)[0]
+            tb = self.teachers["teacher_b"](x, turnoff_drop=True)[0]
+
+        w_diff, w_dist = self.class_weights(za_c[:n_l], y_l, pb[n_l:])
+        sup = dice_ce(za_c[:n_l], y_l, w_diff) + dice_ce(zb_c[:n_l], y_l, w_dist)
+
+        # Eq. 3, MCPC
+        if cfg.mcpc_mode == "masked_from_clean":
+            mcpc = weighted_ce(za_m, pb.argmax(1), w_diff) + weighted_ce(zb_m, pa.argmax(1), w_dist)
+        elif cfg.mcpc_mode == "clean_from_masked":
+            mcpc = weighted_ce(za_c, zb_m.detach().argmax(1), w_diff) + weighted_ce(zb_c, za_m.detach().argmax(1), w_dist)
+        else:
+            mcpc = weighted_ce(za_m, zb_m.detach().argmax(1), w_diff) + weighted_ce(zb_m, za_m.detach().argmax(1), w_dist)
+        if cfg.keep_clean_cps:
+            mcpc = mcpc + weighted_ce(za_c, pb.argmax(1), w_diff) + weighted_ce(zb_c, pa.argmax(1), w_dist)
+
+        # Eq. 4, CFC on the four decoder stages
+        if cfg.cfc_inputs == "masked":
+            fa, fb = [f[n_c:] for f in fa_all], [f[n_c:] for f in fb_all]
+        else:
+            fa, fb = [f[:n_c] for f in fa_all], [f[:n_c] for f in fb_all]
+        cfc = sum(lam * feature_distance(a, b, cfg.cfc_distance) for lam, a, b in zip(cfg.cfc_weights, fa, fb))
+
+        # Eq. 5, CMD
+        wa, wb = (w_diff, w_dist) if cfg.cmd_weighted else (None, None)
+        if cfg.cmd_mode == "own_teacher":
+            cmd = weighted_ce(za_m, ta.argmax(1), wa) + weighted_ce(zb_m, tb.argmax(1), wb)
+        elif cfg.cmd_mode == "cross_teacher":
+            cmd = weighted_ce(za_m, tb.argmax(1), wa) + weighted_ce(zb_m, ta.argmax(1), wb)
+        else:  # bounded push-apart of the two students' masked predictions
+            kl = feature_distance(za_m, zb_m, "kl_sym")
+            cmd = F.relu(cfg.cmd_margin - kl)
+
+        k1, k2, k3 = cfg.term_weights
+        total = sup + beta * (k1 * mcpc + k2 * cfc + k3 * cmd)
+        return {"sup": sup, "mcpc": mcpc, "cfc": cfc, "cmd": cmd, "total": total}
+
+    def after_step(self) -> None:
+        a = ema_alpha(self.optimizer_steps, self.cfg.ema_alpha)
+        ema_update(self.teachers["teacher_a"], self.students["student_a"], a)
+        ema_update(self.teachers["teacher_b"], self.students["student_b"], a)
+        super().after_step()
+
+    def export_networks(self):
+        return {**self.students, **self.teachers}

@@ -1,0 +1,43 @@
+"""`micd train`: parse options (defaults < saved run config < --config < flags), then run the Trainer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from micd.training.options import add_arguments, resolve
+
+DESCRIPTION = """Train a segmentation model with MICD (default) or a peer method on labeled and unlabeled volumes.
+Progress goes to stdout as JSON lines (schema: micd.events) and to RUN_DIR/events.jsonl. Exit codes: 0 done,
+2 bad data or options, 3 cancelled (SIGTERM/SIGINT; a checkpoint is saved first), 1 other failure."""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a model", description=DESCRIPTION)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from micd.events import EventWriter
+    from micd.training.trainer import CONFIG_FILE, EXIT_DATA, Trainer
+
+    saved = None
+    out = getattr(args, "out", None)
+    if getattr(args, "resume", False) and out and os.path.isfile(os.path.join(out, CONFIG_FILE)):
+        with open(os.path.join(out, CONFIG_FILE), encoding="utf-8") as f:
+            saved = json.load(f)
+    try:
+        opts = resolve(args, saved)
+    except (ValueError, TypeError) as e:
+        EventWriter(None, sys.stdout).error("data", str(e), "fix the option or the --config file")
+        return EXIT_DATA
+    if not opts.out:
+        EventWriter(None, sys.stdout).error("data", "no --out RUN_DIR given", "pass --out RUN_DIR")
+        return EXIT_DATA
+    if opts.nproc and opts.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from micd.training.distributed import launch_local
+        return launch_local(opts.nproc, sys.argv[1:] if sys.argv[1:2] == ["train"] else ["train", *sys.argv[1:]])
+    return Trainer(opts).run()

@@ -1,0 +1,56 @@
+"""Choosing the device and the mixed-precision mode, and recognising device failures."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+
+class DeviceError(Exception):
+    """The requested device cannot be used; the message says what to do instead."""
+
+
+def resolve_device(spec: str) -> torch.device:
+    spec = (spec or "auto").lower()
+    if spec == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {spec} was requested but this torch ({torch.__version__}) sees no CUDA GPU")
+        dev = torch.device(spec)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {spec}: only {torch.cuda.device_count()} GPU(s) visible")
+        return dev
+    raise DeviceError(f"--device {spec}: expected auto, cpu, cuda or cuda:N")
+
+
+def amp_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
+    """None (full precision), torch.float16 or torch.bfloat16 for autocast."""
+    if mode == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    if mode == "off":
+        return None
+    return torch.bfloat16 if mode == "bf16" else torch.float16
+
+
+def is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def is_cuda_error(e: BaseException) -> bool:
+    s = str(e)
+    return "CUDA" in s or "cuDNN" in s or "NCCL" in s
+
+
+def free_device_bytes(device: torch.device) -> Optional[int]:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        import os
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -1,0 +1,121 @@
+"""torch.distributed set-up for runs launched by torchrun: process group, DDP wrapping, cross-rank sums.
+
+Rank 0 writes events, checkpoints and the model. Sampling draws the *global* batch from one seeded generator on
+every rank and each rank keeps its slice, so a run gives the same data for the same global batch whatever the
+number of ranks (and a resume may change the number of ranks).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Callable, List
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def slice(self, n_global: int) -> slice:
+        per = n_global // self.world_size
+        return slice(self.rank * per, (self.rank + 1) * per)
+
+
+def init_distributed(device: torch.device, timeout_s: float = 300.0) -> DistContext:
+    """Join the process group torchrun describes in the environment; a single process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext()
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(),
+                       local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def cuda_device_for(ctx: DistContext, requested: torch.device) -> torch.device:
+    if requested.type == "cuda" and ctx.enabled:
+        return torch.device("cuda", ctx.local_rank)
+    return requested
+
+
+def make_wrapper(ctx: DistContext, device: torch.device, sync_bn: bool) -> Callable[[nn.Module], Callable]:
+    """Returns how a student is wrapped for training: itself, or DistributedDataParallel (optionally SyncBN)."""
+    if not ctx.enabled:
+        return lambda m: m
+
+    def wrap(m: nn.Module):
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        if sync_bn:
+            m = nn.SyncBatchNorm.convert_sync_batchnorm(m)
+        return DDP(m, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=not sync_bn)
+    return wrap
+
+
+def convert_sync_bn_inplace(students: nn.ModuleDict) -> None:
+    for k in list(students.keys()):
+        students[k] = nn.SyncBatchNorm.convert_sync_batchnorm(students[k])
+
+
+def sum_across_ranks(ctx: DistContext) -> Callable[[torch.Tensor], torch.Tensor]:
+    if not ctx.enabled:
+        return lambda t: t
+
+    def reduce(t: torch.Tensor) -> torch.Tensor:
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+    return reduce
+
+
+def broadcast_object(ctx: DistContext, obj):
+    if not ctx.enabled:
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.enabled:
+        dist.barrier()
+
+
+def shutdown(ctx: DistContext) -> None:
+    if ctx.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def launch_local(nproc: int, argv: List[str]) -> int:
+    """`micd train --nproc N ...`: re-run this command under torchrun on this machine with N processes."""
+    args, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "micd", *args]
+    return subprocess.call(cmd)

@@ -1,0 +1,151 @@
+"""Every option of `micd train` in one place: its default, its help text, and how it maps to the command line.
+
+Precedence, lowest first: these defaults, the saved `RUN_DIR/config.json` (with --resume), `--config FILE`, then
+flags given on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, List, Optional
+
+from micd.methods.base import MethodConfig
+
+
+def opt(default: Any, help: str, **argparse_kwargs: Any):
+    md = {"help": help, **argparse_kwargs}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=md)
+    return field(default=default, metadata=md)
+
+
+@dataclass
+class TrainOptions:
+    dataset: Optional[str] = opt(None, "dataset JSON file, or an MSD/nnU-Net folder (imagesTr/, labelsTr/, dataset.json)")
+    out: Optional[str] = opt(None, "run folder: config, events.jsonl, checkpoints and, on success, model/")
+    method: str = opt("micd", "training method", choices=["micd", "supervised", "mean-teacher", "cps", "dhc"])
+    iterations: int = opt(6000, "number of optimizer steps (the run ends at this iteration count, also after --resume)")
+    patch_size: Optional[List[int]] = opt(None, "training patch D H W in voxels of the preprocessed grid (multiples of "
+                                          "16); planned from the data and memory when omitted", nargs=3, type=int,
+                                          metavar=("D", "H", "W"))
+    filters: int = opt(16, "base width of the VNet students (the spec uses 32 on GPUs)")
+    device: str = opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
+    seed: int = opt(0, "random seed; with the same seed a CPU run repeats exactly")
+    checkpoint_every: int = opt(500, "save RUN_DIR/checkpoints/last.pt every N iterations")
+    resume: bool = opt(False, "continue the run in --out from its last checkpoint", action="store_true")
+    config: Optional[str] = opt(None, "JSON file of options (keys as the long flags, with - or _); flags override it")
+    progress: str = opt("jsonl", "jsonl: one JSON event per line on stdout; bar: a tqdm progress bar on stderr "
+                        "(events still go to events.jsonl); none: nothing on stdout", choices=["jsonl", "bar", "none"])
+    batch_labeled: int = opt(2, "labeled patches per iteration (global, over all ranks)")
+    batch_unlabeled: int = opt(2, "unlabeled patches per iteration (global, over all ranks)")
+    lr: float = opt(0.03, "initial learning rate (SGD, momentum 0.9, Nesterov)")
+    momentum: float = opt(0.9, "SGD momentum")
+    weight_decay: float = opt(3e-5, "SGD weight decay")
+    lr_schedule: str = opt("poly", "poly: lr·(1 − t/T)^power per iteration; constant", choices=["poly", "constant"])
+    poly_power: float = opt(0.9, "exponent of the poly schedule")
+    validate_every: int = opt(0, "validate every N iterations (0: ten times per run) and always at the end")
+    amp: str = opt("auto", "mixed precision: auto (fp16 AMP on CUDA, off on CPU), off, bf16, fp16",
+                   choices=["auto", "off", "bf16", "fp16"])
+    cache_dir: Optional[str] = opt(None, "folder for the preprocessed memory-mapped arrays (default RUN_DIR/cache)")
+    target_spacing: Optional[List[float]] = opt(None, "resample to this spacing X Y Z in mm (default: median of the "
+                                                "labeled set)", nargs=3, type=float, metavar=("X", "Y", "Z"))
+    modality: str = opt("auto", "intensity normalisation: CT (HU window to [0,1]) or MR (robust z-score); auto reads "
+                        "the dataset file or guesses from intensities", choices=["auto", "CT", "MR"])
+    ct_window: Optional[List[float]] = opt(None, "HU window LO HI for CT (default -175 250)", nargs=2, type=float,
+                                           metavar=("LO", "HI"))
+    foreground_fraction: float = opt(0.33, "share of labeled patches centred on a foreground voxel")
+    val_fraction: float = opt(0.2, "share of labeled cases held out for validation when the dataset gives none")
+    num_threads: int = opt(0, "CPU threads for torch (0: torch's default)")
+    log_every: int = opt(1, "emit an iteration event every N iterations (the last one always)")
+    nproc: int = opt(0, "launch this many processes on this machine with torchrun (DistributedDataParallel)")
+    sync_bn: bool = opt(False, "synchronise BatchNorm statistics across ranks (SyncBatchNorm)", action="store_true")
+    # method options (micd-method.md §9); defaults are the spec's recommendations
+    beta_max: float = opt(MethodConfig.beta_max, "β_max of the Gaussian ramp-up (Eq. 7)")
+    rampup_fraction: float = opt(MethodConfig.rampup_fraction, "ramp-up length as a fraction of --iterations")
+    term_weights: List[float] = opt(list(MethodConfig.term_weights), "multipliers of MCPC, CFC, CMD inside Eq. 7",
+                                    nargs=3, type=float, metavar=("MCPC", "CFC", "CMD"))
+    mask_ratio: float = opt(MethodConfig.mask_ratio, "r of Eq. 2: probability that a mask block is dropped")
+    mask_block: int = opt(MethodConfig.mask_block, "s of Eq. 2: side of a mask block in voxels")
+    mask_shared: bool = opt(True, "one mask per sample for both students (--no-mask-shared: independent masks)",
+                            action=argparse.BooleanOptionalAction)
+    mask_labeled: bool = opt(True, "mask labeled inputs as well as unlabeled ones", action=argparse.BooleanOptionalAction)
+    mcpc_mode: str = opt(MethodConfig.mcpc_mode, "MCPC (Eq. 3): which prediction learns which pseudo-label",
+                         choices=["masked_from_clean", "clean_from_masked", "masked_from_masked"])
+    keep_clean_cps: bool = opt(False, "also keep DHC's clean cross pseudo supervision", action="store_true")
+    cfc_distance: str = opt(MethodConfig.cfc_distance, "CFC (Eq. 4) distance", choices=["kl_sym", "kl", "mse"])
+    cfc_weights: List[float] = opt(list(MethodConfig.cfc_weights), "λ_1..4 of CFC, coarse to full resolution",
+                                   nargs=4, type=float)
+    cfc_inputs: str = opt(MethodConfig.cfc_inputs, "CFC on masked or clean inputs", choices=["masked", "clean"])
+    cmd_mode: str = opt(MethodConfig.cmd_mode, "CMD (Eq. 5) form", choices=["own_teacher", "cross_teacher",
+                                                                            "neg_discrepancy"])
+    cmd_weighted: bool = opt(False, "apply W_diff/W_dist to CMD too", action="store_true")
+    ema_alpha: float = opt(MethodConfig.ema_alpha, "EMA decay α of the teachers (Eq. 1)")
+    init_a: str = opt(MethodConfig.init_a, "weight init of student A", choices=["kaiming", "xavier"])
+    init_b: str = opt(MethodConfig.init_b, "weight init of student B", choices=["kaiming", "xavier"])
+
+    def method_config(self) -> MethodConfig:
+        return MethodConfig.from_dict(asdict(self))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Options that describe where/how this invocation runs rather than what is trained: not restored on --resume.
+PER_INVOCATION = {"resume", "config", "progress", "nproc", "device", "num_threads"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for f in fields(TrainOptions):
+        md = dict(f.metadata)
+        help_text = md.pop("help")
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        kwargs = dict(md)
+        kwargs.setdefault("type", type(default) if isinstance(default, (int, float, str)) and
+                          not isinstance(default, bool) and "action" not in md else None)
+        if kwargs.get("type") is None:
+            kwargs.pop("type")
+        if isinstance(default, list) and "type" not in kwargs:
+            kwargs["type"] = type(default[0])
+        if f.name in ("dataset", "out", "config", "cache_dir") and "type" not in kwargs:
+            kwargs["type"] = str
+        shown = " ".join(map(str, default)) if isinstance(default, list) else default
+        parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS,
+                            help=f"{help_text} (default: {shown})", **kwargs)
+
+
+def resolve(ns: argparse.Namespace, saved: Optional[dict] = None) -> TrainOptions:
+    """Merge defaults < saved run config < --config file < explicit flags into TrainOptions."""
+    given = vars(ns).copy()
+    given.pop("func", None)
+    given.pop("command", None)
+    merged = TrainOptions().to_dict()
+    if saved:
+        merged.update({k: v for k, v in saved.items() if k in merged and k not in PER_INVOCATION})
+    cfg_path = given.get("config")
+    if cfg_path:
+        merged.update(load_config_file(cfg_path))
+    merged.update(given)
+    return TrainOptions(**merged)
+
+
+def load_config_file(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise ValueError(f"--config {path}: cannot read ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--config {path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path}: expected a JSON object of options")
+    names = {f.name for f in fields(TrainOptions)}
+    out = {}
+    for k, v in data.items():
+        key = k.lstrip("-").replace("-", "_")
+        if key not in names:
+            raise ValueError(f"--config {path}: unknown option {k!r}")
+        out[key] = v
+    return out

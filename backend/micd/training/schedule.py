@@ -1,0 +1,19 @@
+"""Learning-rate and consistency-weight schedules (per iteration)."""
+
+from __future__ import annotations
+
+from micd.methods.base import gaussian_rampup
+
+
+def poly_lr(base_lr: float, it: int, total: int, power: float = 0.9) -> float:
+    """lr · (1 − t/T)^power, as DHC's poly_lr (there per epoch, here per iteration)."""
+    return base_lr * (1.0 - min(it, total) / max(total, 1)) ** power
+
+
+def learning_rate(schedule: str, base_lr: float, it: int, total: int, power: float) -> float:
+    return poly_lr(base_lr, it, total, power) if schedule == "poly" else base_lr
+
+
+def consistency_weight(it: int, total: int, beta_max: float, rampup_fraction: float) -> float:
+    """β(t) of Eq. 7 with the ramp spanning `rampup_fraction` of the run."""
+    return gaussian_rampup(it, rampup_fraction * total, beta_max)

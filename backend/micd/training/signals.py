@@ -1,0 +1,34 @@
+"""SIGTERM/SIGINT turn into a polite request: the loop finishes the iteration, saves a checkpoint and exits 3."""
+
+from __future__ import annotations
+
+import signal
+from typing import Optional
+
+
+class CancelFlag:
+    def __init__(self) -> None:
+        self.signal: Optional[int] = None
+        self._previous = {}
+
+    def install(self) -> "CancelFlag":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None and signum == signal.SIGINT:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signal).name if self.signal else ""
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,505 @@
+"""The one training loop shared by every method: data → method.step → optimizer → EMA → events/checkpoints.
+
+Exit codes: 0 success, 2 bad data or options (an `error` event of kind `data`), 3 cancelled by SIGTERM/SIGINT
+(after saving a checkpoint), 1 anything else (kind `oom`, `cuda` or `internal`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from micd import __version__
+from micd.events import EventWriter
+from micd.methods import build_method
+from micd.model_package import save_model_package
+from micd.nets.vnet import NetworkConfig
+from micd.training import distributed as D
+from micd.training.checkpoint import BEST, LAST, atomic_save, load_checkpoint
+from micd.training.devices import DeviceError, amp_dtype, free_device_bytes, is_cuda_error, is_oom, resolve_device
+from micd.training.options import TrainOptions
+from micd.training.schedule import consistency_weight, learning_rate
+from micd.training.signals import CancelFlag
+from micd.training.validation import validate
+
+EXIT_OK, EXIT_FAILED, EXIT_DATA, EXIT_CANCELLED = 0, 1, 2, 3
+CONFIG_FILE = "config.json"
+MAX_OOM_RETRIES = 3
+
+
+class DataProblem(Exception):
+    """Input problems found before training; `problems` is a list of {"file", "reason"}."""
+
+    def __init__(self, message: str, problems: Optional[List[dict]] = None, hint: str = ""):
+        super().__init__(message)
+        self.problems = problems or []
+        self.hint = hint
+
+
+class Cancelled(Exception):
+    pass
+
+
+@dataclass
+class RunData:
+    plan: object
+    labels: Dict[int, str]
+    labeled: list
+    unlabeled: list
+    validation: list
+    notes: List[str]
+    spec_counts: Dict[str, int]
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    def __init__(self, opts: TrainOptions):
+        self.o = opts
+        self.run_dir = os.path.abspath(opts.out)
+        self.ckpt_dir = os.path.join(self.run_dir, "checkpoints")
+        self.cancel = CancelFlag()
+        self.events: Optional[EventWriter] = None
+        self.ctx = D.DistContext()
+        self.bar = None
+
+    # ------------------------------------------------------------------ entry point
+    def run(self) -> int:
+        self.cancel.install()
+        try:
+            self.device = resolve_device(self.o.device)
+            self.ctx = D.init_distributed(self.device)
+            self.device = D.cuda_device_for(self.ctx, self.device)
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            self._open_events()
+            if self.o.num_threads > 0:
+                torch.set_num_threads(self.o.num_threads)
+            self._setup()
+            self._loop()
+            self._finish()
+            return EXIT_OK
+        except DataProblem as e:
+            self._emit_error("data", str(e), e.hint or "fix the files listed and start again", problems=e.problems)
+            return EXIT_DATA
+        except DeviceError as e:
+            self._emit_error("cuda", str(e), "use --device cpu, or install a CUDA build of torch")
+            return EXIT_DATA
+        except Cancelled:
+            return EXIT_CANCELLED
+        except KeyboardInterrupt:
+            self._emit_error("cancelled", "interrupted twice; stopped without a final checkpoint",
+                             "resume from the last checkpoint with --resume")
+            return EXIT_CANCELLED
+        except Exception as e:  # noqa: BLE001 - every failure must end in an event
+            traceback.print_exc(file=sys.stderr)
+            if is_oom(e):
+                self._emit_error("oom", f"out of memory: {e}".splitlines()[0],
+                                 "use a smaller --patch-size, fewer --filters or a smaller batch")
+            elif is_cuda_error(e):
+                self._emit_error("cuda", str(e).splitlines()[0], "check the GPU and driver, or use --device cpu")
+            else:
+                self._emit_error("internal", f"{type(e).__name__}: {e}".splitlines()[0][:500],
+                                 "this is a bug; the traceback is on stderr")
+            return EXIT_FAILED
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+            if self.events is not None:
+                self.events.close()
+            self.cancel.restore()
+            D.shutdown(self.ctx)
+
+    # ------------------------------------------------------------------ set-up
+    def _open_events(self) -> None:
+        o = self.o
+        existing = os.path.exists(os.path.join(self.run_dir, "events.jsonl")) or os.path.isdir(self.ckpt_dir)
+        if existing and not o.resume:
+            # Write nothing into a folder holding someone's run.
+            self.events = EventWriter(None, sys.stdout if o.progress != "none" else None, enabled=self.ctx.is_main)
+            raise DataProblem(f"{self.run_dir} already holds a training run",
+                              [{"file": self.run_dir, "reason": "run folder is not empty"}],
+                              "pass --resume to continue it, or choose another --out")
+        on_event = None
+        if o.progress == "bar" and self.ctx.is_main:
+            from tqdm import tqdm
+            self.bar = tqdm(total=o.iterations, unit="it", dynamic_ncols=True, file=sys.stderr)
+            on_event = self._bar_update
+        self.events = EventWriter(os.path.join(self.run_dir, "events.jsonl"),
+                                  sys.stdout if o.progress == "jsonl" else None, enabled=self.ctx.is_main,
+                                  on_event=on_event)
+
+    def _bar_update(self, e: dict) -> None:
+        if e["event"] == "iteration":
+            self.bar.n = e["iter"]
+            self.bar.set_postfix(loss=f"{e['loss'].get('total', 0):.3f}", refresh=False)
+            self.bar.refresh()
+        elif e["event"] == "validation":
+            self.bar.write(f"validation @ {e['iter']}: mean Dice {e['mean_dice']:.3f}")
+        elif e["event"] in ("warning", "error", "retry", "done"):
+            self.bar.write(json.dumps({k: v for k, v in e.items() if k not in ("time", "schema")}))
+
+    def _emit(self, event: str, **fields) -> None:
+        if self.events is not None:
+            self.events.emit(event, **fields)
+
+    def _emit_error(self, kind: str, message: str, hint: str, **fields) -> None:
+        if self.events is None:
+            self.events = EventWriter(None, sys.stdout)
+        if self.ctx.enabled:
+            fields.setdefault("rank", self.ctx.rank)
+        self.events.error(kind, message, hint, **fields)
+
+    def _setup(self) -> None:
+        o = self.o
+        self.resume_state = None
+        last = os.path.join(self.ckpt_dir, LAST)
+        if o.resume and os.path.isfile(last):
+            self.resume_state = load_checkpoint(last)
+        _seed_everything(o.seed)
+        self.data = self._prepare_data()
+        if self.ctx.is_main:
+            os.makedirs(self.run_dir, exist_ok=True)
+            with open(os.path.join(self.run_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
+                json.dump(o.to_dict(), f, indent=2)
+        self._check_cancel(before_training=True)
+        self._build_model()
+
+    def _prepare_data(self) -> RunData:
+        from micd.data.cache import make_plan, prepare_cases
+        from micd.data.dataset import DatasetError, load_dataset_spec, split_validation
+        from micd.data.preprocess import PreprocessPlan
+        from micd.data.validate import validate_dataset
+
+        o = self.o
+        if not o.dataset:
+            raise DataProblem("no --dataset given", [], "pass --dataset FILE.json or an MSD folder")
+        try:
+            spec = load_dataset_spec(o.dataset)
+        except DatasetError as e:
+            raise DataProblem(f"dataset {o.dataset} is not usable", [p.__dict__ for p in e.problems]) from None
+        report = validate_dataset(spec)
+        for w in report.warnings:
+            self._emit("warning", message=w.reason, file=w.file)
+        if not report.ok:
+            raise DataProblem(f"{len(report.problems)} problem(s) in the dataset", [p.__dict__ for p in report.problems])
+        notes: List[str] = []
+        spec, note = split_validation(spec, o.seed, o.val_fraction)
+        if note:
+            notes.append(note)
+        if self.resume_state is not None:
+            plan = PreprocessPlan.from_dict(self.resume_state["plan"])
+        else:
+            overrides = {}
+            if o.target_spacing:
+                overrides["target_spacing"] = tuple(o.target_spacing)
+            if o.modality != "auto":
+                overrides["modality"] = o.modality
+            if o.ct_window:
+                overrides["ct_window"] = tuple(o.ct_window)
+            plan, plan_notes = make_plan(spec, overrides)
+            notes += list(plan_notes)
+        cache = o.cache_dir or os.path.join(self.run_dir, "cache")
+        labels = dict(spec.labels)
+        def prepare_all() -> dict:
+            return {name: prepare_cases(cases, plan, cache, labels) for name, cases in
+                    (("labeled", spec.labeled), ("validation", spec.validation), ("unlabeled", spec.unlabeled))}
+
+        # Rank 0 preprocesses; the other ranks wait, then read the finished cache.
+        groups = prepare_all() if self.ctx.is_main else {}
+        D.barrier(self.ctx)
+        if not self.ctx.is_main:
+            groups = prepare_all()
+        if not groups["unlabeled"]:
+            notes.append("no unlabeled cases: the labeled images also serve as unlabeled input")
+        counts = {"labeled": len(groups["labeled"]), "unlabeled": len(groups["unlabeled"]),
+                  "validation": len(groups["validation"])}
+        return RunData(plan, labels, groups["labeled"], groups["unlabeled"] or groups["labeled"],
+                       groups["validation"], notes, counts)
+
+    def _plan_patch(self) -> List[int]:
+        from micd.data.planning import plan_patch_size
+
+        if self.resume_state is not None:
+            return list(self.resume_state["patch_size"])
+        if self.o.patch_size:
+            p = [int(v) for v in self.o.patch_size]
+            if any(v % 16 for v in p):
+                raise DataProblem(f"--patch-size {' '.join(map(str, p))}: every size must be a multiple of 16 "
+                                  "(the VNet downsamples four times)", [])
+            self.patch_note = "given by --patch-size"
+            return p
+        shapes = np.array([np.asarray(c.image.shape) for c in self.data.labeled])
+        patch, note = plan_patch_size(tuple(int(v) for v in np.median(shapes, 0)), free_device_bytes(self.device),
+                                      self.o.filters, self.o.batch_labeled + self.o.batch_unlabeled)
+        self.patch_note = note
+        return list(patch)
+
+    def _build_model(self) -> None:
+        o = self.o
+        self.patch_note = "restored from the checkpoint"
+        self.patch = self._plan_patch()
+        n_classes = max(self.data.labels) + 1
+        self.net_config = NetworkConfig(out_channels=n_classes, filters=o.filters)
+        if self.resume_state is not None:
+            self.net_config = NetworkConfig.from_dict(self.resume_state["network"])
+        self.method = build_method(o.method, self.net_config, n_classes, o.method_config())
+        if o.sync_bn and self.ctx.enabled:
+            D.convert_sync_bn_inplace(self.method.students)
+        self.method.to(self.device)
+        counts = np.zeros(n_classes, np.float64)
+        for c in self.data.labeled:
+            counts += np.bincount(np.asarray(c.label).reshape(-1), minlength=n_classes)[:n_classes]
+        self.method.init_from_label_counts(counts)
+        self.optimizer = torch.optim.SGD(self.method.students.parameters(), lr=o.lr, momentum=o.momentum,
+                                         nesterov=o.momentum > 0, weight_decay=o.weight_decay)
+        self.amp = amp_dtype(o.amp, self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16 and self.device.type == "cuda")
+        self.mask_gen = torch.Generator().manual_seed(o.seed + 1)
+        self.sample_rng = np.random.default_rng(o.seed)
+        self.start_iter = 0
+        self.best = {"mean_dice": -1.0, "iter": 0}
+        if self.resume_state is not None:
+            self._restore(self.resume_state)
+        # Teachers and class weights start identical on every rank; DDP broadcasts rank 0's students.
+        self.method.prepare(D.make_wrapper(self.ctx, self.device, False), D.sum_across_ranks(self.ctx))
+        self._make_samplers()
+
+    def _make_samplers(self) -> None:
+        from micd.data.sampling import PatchSampler
+
+        self.lab_sampler = PatchSampler(self.data.labeled, tuple(self.patch), self.sample_rng,
+                                        foreground_fraction=self.o.foreground_fraction)
+        self.unl_sampler = PatchSampler(self.data.unlabeled, tuple(self.patch), self.sample_rng,
+                                        foreground_fraction=0.0)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self, it: int) -> dict:
+        return {
+            "iteration": it, "method": self.o.method, "network": self.net_config.to_dict(),
+            "plan": self.data.plan.to_dict(), "patch_size": list(self.patch),
+            "model": self.method.state_dict(), "method_extra": self.method.extra_state(),
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "mask": self.mask_gen.get_state(),
+                    "sampler": self.sample_rng.bit_generator.state, "python": random.getstate(),
+                    "numpy": np.random.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "best": dict(self.best), "world_size": self.ctx.world_size, "options": self.o.to_dict(),
+            "version": __version__,
+        }
+
+    def _restore(self, s: dict) -> None:
+        if s["method"] != self.o.method:
+            raise DataProblem(f"the run in {self.run_dir} was trained with --method {s['method']}, not "
+                              f"{self.o.method}", [], "resume with the same --method")
+        self.method.load_state_dict(s["model"])
+        self.method.load_extra_state(s["method_extra"])
+        self.optimizer.load_state_dict(s["optimizer"])
+        self.scaler.load_state_dict(s["scaler"])
+        r = s["rng"]
+        torch.set_rng_state(r["torch"])
+        self.mask_gen.set_state(r["mask"])
+        self.sample_rng.bit_generator.state = r["sampler"]
+        random.setstate(r["python"])
+        np.random.set_state(r["numpy"])
+        if r.get("cuda") is not None and torch.cuda.is_available():
+            try:
+                torch.cuda.set_rng_state_all(r["cuda"])
+            except RuntimeError:
+                pass  # a different GPU count: CUDA streams re-seed, CPU-side state is what makes data repeat
+        self.start_iter = int(s["iteration"])
+        self.best = dict(s["best"])
+
+    def _save_last(self, it: int) -> None:
+        if self.ctx.is_main:
+            path = atomic_save(self._state(it), os.path.join(self.ckpt_dir, LAST))
+            self._emit("checkpoint", path=path, iter=it, kind="last")
+        D.barrier(self.ctx)
+
+    def _save_best(self, it: int, metrics: dict) -> None:
+        nets = {k: v.state_dict() for k, v in self.method.export_networks().items()}
+        path = atomic_save({"iteration": it, "networks": nets, "metrics": metrics}, os.path.join(self.ckpt_dir, BEST))
+        self._emit("checkpoint", path=path, iter=it, kind="best")
+
+    # ------------------------------------------------------------------ loop
+    def _batch(self):
+        o, sl = self.o, None
+        x_l, y_l = self.lab_sampler.sample(o.batch_labeled)
+        x_u = None
+        if self.method.uses_unlabeled:
+            x_u, _ = self.unl_sampler.sample(o.batch_unlabeled)
+        if self.ctx.enabled:  # every rank drew the global batch; keep this rank's share
+            x_l, y_l = x_l[self.ctx.slice(o.batch_labeled)], y_l[self.ctx.slice(o.batch_labeled)]
+            if x_u is not None:
+                x_u = x_u[self.ctx.slice(o.batch_unlabeled)]
+        to = lambda a, dt: torch.from_numpy(np.ascontiguousarray(a)).to(self.device, dt, non_blocking=True)
+        return to(x_l, torch.float32), to(y_l, torch.long), (None if x_u is None else to(x_u, torch.float32))
+
+    def _validate_every(self) -> int:
+        return self.o.validate_every if self.o.validate_every > 0 else max(1, self.o.iterations // 10)
+
+    def _start_event(self) -> None:
+        o, d = self.o, self.data
+        if o.batch_labeled % self.ctx.world_size or (self.method.uses_unlabeled and
+                                                     o.batch_unlabeled % self.ctx.world_size):
+            raise DataProblem(f"the global batch ({o.batch_labeled} labeled + {o.batch_unlabeled} unlabeled) must "
+                              f"divide by the {self.ctx.world_size} ranks", [], "change --batch-labeled/--batch-unlabeled")
+        self._emit("start", method=o.method, device=str(self.device), labeled=d.spec_counts["labeled"],
+                   unlabeled=d.spec_counts["unlabeled"], validation=d.spec_counts["validation"],
+                   iterations=o.iterations, start_iter=self.start_iter, resumed=self.start_iter > 0 or o.resume,
+                   patch_size=list(self.patch), patch_plan=self.patch_note,
+                   batch_size={"labeled": o.batch_labeled, "unlabeled": o.batch_unlabeled},
+                   world_size=self.ctx.world_size, ranks=self.ctx.world_size,
+                   amp=str(self.amp).replace("torch.", "") if self.amp else "off",
+                   spacing=list(d.plan.target_spacing), modality=d.plan.modality, labels=d.labels,
+                   notes=d.notes, run_dir=self.run_dir, version=__version__)
+
+    def _loop(self) -> None:
+        o = self.o
+        self._start_event()
+        self.t0 = time.time()
+        self.cpu0 = time.process_time()
+        self.wall_before = float((self.resume_state or {}).get("wall_s", 0.0)) if self.resume_state else 0.0
+        self.resume_state = None
+        it = self.start_iter
+        recent: List[float] = []
+        oom_retries = 0
+        for s in self.method.students.values():
+            s.train()
+        while it < o.iterations:
+            t_it = time.time()
+            lr = learning_rate(o.lr_schedule, o.lr, it, o.iterations, o.poly_power)
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+            beta = consistency_weight(it, o.iterations, o.beta_max, o.rampup_fraction)
+            try:
+                losses = self._train_step(beta)
+            except RuntimeError as e:
+                if self.device.type == "cuda" and is_oom(e) and oom_retries < MAX_OOM_RETRIES:
+                    oom_retries += 1
+                    self._shrink_after_oom()
+                    continue
+                raise
+            it += 1
+            recent.append(time.time() - t_it)
+            recent = recent[-20:]
+            if it % o.log_every == 0 or it == o.iterations or it == self.start_iter + 1:
+                spi = float(np.mean(recent))
+                self._emit("iteration", iter=it, total=o.iterations, loss=losses, lr=lr, beta=beta,
+                           sec_per_iter=round(spi, 4), eta_s=round(spi * (o.iterations - it), 1))
+            if self.data.validation and (it % self._validate_every() == 0 or it == o.iterations):
+                self._run_validation(it)
+            if it % o.checkpoint_every == 0 and it < o.iterations:
+                self._save_last(it)
+            self._check_cancel(it=it)
+        self.final_iter = it
+
+    def _train_step(self, beta: float) -> Dict[str, float]:
+        x_l, y_l, x_u = self._batch()
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            terms = self.method.step(x_l, y_l, x_u, beta, self.mask_gen)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(terms["total"]).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.method.after_step()
+        values = {k: float(v.detach()) for k, v in terms.items()}
+        if not np.isfinite(values["total"]):
+            raise FloatingPointError(f"the loss became {values['total']} ({values}); lower --lr or --beta-max")
+        return values
+
+    def _shrink_after_oom(self) -> None:
+        torch.cuda.empty_cache()
+        self.optimizer.zero_grad(set_to_none=True)
+        p = list(self.patch)
+        axis = int(np.argmax(p))
+        if p[axis] > 16:
+            p[axis] = max(16, (int(p[axis] * 0.75) // 16) * 16)
+            self.patch = p
+            self._make_samplers()
+        elif self.o.batch_unlabeled > self.ctx.world_size:
+            self.o.batch_unlabeled //= 2
+        self._emit("retry", reason="CUDA out of memory", patch_size=list(self.patch),
+                   batch_size={"labeled": self.o.batch_labeled, "unlabeled": self.o.batch_unlabeled})
+
+    def _run_validation(self, it: int) -> None:
+        if self.ctx.is_main:
+            res = validate(self.method.inference_networks(), self.data.validation, self.data.labels, self.patch,
+                           self.device)
+            self._emit("validation", iter=it, **res)
+            if res["mean_dice"] > self.best["mean_dice"]:
+                self.best = {"mean_dice": res["mean_dice"], "iter": it, "dice": res["dice"]}
+                self._save_best(it, res)
+        D.barrier(self.ctx)
+
+    def _check_cancel(self, it: Optional[int] = None, before_training: bool = False) -> None:
+        if not self.cancel.requested:
+            return
+        path = None
+        if not before_training and it is not None:
+            if self.ctx.is_main:
+                path = atomic_save(self._state(it), os.path.join(self.ckpt_dir, LAST))
+                self._emit("checkpoint", path=path, iter=it, kind="last")
+        self._emit_error("cancelled", f"stopped by {self.cancel.name}" + (f" at iteration {it}" if it else
+                         " before training started"),
+                         "continue with the same command and --resume" if path else "start the run again",
+                         checkpoint=path, iter=it)
+        raise Cancelled()
+
+    # ------------------------------------------------------------------ result
+    def _finish(self) -> None:
+        it = self.final_iter
+        if not self.ctx.is_main:
+            D.barrier(self.ctx)
+            return
+        final_state = self._state(it)
+        final_state["wall_s"] = self.wall_before + time.time() - self.t0
+        atomic_save(final_state, os.path.join(self.ckpt_dir, LAST))
+        self._emit("checkpoint", path=os.path.join(self.ckpt_dir, LAST), iter=it, kind="last")
+        nets = self.method.export_networks()
+        source = "last"
+        best_path = os.path.join(self.ckpt_dir, BEST)
+        if self.data.validation and os.path.isfile(best_path):
+            best = load_checkpoint(best_path)
+            for k, v in nets.items():
+                v.load_state_dict(best["networks"][k])
+            source = f"best validation (iteration {best['iteration']})"
+        model_dir = os.path.join(self.run_dir, "model")
+        labels = {str(k): v for k, v in sorted(self.data.labels.items())}
+        meta = {
+            "name": os.path.basename(self.run_dir),
+            "labels": labels, "network": self.net_config.to_dict(), "method": self.o.method,
+            "method_options": self.o.method_config().to_dict(),
+            "preprocessing": self.data.plan.to_dict(), "patch_size": list(self.patch),
+            "default_ensemble": [k for k in nets if k.startswith("student")],
+            "weights_from": source,
+            "metrics": {"best_mean_dice": self.best["mean_dice"] if self.best["mean_dice"] >= 0 else None,
+                        "best_iter": self.best.get("iter"), "dice": self.best.get("dice", {})},
+            "provenance": {
+                "dataset": os.path.abspath(self.o.dataset), "counts": self.data.spec_counts,
+                "seed": self.o.seed, "iterations": it, "device": str(self.device),
+                "world_size": self.ctx.world_size,
+                "wall_s": round(final_state["wall_s"], 1), "cpu_s": round(time.process_time() - self.cpu0, 1),
+                "micd_version": __version__, "torch_version": torch.__version__,
+                "python": platform.python_version(), "host": platform.node(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        }
+        save_model_package(model_dir, meta, nets)
+        self._emit("done", model=model_dir, best_mean_dice=meta["metrics"]["best_mean_dice"], iter=it,
+                   wall_s=meta["provenance"]["wall_s"])
+        D.barrier(self.ctx)

@@ -1,0 +1,183 @@
+"""Unit tests of the method pieces against small hand-computed cases (Eq. 1-7 of docs/micd-method.md)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from micd.methods import METHODS, MethodConfig, build_method, gaussian_rampup
+from micd.methods.class_weights import DiffDW, DistDW, distribution_weights
+from micd.methods.ema import ema_alpha, ema_update, make_teacher
+from micd.methods.losses import dice_ce, feature_distance, soft_dice_loss, weighted_ce
+from micd.methods.masking import block_mask
+from micd.nets import NetworkConfig
+
+torch.set_num_threads(1)
+
+
+def test_block_mask_blocks_and_ratio():
+    g = torch.Generator().manual_seed(0)
+    m = block_mask((3, 1, 16, 24, 16), ratio=0.5, block=8, generator=g)
+    assert m.shape == (3, 1, 16, 24, 16)
+    assert set(m.unique().tolist()) <= {0.0, 1.0}
+    blocks = m.reshape(3, 1, 2, 8, 3, 8, 2, 8)
+    assert torch.all(blocks.amin(dim=(3, 5, 7)) == blocks.amax(dim=(3, 5, 7))), "each 8^3 block is constant"
+    assert torch.all(block_mask((1, 1, 8, 8, 8), 0.0, 4) == 1)
+    assert torch.all(block_mask((1, 1, 8, 8, 8), 1.0, 4) == 0)
+    big = block_mask((64, 1, 32, 32, 32), 0.3, 4, torch.Generator().manual_seed(1))
+    assert abs(1 - big.mean().item() - 0.3) < 0.02
+    odd = block_mask((1, 2, 10, 11, 9), 0.5, 4, torch.Generator().manual_seed(2))
+    assert odd.shape == (1, 2, 10, 11, 9) and torch.equal(odd[:, 0], odd[:, 1])
+
+
+def test_ema_update_and_warmup():
+    assert ema_alpha(0, 0.99) == 0.0 and ema_alpha(1, 0.99) == 0.5 and ema_alpha(10_000, 0.99) == 0.99
+    s = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    t = make_teacher(s)
+    with torch.no_grad():
+        for p in s.parameters():
+            p.add_(1.0)
+        s[1].running_mean.fill_(4.0)
+    before = [p.clone() for p in t.parameters()]
+    ema_update(t, s, 0.75)
+    for pb, pt, ps in zip(before, t.parameters(), s.parameters()):
+        assert torch.allclose(pt, 0.75 * pb + 0.25 * ps)
+    assert torch.allclose(t[1].running_mean, torch.full((2,), 1.0))  # 0.75*0 + 0.25*4
+    assert t[1].num_batches_tracked == s[1].num_batches_tracked
+    assert not any(p.requires_grad for p in t.parameters())
+
+
+def test_gaussian_rampup_values():
+    assert gaussian_rampup(0, 100, 0.1) == pytest.approx(0.1 * math.exp(-5))
+    assert gaussian_rampup(50, 100, 0.1) == pytest.approx(0.1 * math.exp(-1.25))
+    assert gaussian_rampup(100, 100, 0.1) == pytest.approx(0.1)
+    assert gaussian_rampup(500, 100, 0.1) == pytest.approx(0.1)
+    assert gaussian_rampup(-3, 100, 1.0) == pytest.approx(math.exp(-5))
+
+
+def test_distribution_weights_by_hand():
+    w = distribution_weights(torch.tensor([100.0, 10.0, 1.0]))
+    assert torch.allclose(w, torch.tensor([0.0, 1.5, 3.0]), atol=1e-5)  # C·log(n_max/n_c)/max log
+
+
+def test_distdw_ema_update():
+    d = DistDW(3, momentum=0.9)
+    d.init_from_counts(np.array([100, 10, 1]))
+    logits = torch.zeros(1, 3, 1, 1, 111)
+    logits[0, 0, ..., :100] = 5
+    logits[0, 1, ..., 100:110] = 5
+    logits[0, 2, ..., 110:] = 5
+    w = d.update(logits)
+    assert torch.allclose(w, torch.tensor([0.0, 1.5, 3.0]), atol=1e-4)
+    logits2 = torch.zeros(1, 3, 1, 1, 20)
+    logits2[0, 0, ..., :10] = 5
+    logits2[0, 1, ..., 10:] = 5  # counts 10, 10, 0 -> class 2 absent
+    new = distribution_weights(torch.tensor([10.0, 10.0, 0.0]))
+    w2 = d.update(logits2)
+    assert torch.allclose(w2, 0.9 * torch.tensor([0.0, 1.5, 3.0]) + 0.1 * new, atol=1e-4)
+
+
+def test_diffdw_first_update_by_hand():
+    d = DiffDW(2, accumulate_iters=2)  # momentum 0.5
+    target = torch.tensor([[0, 0, 1, 1]]).reshape(1, 1, 1, 4)
+    logits = torch.zeros(1, 2, 1, 1, 4)
+    logits[0, 0, ..., :3] = 1  # predicts 0,0,0,1 -> dice bg = 2*2/(3+2) = .8, fg = 2*1/(1+2) = 2/3
+    logits[0, 1, ..., 3] = 1
+    w = d.update(logits, target)
+    dice = torch.tensor([0.8, 2 / 3])
+    learn = 0.5 * (dice - 1e-8) * torch.log(dice / 1e-8)
+    unlearn = torch.zeros(2)
+    diff = ((unlearn + 1e-8) / (learn + 1e-8)) ** 0.2
+    dw = 0.5 * 1 + 0.5 * (1 - dice)
+    expected = diff * dw / (diff * dw).max() * 2
+    assert torch.allclose(w, expected, rtol=1e-4)
+
+
+def test_weighted_ce_matches_formula():
+    logits = torch.tensor([[[2.0, 0.0]], [[0.0, 1.0]]]).permute(1, 0, 2)  # (N=1, C=2, 2 voxels)
+    target = torch.tensor([[0, 1]])
+    w = torch.tensor([1.0, 3.0])
+    lp = F.log_softmax(logits, 1)[0]
+    manual = -(w[0] * lp[0, 0] + w[1] * lp[1, 1]) / (w[0] + w[1])
+    assert weighted_ce(logits, target, w).item() == pytest.approx(manual.item(), rel=1e-6)
+
+
+def test_soft_dice_loss_values():
+    target = torch.tensor([[0, 1, 1, 2]]).reshape(1, 1, 1, 4)
+    perfect = F.one_hot(target, 3).permute(0, 4, 1, 2, 3).float() * 50
+    assert soft_dice_loss(perfect, target).item() == pytest.approx(0.0, abs=1e-6)
+    uniform = torch.zeros(1, 3, 1, 1, 4)  # p = 1/3 everywhere
+    # class 1: I = 2/3, P = 4/3, G = 2 -> 1 - (4/3 + 1)/(10/3 + 1); class 2: I = 1/3, P = 4/3, G = 1
+    l1 = 1 - (4 / 3 + 1) / (10 / 3 + 1)
+    l2 = 1 - (2 / 3 + 1) / (7 / 3 + 1)
+    assert soft_dice_loss(uniform, target).item() == pytest.approx((l1 + l2) / 2, rel=1e-5)
+    w = torch.tensor([0.0, 1.0, 3.0])
+    assert soft_dice_loss(uniform, target, w).item() == pytest.approx((l1 + 3 * l2) / 4, rel=1e-5)
+    assert dice_ce(uniform, target).item() == pytest.approx(math.log(3) + (l1 + l2) / 2, rel=1e-5)
+
+
+def test_feature_distances():
+    a = torch.randn(2, 4, 3, 3, 3, generator=torch.Generator().manual_seed(0))
+    b = torch.randn(2, 4, 3, 3, 3, generator=torch.Generator().manual_seed(1))
+    assert feature_distance(a, a).item() == pytest.approx(0.0, abs=1e-6)
+    assert feature_distance(a, b).item() == pytest.approx(feature_distance(b, a).item(), rel=1e-6)
+    pa, pb = F.softmax(a, 1), F.softmax(b, 1)
+    kl = (pa * (pa.log() - pb.log())).sum(1).mean()
+    assert feature_distance(a, b, "kl").item() == pytest.approx(kl.item(), rel=1e-5)
+    assert feature_distance(a, b, "mse").item() == pytest.approx(((a - b) ** 2).mean().item(), rel=1e-6)
+
+
+def _det_net():  # deterministic students: no dropout, no batch statistics
+    return NetworkConfig(out_channels=3, filters=4, dropout=0.0, normalization="none")
+
+
+def test_micd_terms_match_direct_computation():
+    torch.manual_seed(0)
+    cfg = MethodConfig(mask_ratio=0.0)  # no voxel dropped: masked input == clean input
+    m = build_method("micd", _det_net(), 3, cfg)
+    x_l = torch.randn(2, 1, 16, 16, 16)
+    y_l = torch.randint(0, 3, (2, 16, 16, 16))
+    x_u = torch.randn(2, 1, 16, 16, 16)
+    terms = m.step(x_l, y_l, x_u, beta=0.5, generator=torch.Generator().manual_seed(0))
+    x = torch.cat([x_l, x_u])
+    with torch.no_grad():
+        za, fa = m.students["student_a"](x)
+        zb, fb = m.students["student_b"](x)
+    w_diff, w_dist = m.diffdw.weights, m.distdw.weights
+    mcpc = weighted_ce(za, zb.argmax(1), w_diff) + weighted_ce(zb, za.argmax(1), w_dist)
+    cmd = weighted_ce(za, za.argmax(1)) + weighted_ce(zb, zb.argmax(1))  # teachers == students before any step
+    cfc = sum(l * feature_distance(a, b) for l, a, b in zip(cfg.cfc_weights, fa, fb))
+    sup = dice_ce(za[:2], y_l, w_diff) + dice_ce(zb[:2], y_l, w_dist)
+    for name, ref in (("mcpc", mcpc), ("cmd", cmd), ("cfc", cfc), ("sup", sup)):
+        assert terms[name].item() == pytest.approx(ref.item(), rel=1e-4), name
+    assert terms["total"].item() == pytest.approx((sup + 0.5 * (mcpc + cfc + cmd)).item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_trains_one_step(name):
+    torch.manual_seed(0)
+    m = build_method(name, NetworkConfig(out_channels=3, filters=4), 3, MethodConfig())
+    opt = torch.optim.SGD(m.students.parameters(), lr=0.01)
+    x_l, y_l = torch.randn(2, 1, 16, 16, 16), torch.randint(0, 3, (2, 16, 16, 16))
+    x_u = torch.randn(2, 1, 16, 16, 16) if m.uses_unlabeled else None
+    before = [p.clone() for p in m.students.parameters()]
+    terms = m.step(x_l, y_l, x_u, 0.1, torch.Generator().manual_seed(0))
+    assert torch.isfinite(terms["total"])
+    opt.zero_grad()
+    terms["total"].backward()
+    opt.step()
+    m.after_step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, m.students.parameters()))
+
+
+@pytest.mark.parametrize("option", [dict(mcpc_mode="clean_from_masked"), dict(mcpc_mode="masked_from_masked"),
+                                    dict(cmd_mode="cross_teacher"), dict(cmd_mode="neg_discrepancy"),
+                                    dict(cfc_distance="mse", cfc_inputs="clean"), dict(mask_shared=False),
+                                    dict(keep_clean_cps=True, cmd_weighted=True)])
+def test_micd_alternatives_run(option):
+    m = build_method("micd", NetworkConfig(out_channels=2, filters=4), 2, MethodConfig(**option))
+    terms = m.step(torch.randn(2, 1, 16, 16, 16), torch.randint(0, 2, (2, 16, 16, 16)), torch.randn(2, 1, 16, 16, 16),
+                   0.1, torch.Generator().manual_seed(0))
+    assert {"sup", "mcpc", "cfc", "cmd", "total"} <= set(terms) and torch.isfinite(terms["total"])
