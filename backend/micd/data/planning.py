@@ -1,0 +1,131 @@
+"""Planning the training patch size from the data and the memory available, as nnU-Net plans it.
+
+The patch starts from the median preprocessed shape rounded up to the network's divisor (16): large enough to see a
+whole typical case, not much larger. It is capped at the spec's 64 x 128 x 128 when the memory is unknown; when it is
+known, the patch shrinks until the estimated training memory fits, or grows past the cap towards the median shape
+while it still fits. The memory estimate is deliberately rough (activations of the VNet layers autograd keeps) and
+errs high; the training loop still handles a real out-of-memory error by retrying smaller.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+# VNet layout (micd/nets/vnet.py): convolutions per encoder stage at levels 0..4 and per decoder stage at levels 0..3.
+_ENC_CONVS = (1, 2, 3, 3, 3)
+_DEC_CONVS = (1, 2, 3, 3)
+_STUDENT_PASSES = 4  # 2 students x 2 passes (labeled + unlabeled / masked) with activations kept for backward
+_TEACHER_PASSES = 2  # 2 EMA teachers, no gradient: only their outputs and decoder features are kept
+_SAFETY = 1.25  # autograd gradient buffers, cuDNN workspaces, allocator fragmentation
+
+
+def vnet_parameters(filters: int, in_channels: int = 1, n_classes: int = 2) -> int:
+    """Approximate parameter count of the VNet student (3x3x3 convs, 2x2x2 down/up convs, 1x1x1 head)."""
+    f = filters
+    n = 27 * in_channels * f
+    for level, convs in enumerate(_ENC_CONVS):
+        c = f * 2 ** level
+        n += convs * 27 * c * c - (27 * c * c if level == 0 else 0)
+    for level, convs in enumerate(_DEC_CONVS):
+        c = f * 2 ** level
+        n += convs * 27 * c * c
+    n += sum(2 * 8 * (f * 2 ** k) * (f * 2 ** (k + 1)) for k in range(4))  # down- and up-convolutions
+    return n + f * n_classes
+
+
+def _saved_values_per_voxel(filters: int, n_classes: int) -> float:
+    """Activation values one student keeps for backward, per input voxel (each conv: its output and BN/ReLU output)."""
+    total = 1.0 + filters + 2 * n_classes  # input, dropout on the last features, logits and softmax
+    for level in range(5):
+        c = filters * 2 ** level
+        per_level = 2 * _ENC_CONVS[level]
+        if level > 0:
+            per_level += 2  # downsampling conv into this level
+        if level < 4:
+            per_level += 2 * _DEC_CONVS[level] + 2 + 1  # decoder convs, upsampling conv, skip addition
+        else:
+            per_level += 1  # bottleneck dropout
+        total += c * per_level / 8 ** level
+    return total
+
+
+def estimate_training_bytes(patch: Sequence[int], filters: int, batch: int, n_classes: int,
+                            bytes_per_value: int = 4) -> int:
+    """Rough peak memory of one training step: 2 students x 2 passes with gradients, 2 teachers, losses, weights.
+
+    `batch` is the number of patches per forward pass (labeled + unlabeled); each student runs twice (e.g. on the
+    images and on their masked versions). `bytes_per_value` is 4 for float32, about 2 under mixed precision.
+    """
+    voxels = float(np.prod([int(p) for p in patch]))
+    student = _saved_values_per_voxel(filters, n_classes)
+    decoder_features = filters * (1 + 2 / 8 + 4 / 64 + 8 / 512)
+    teacher = decoder_features + 3 * filters + 2 * n_classes  # kept outputs + transient largest layer
+    losses = 8 * n_classes  # probabilities, pseudo-labels, masks and weights of the loss terms
+    activations = batch * voxels * (_STUDENT_PASSES * student + _TEACHER_PASSES * teacher + losses) * bytes_per_value
+    weights = vnet_parameters(filters, n_classes=n_classes) * 4 * (2 * 3 + 2)  # students: w, grad, momentum; teachers
+    return int(_SAFETY * activations + weights)
+
+
+def median_shape(shapes: Sequence[Sequence[int]]) -> Tuple[int, int, int]:
+    """Median (z, y, x) shape of prepared volumes (e.g. `[c.shape for c in prepared_cases]`)."""
+    med = np.median(np.array([list(s) for s in shapes], float), axis=0)
+    return tuple(int(round(v)) for v in med)  # type: ignore[return-value]
+
+
+def _fmt(shape: Sequence[int]) -> str:
+    return "x".join(str(int(s)) for s in shape)
+
+
+def plan_patch_size(median_shape_zyx: Sequence[int], available_bytes: Optional[int], filters: int, batch: int,
+                    divisor: int = 16, max_patch: Sequence[int] = (64, 128, 128), n_classes: int = 3,
+                    bytes_per_value: int = 4, memory_fraction: float = 0.8) -> Tuple[Tuple[int, int, int], str]:
+    """Choose the patch (D, H, W) and say why in one sentence (for the `start` event).
+
+    Each axis: the median preprocessed size rounded up to a multiple of `divisor` (at least `divisor`). Without a
+    memory figure it is capped at `max_patch`; with one, it shrinks (largest axis first) until the estimate fits
+    `memory_fraction` of `available_bytes`, or grows beyond `max_patch` towards the median shape while it fits.
+    """
+    target = [max(divisor, int(math.ceil(m / divisor)) * divisor) for m in median_shape_zyx]
+    patch = [min(t, m) for t, m in zip(target, max_patch)]
+    why = f"median preprocessed shape {_fmt(median_shape_zyx)} rounded up to a multiple of {divisor}"
+    if any(t > m for t, m in zip(target, max_patch)):
+        why += f", capped at {_fmt(max_patch)}"
+    if available_bytes is None:
+        est = estimate_training_bytes(patch, filters, batch, n_classes, bytes_per_value)
+        note = f"patch {_fmt(patch)} (z, y, x): {why}; memory unknown, estimated need {est / 2 ** 30:.2f} GiB " \
+               f"for batch {batch}"
+        return tuple(patch), note  # type: ignore[return-value]
+    budget = memory_fraction * available_bytes
+    fits = lambda p: estimate_training_bytes(p, filters, batch, n_classes, bytes_per_value) <= budget  # noqa: E731
+    shrunk = grown = False
+    while not fits(patch) and max(patch) > divisor:
+        axis = int(np.argmax(patch))
+        patch[axis] -= divisor
+        shrunk = True
+    if not shrunk:
+        while True:
+            room = [a for a in range(3) if patch[a] < target[a]]
+            trial = None
+            for a in sorted(room, key=lambda a: patch[a] / target[a]):
+                candidate = list(patch)
+                candidate[a] += divisor
+                if fits(candidate):
+                    trial = candidate
+                    break
+            if trial is None:
+                break
+            patch, grown = trial, True
+    est = estimate_training_bytes(patch, filters, batch, n_classes, bytes_per_value)
+    if shrunk:
+        why += f"; reduced to fit {memory_fraction:.0%} of {available_bytes / 2 ** 30:.1f} GiB"
+    elif grown:
+        why = (f"median preprocessed shape {_fmt(median_shape_zyx)} rounded up to a multiple of {divisor}; grown "
+               f"beyond {_fmt(max_patch)} because memory allows")
+    if not fits(patch):
+        why += " (still above the memory budget at the smallest patch)"
+    note = (f"patch {_fmt(patch)} (z, y, x): {why}; estimated need {est / 2 ** 30:.2f} GiB for batch {batch} of "
+            f"{available_bytes / 2 ** 30:.1f} GiB available")
+    return tuple(patch), note  # type: ignore[return-value]
