@@ -31,10 +31,16 @@ def is_image_path(path: str) -> bool:
 def is_dicom_folder(path: str) -> bool:
     if not os.path.isdir(path):
         return False
+    if not any(not f.lower().endswith(IMAGE_SUFFIXES) for f in os.listdir(path)):
+        return False  # only NIfTI/NRRD/... files: don't let GDCM scan (and warn about) it
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
         return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(path))
     except RuntimeError:
         return False
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def read_image(path: str) -> sitk.Image:

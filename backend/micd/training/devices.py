@@ -30,10 +30,20 @@ def resolve_device(spec: str) -> torch.device:
 def amp_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
     """None (full precision), torch.float16 or torch.bfloat16 for autocast."""
     if mode == "auto":
-        return torch.float16 if device.type == "cuda" else None
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if cpu_has_fast_bf16() else None
     if mode == "off":
         return None
     return torch.bfloat16 if mode == "bf16" else torch.float16
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with AMX or AVX512-BF16, where bf16 autocast roughly halves a training step."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:  # older torch
+        return False
 
 
 def is_oom(e: BaseException) -> bool:

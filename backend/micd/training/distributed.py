@@ -8,7 +8,9 @@ number of ranks (and a resume may change the number of ranks).
 from __future__ import annotations
 
 import datetime
+import json
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -96,6 +98,57 @@ def broadcast_object(ctx: DistContext, obj):
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()
+
+
+def any_rank(ctx: DistContext, flag: bool) -> bool:
+    """True on every rank when `flag` is true on at least one (used to stop all ranks at the same iteration)."""
+    if not ctx.enabled:
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+RANKS_DIR = "ranks"
+
+
+def record_rank(run_dir: str, ctx: DistContext) -> None:
+    """Note this rank's host and pid in RUN_DIR/ranks/, so that rank 0 can name a rank that died."""
+    if not ctx.enabled:
+        return
+    folder = os.path.join(run_dir, RANKS_DIR)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"rank{ctx.rank}.json"), "w") as f:
+        json.dump({"rank": ctx.rank, "pid": os.getpid(), "host": socket.gethostname()}, f)
+
+
+def is_peer_failure(message: str) -> bool:
+    m = message.lower()
+    return any(s in m for s in ("connection closed", "connection reset", "broken pipe", "gloo", "nccl", "timed out",
+                                "socket"))
+
+
+def dead_local_ranks(run_dir: str, ctx: DistContext) -> List[int]:
+    """Ranks on this host whose recorded process no longer runs (ranks on other hosts cannot be checked)."""
+    dead = []
+    folder = os.path.join(run_dir, RANKS_DIR)
+    for r in range(ctx.world_size):
+        try:
+            with open(os.path.join(folder, f"rank{r}.json")) as f:
+                info = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if info.get("host") != socket.gethostname():
+            continue
+        try:
+            os.kill(int(info["pid"]), 0)
+        except ProcessLookupError:
+            dead.append(r)
+        except PermissionError:
+            pass
+    return dead
 
 
 def shutdown(ctx: DistContext) -> None:

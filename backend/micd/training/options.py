@@ -46,7 +46,8 @@ class TrainOptions:
     lr_schedule: str = opt("poly", "poly: lr·(1 − t/T)^power per iteration; constant", choices=["poly", "constant"])
     poly_power: float = opt(0.9, "exponent of the poly schedule")
     validate_every: int = opt(0, "validate every N iterations (0: ten times per run) and always at the end")
-    amp: str = opt("auto", "mixed precision: auto (fp16 AMP on CUDA, off on CPU), off, bf16, fp16",
+    amp: str = opt("auto", "mixed precision: auto (fp16 AMP on CUDA; bf16 autocast on CPUs with AMX/AVX512-BF16, else off), "
+                   "off, bf16, fp16",
                    choices=["auto", "off", "bf16", "fp16"])
     cache_dir: Optional[str] = opt(None, "folder for the preprocessed memory-mapped arrays (default RUN_DIR/cache)")
     target_spacing: Optional[List[float]] = opt(None, "resample to this spacing X Y Z in mm (default: median of the "

@@ -87,6 +87,7 @@ class Trainer:
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
             self._open_events()
+            D.record_rank(self.run_dir, self.ctx)
             if self.o.num_threads > 0:
                 torch.set_num_threads(self.o.num_threads)
             self._setup()
@@ -162,6 +163,19 @@ class Trainer:
             self.events = EventWriter(None, sys.stdout)
         if self.ctx.enabled:
             fields.setdefault("rank", self.ctx.rank)
+            fields.setdefault("world_size", self.ctx.world_size)
+            if not self.ctx.is_main:
+                if kind == "cancelled":
+                    return  # rank 0 reports the cancellation once
+                # A failing rank reports itself: rank 0 may be gone or blocked in a collective.
+                w = EventWriter(os.path.join(self.run_dir, "events.jsonl"), None)
+                w.error(kind, message, hint, **fields)
+                w.close()
+                return
+            if kind in ("internal", "cuda") and D.is_peer_failure(message):
+                dead = D.dead_local_ranks(self.run_dir, self.ctx)
+                fields["failed_ranks"] = dead
+                message = (f"rank {', '.join(map(str, dead))} stopped; " if dead else "another rank stopped; ") + message
         self.events.error(kind, message, hint, **fields)
 
     def _setup(self) -> None:
@@ -197,7 +211,7 @@ class Trainer:
             self._emit("warning", message=w.reason, file=w.file)
         if not report.ok:
             raise DataProblem(f"{len(report.problems)} problem(s) in the dataset", [p.__dict__ for p in report.problems])
-        notes: List[str] = []
+        notes: List[str] = list(spec.notes)
         spec, note = split_validation(spec, o.seed, o.val_fraction)
         if note:
             notes.append(note)
@@ -245,7 +259,9 @@ class Trainer:
             return p
         shapes = np.array([np.asarray(c.image.shape) for c in self.data.labeled])
         patch, note = plan_patch_size(tuple(int(v) for v in np.median(shapes, 0)), free_device_bytes(self.device),
-                                      self.o.filters, self.o.batch_labeled + self.o.batch_unlabeled)
+                                      self.o.filters, self.o.batch_labeled + self.o.batch_unlabeled,
+                                      n_classes=max(self.data.labels) + 1,
+                                      bytes_per_value=2 if amp_dtype(self.o.amp, self.device) else 4)
         self.patch_note = note
         return list(patch)
 
@@ -447,7 +463,8 @@ class Trainer:
         D.barrier(self.ctx)
 
     def _check_cancel(self, it: Optional[int] = None, before_training: bool = False) -> None:
-        if not self.cancel.requested:
+        # All ranks must stop at the same iteration, or one would wait forever in the next all-reduce.
+        if not D.any_rank(self.ctx, self.cancel.requested):
             return
         path = None
         if not before_training and it is not None:

@@ -45,7 +45,7 @@ def validate(nets: Sequence[nn.Module], cases: List, labels: Dict[int, str], pat
     per_class: Dict[int, List[float]] = {c: [] for c in labels}
     try:
         for case in cases:
-            x = torch.from_numpy(np.asarray(case.image, np.float32))[None, None].to(device)
+            x = torch.from_numpy(np.array(case.image, np.float32))[None, None].to(device)
             prob = sliding_window_inference(x, tuple(patch), 4, model, overlap=0.25, mode="gaussian")
             pred = prob.argmax(1)[0].cpu().numpy()
             for c, d in dice_per_class(pred, np.asarray(case.label), list(labels)).items():
