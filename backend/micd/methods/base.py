@@ -82,16 +82,26 @@ class Method(nn.Module):
                                        "student_b": build_network(net_config, inits[1])})
         self.runners: Dict[str, Callable] = dict(self.students.items())
         self.reduce: Reduce = lambda t: t
+        self.shard = (0, 1)  # (rank, world size): random draws are made for the global batch, then sliced
         self.optimizer_steps = 0
 
     def inits(self) -> Tuple[str, str]:
         return self.branch_inits
 
-    def prepare(self, wrap: Callable[[nn.Module], Callable], reduce: Optional[Reduce] = None) -> None:
-        """Wrap each student for training (identity, or DDP) and set the cross-rank sum used by statistics."""
+    def prepare(self, wrap: Callable[[nn.Module], Callable], reduce: Optional[Reduce] = None,
+                shard: Tuple[int, int] = (0, 1)) -> None:
+        """Wrap each student for training (identity, or DDP), set the cross-rank sum used by statistics and this
+        rank's share of the global batch."""
         self.runners = {k: wrap(v) for k, v in self.students.items()}
         if reduce is not None:
             self.reduce = reduce
+        self.shard = shard
+
+    def global_draw(self, draw: Callable[[int], torch.Tensor], n_local: int) -> torch.Tensor:
+        """Draw random tensors for the whole global batch (same generator state on every rank) and keep this rank's
+        rows, so that N ranks see exactly what one process with the global batch would."""
+        rank, world = self.shard
+        return draw(n_local * world)[rank * n_local:(rank + 1) * n_local]
 
     def init_from_label_counts(self, counts: np.ndarray) -> None:
         """Called once with the voxel count of each class over the labeled training set."""

@@ -24,8 +24,8 @@ class DHC(Method):
     def inits(self):
         return (self.cfg.init_a, self.cfg.init_b)
 
-    def prepare(self, wrap, reduce=None):
-        super().prepare(wrap, reduce)
+    def prepare(self, wrap, reduce=None, shard=(0, 1)):
+        super().prepare(wrap, reduce, shard)
         self.diffdw.reduce = self.distdw.reduce = self.reduce
 
     def init_from_label_counts(self, counts: np.ndarray) -> None:

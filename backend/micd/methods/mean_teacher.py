@@ -25,7 +25,9 @@ class MeanTeacher(Method):
     def step(self, x_l, y_l, x_u, beta, generator) -> Dict[str, torch.Tensor]:
         x = torch.cat([x_l, x_u])
         n_l = x_l.shape[0]
-        noise = (torch.randn(x.shape, generator=generator) * self.cfg.mt_noise).clamp(-0.2, 0.2).to(x.device)
+        draw = lambda n: torch.randn((n, *x.shape[1:]), generator=generator)
+        noise = torch.cat([self.global_draw(draw, n_l), self.global_draw(draw, x.shape[0] - n_l)])
+        noise = (noise * self.cfg.mt_noise).clamp(-0.2, 0.2).to(x.device)
         out: Dict[str, torch.Tensor] = {}
         total = 0.0
         for s in ("a", "b"):

@@ -48,10 +48,16 @@ class MICD(DHC):
 
     def make_masked(self, x: torch.Tensor, n_l: int, generator: torch.Generator) -> List[torch.Tensor]:
         """Masked inputs for A and B (the same tensor when the mask is shared)."""
+        shape = tuple(x.shape[1:])
+
+        def draw(n: int) -> torch.Tensor:
+            return block_mask((n, *shape), self.cfg.mask_ratio, self.cfg.mask_block, generator)
+
         def one() -> torch.Tensor:
-            m = block_mask(x.shape, self.cfg.mask_ratio, self.cfg.mask_block, generator, x.device)
+            m_l = self.global_draw(draw, n_l)
             if not self.cfg.mask_labeled:
-                m[:n_l] = 1.0
+                m_l = torch.ones_like(m_l)
+            m = torch.cat([m_l, self.global_draw(draw, x.shape[0] - n_l)]).to(x.device)
             return x * m
         xa = one()
         return [xa, xa if self.cfg.mask_shared else one()]

@@ -151,6 +151,44 @@ def dead_local_ranks(run_dir: str, ctx: DistContext) -> List[int]:
     return dead
 
 
+def mean_across_ranks(ctx: DistContext, values: dict) -> dict:
+    """Average logged scalars over ranks, so the events describe the global batch."""
+    if not ctx.enabled:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return {k: float(v) / ctx.world_size for k, v in zip(keys, t.tolist())}
+
+
+def record_state_digest(run_dir: str, ctx: DistContext, method) -> None:
+    """Write a checksum of this rank's teachers, students and class weights into RUN_DIR/ranks/ (distributed runs
+    only), so that anyone can verify that every rank ended with the same state."""
+    if not ctx.enabled:
+        return
+    import hashlib
+
+    h = {}
+    for name, module in method.export_networks().items():
+        digest = hashlib.sha256()
+        for k, v in sorted(module.state_dict().items()):
+            digest.update(k.encode())
+            digest.update(v.detach().cpu().contiguous().numpy().tobytes())
+        h[name] = digest.hexdigest()
+    extra = method.extra_state()
+    for key in ("diffdw", "distdw"):
+        if key in extra:
+            h[key] = [round(float(x), 6) for x in extra[key]["weights"].tolist()]
+    path = os.path.join(run_dir, RANKS_DIR, f"rank{ctx.rank}.json")
+    info = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            info = json.load(f)
+    info["final_state"] = h
+    with open(path, "w") as f:
+        json.dump(info, f)
+
+
 def shutdown(ctx: DistContext) -> None:
     if ctx.enabled and dist.is_initialized():
         dist.destroy_process_group()

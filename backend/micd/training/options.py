@@ -31,6 +31,10 @@ class TrainOptions:
                                           "16); planned from the data and memory when omitted", nargs=3, type=int,
                                           metavar=("D", "H", "W"))
     filters: int = opt(16, "base width of the VNet students (the spec uses 32 on GPUs)")
+    normalization: str = opt("batchnorm", "normalisation layers of the students (instancenorm is per sample, so "
+                             "it does not depend on how the batch is split over ranks)",
+                             choices=["batchnorm", "instancenorm", "none"])
+    dropout: float = opt(0.5, "Dropout3d probability on the bottleneck and the last decoder features (DHC: 0.5)")
     device: str = opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     seed: int = opt(0, "random seed; with the same seed a CPU run repeats exactly")
     checkpoint_every: int = opt(500, "save RUN_DIR/checkpoints/last.pt every N iterations")
@@ -61,7 +65,8 @@ class TrainOptions:
     num_threads: int = opt(0, "CPU threads for torch (0: torch's default)")
     log_every: int = opt(1, "emit an iteration event every N iterations (the last one always)")
     nproc: int = opt(0, "launch this many processes on this machine with torchrun (DistributedDataParallel)")
-    sync_bn: bool = opt(False, "synchronise BatchNorm statistics across ranks (SyncBatchNorm)", action="store_true")
+    sync_bn: bool = opt(False, "synchronise BatchNorm statistics across ranks (SyncBatchNorm, CUDA only); without it "
+                        "each rank normalises with the statistics of its own share of the batch", action="store_true")
     # method options (micd-method.md §9); defaults are the spec's recommendations
     beta_max: float = opt(MethodConfig.beta_max, "β_max of the Gaussian ramp-up (Eq. 7)")
     rampup_fraction: float = opt(MethodConfig.rampup_fraction, "ramp-up length as a fraction of --iterations")

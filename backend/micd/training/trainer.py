@@ -129,6 +129,7 @@ class Trainer:
     def _open_events(self) -> None:
         o = self.o
         existing = os.path.exists(os.path.join(self.run_dir, "events.jsonl")) or os.path.isdir(self.ckpt_dir)
+        D.barrier(self.ctx)  # every rank looks before rank 0 creates anything
         if existing and not o.resume:
             # Write nothing into a folder holding someone's run.
             self.events = EventWriter(None, sys.stdout if o.progress != "none" else None, enabled=self.ctx.is_main)
@@ -270,11 +271,16 @@ class Trainer:
         self.patch_note = "restored from the checkpoint"
         self.patch = self._plan_patch()
         n_classes = max(self.data.labels) + 1
-        self.net_config = NetworkConfig(out_channels=n_classes, filters=o.filters)
+        self.net_config = NetworkConfig(out_channels=n_classes, filters=o.filters, dropout=o.dropout,
+                                        normalization=o.normalization)
         if self.resume_state is not None:
             self.net_config = NetworkConfig.from_dict(self.resume_state["network"])
         self.method = build_method(o.method, self.net_config, n_classes, o.method_config())
         if o.sync_bn and self.ctx.enabled:
+            if self.device.type != "cuda":
+                raise DataProblem("--sync-bn needs CUDA devices (torch's SyncBatchNorm)", [],
+                                  "drop --sync-bn on CPU (BatchNorm statistics are then per rank), or use "
+                                  "--normalization instancenorm, which does not depend on the batch split")
             D.convert_sync_bn_inplace(self.method.students)
         self.method.to(self.device)
         counts = np.zeros(n_classes, np.float64)
@@ -292,7 +298,8 @@ class Trainer:
         if self.resume_state is not None:
             self._restore(self.resume_state)
         # Teachers and class weights start identical on every rank; DDP broadcasts rank 0's students.
-        self.method.prepare(D.make_wrapper(self.ctx, self.device, False), D.sum_across_ranks(self.ctx))
+        self.method.prepare(D.make_wrapper(self.ctx, self.device, False), D.sum_across_ranks(self.ctx),
+                            (self.ctx.rank, self.ctx.world_size))
         self._make_samplers()
 
     def _make_samplers(self) -> None:
@@ -433,7 +440,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.method.after_step()
-        values = {k: float(v.detach()) for k, v in terms.items()}
+        values = D.mean_across_ranks(self.ctx, {k: float(v.detach()) for k, v in terms.items()})
         if not np.isfinite(values["total"]):
             raise FloatingPointError(f"the loss became {values['total']} ({values}); lower --lr or --beta-max")
         return values
@@ -480,6 +487,7 @@ class Trainer:
     # ------------------------------------------------------------------ result
     def _finish(self) -> None:
         it = self.final_iter
+        D.record_state_digest(self.run_dir, self.ctx, self.method)
         if not self.ctx.is_main:
             D.barrier(self.ctx)
             return
