@@ -61,7 +61,8 @@ class TrainOptions:
     ct_window: Optional[List[float]] = opt(None, "HU window LO HI for CT (default -175 250)", nargs=2, type=float,
                                            metavar=("LO", "HI"))
     foreground_fraction: float = opt(0.33, "share of labeled patches centred on a foreground voxel")
-    val_fraction: float = opt(0.2, "share of labeled cases held out for validation when the dataset gives none")
+    val_fraction: float = opt(0.2, "share of labeled cases held out for validation when the dataset gives none "
+                          "(at most 20; 0: none, the model keeps the last weights)")
     num_threads: int = opt(0, "CPU threads for torch (0: torch's default)")
     log_every: int = opt(1, "emit an iteration event every N iterations (the last one always)")
     nproc: int = opt(0, "launch this many processes on this machine with torchrun (DistributedDataParallel)")

@@ -213,9 +213,11 @@ class Trainer:
         if not report.ok:
             raise DataProblem(f"{len(report.problems)} problem(s) in the dataset", [p.__dict__ for p in report.problems])
         notes: List[str] = list(spec.notes)
-        spec, note = split_validation(spec, o.seed, o.val_fraction)
-        if note:
-            notes.append(note)
+        if o.val_fraction > 0 or spec.validation:
+            spec, note = split_validation(spec, o.seed, o.val_fraction, max_cases=20)
+        else:
+            note = "validation: none (--val-fraction 0); the model keeps the weights of the last iteration"
+        notes.append(note)
         if self.resume_state is not None:
             plan = PreprocessPlan.from_dict(self.resume_state["plan"])
         else:
