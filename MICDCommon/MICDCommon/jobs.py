@@ -1,0 +1,287 @@
+"""Background jobs: a `micd` subprocess that outlives the panel (and Slicer), its record file, and a runner that
+streams its events, reattaches to it later, and cancels its whole process tree.
+
+Nothing here needs Qt: `BackgroundJob.poll()` advances the state (new events, log lines, end of the process) and
+calls the callbacks; in Slicer a QTimer calls it (see `qtpoller.py`), in scripts and tests `wait()` or a loop does.
+"""
+
+import json
+import os
+import subprocess
+import time
+
+from . import processes
+from .events import EventTail, LineTail, parse_event
+
+RECORD_FILE = "job.json"
+LOG_FILE = "job.log"
+
+RUNNING, CANCELLING = "running", "cancelling"
+SUCCEEDED, FAILED, CANCELLED, LOST = "succeeded", "failed", "cancelled", "lost"
+FINISHED_STATES = (SUCCEEDED, FAILED, CANCELLED, LOST)
+
+CANCELLED_EXIT_CODE = 3  # micd: SIGTERM/SIGINT, checkpoint saved
+
+
+class JobError(Exception):
+    """A job could not be started or attached; the message says why and what to do."""
+
+
+class JobRecord:
+    """What is needed to find a job again: pid (+ start marker against pid reuse), command, run folder, files.
+
+    Stored as `job.json` in the run folder; `status`/`returncode` are filled in when the job ends."""
+
+    FIELDS = ("kind", "command", "run_dir", "pid", "start_marker", "started", "events_file", "log_file", "status",
+              "returncode", "ended", "info")
+
+    def __init__(self, kind, command, run_dir, pid=0, start_marker=None, started=None, events_file=None,
+                 log_file=None, status=RUNNING, returncode=None, ended=None, info=None):
+        self.kind = kind
+        self.command = list(command)
+        self.run_dir = os.path.abspath(run_dir)
+        self.pid = int(pid or 0)
+        self.start_marker = start_marker
+        self.started = started if started is not None else time.time()
+        self.events_file = events_file
+        self.log_file = log_file or os.path.join(self.run_dir, LOG_FILE)
+        self.status = status
+        self.returncode = returncode
+        self.ended = ended
+        self.info = dict(info or {})  # caller's notes, e.g. the model name to register
+
+    @property
+    def path(self):
+        return os.path.join(self.run_dir, RECORD_FILE)
+
+    def to_dict(self):
+        return {k: getattr(self, k) for k in self.FIELDS}
+
+    def save(self):
+        os.makedirs(self.run_dir, exist_ok=True)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2)
+        os.replace(tmp, self.path)
+
+    @classmethod
+    def load(cls, run_dir):
+        path = os.path.join(run_dir, RECORD_FILE)
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise JobError(f"{path}: no readable job record ({e})") from None
+        data["run_dir"] = run_dir
+        return cls(**{k: data.get(k) for k in cls.FIELDS if k in data})
+
+    def process_running(self):
+        return processes.is_same_process(self.pid, self.start_marker)
+
+
+class BackgroundJob:
+    """One running (or finished) job. Create with `start()` or `attach()`; call `poll()` regularly.
+
+    Callbacks: on_event(event dict), on_log(text line), on_finished(job). `state` is one of running, cancelling,
+    succeeded, failed, cancelled, lost (the process ended without saying how, e.g. it was killed)."""
+
+    def __init__(self, record, popen=None, on_event=None, on_log=None, on_finished=None):
+        self.record = record
+        self._popen = popen
+        self.on_event = on_event
+        self.on_log = on_log
+        self.on_finished = on_finished
+        self.events = []
+        self.state = record.status if record.status in FINISHED_STATES else RUNNING
+        self.returncode = record.returncode
+        self._events = EventTail(record.events_file) if record.events_file else None
+        self._log = LineTail(record.log_file)
+        self._stop_pids = None
+        self._kill_deadline = None
+        self._cancel_requested = False
+        self._finished_notified = self.state in FINISHED_STATES
+
+    # --- creation -----------------------------------------------------------------------------------------------
+    @classmethod
+    def start(cls, command, run_dir, kind="train", env=None, events_file=None, info=None, cwd=None, **callbacks):
+        """Start `command` in the background, stdout+stderr to RUN_DIR/job.log, and write RUN_DIR/job.json."""
+        os.makedirs(run_dir, exist_ok=True)
+        record = JobRecord(kind, command, run_dir, events_file=events_file, info=info)
+        events_offset, log_offset = _file_size(events_file), _file_size(record.log_file)  # a resume appends
+        log = open(record.log_file, "ab")
+        try:
+            popen = subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=env, cwd=cwd or run_dir, **processes.new_group_popen_kwargs())
+        except OSError as e:
+            raise JobError(f"could not start {command[0]!r}: {e}. Check the Python interpreter chosen in the "
+                           "MICD settings.") from None
+        finally:
+            log.close()
+        record.pid = popen.pid
+        record.start_marker = processes.start_marker(popen.pid)
+        record.save()
+        job = cls(record, popen=popen, **callbacks)
+        job._log.offset = log_offset
+        if job._events is not None:
+            job._events = EventTail(events_file, events_offset)
+        return job
+
+    @classmethod
+    def attach(cls, run_dir, replay=True, **callbacks):
+        """Reconnect to the job recorded in `run_dir` (after a module reload or a Slicer restart).
+
+        With `replay` the events written so far are delivered again on the first poll, so curves can be redrawn."""
+        record = JobRecord.load(run_dir)
+        job = cls(record, **callbacks)
+        if not replay:
+            job._log.offset = _file_size(record.log_file)
+            if job._events is not None:
+                job._events = EventTail(record.events_file, _file_size(record.events_file))
+        return job
+
+    # --- state --------------------------------------------------------------------------------------------------
+    @property
+    def run_dir(self):
+        return self.record.run_dir
+
+    @property
+    def pid(self):
+        return self.record.pid
+
+    @property
+    def finished(self):
+        return self.state in FINISHED_STATES
+
+    def _process_running(self):
+        if self._popen is not None:
+            rc = self._popen.poll()
+            if rc is not None:
+                self.returncode = rc
+            return rc is None
+        return self.record.process_running()
+
+    def poll(self):
+        """Read new events and log lines, notice the end of the process, call the callbacks. Returns new events."""
+        running = self._process_running()
+        if not running and self._stop_pids is not None:
+            running = processes.tree_alive(self.pid, self._stop_pids)
+        new = self._read_events()
+        if self._kill_deadline is not None and running and time.monotonic() > self._kill_deadline:
+            processes.force_kill(self.pid, self._stop_pids or [])
+            self._kill_deadline = None
+        if not running and not self.finished:
+            new += self._read_events()
+            self._settle()
+        return new
+
+    def _read_events(self):
+        new = []
+        for line in self._log.read_new_lines():
+            event = parse_event(line)
+            if event is None:
+                if self.on_log and line.strip():
+                    self.on_log(line)
+            elif self._events is None:
+                new.append(event)
+        if self._events is not None:
+            new += self._events.read_new()
+        for event in new:
+            self.events.append(event)
+            if self.on_event:
+                self.on_event(event)
+        return new
+
+    def _settle(self):
+        last = self.events[-1] if self.events else {}
+        if self.returncode is None:
+            self.returncode = self.record.returncode
+        if self._cancel_requested or self.returncode == CANCELLED_EXIT_CODE or (
+                last.get("event") == "error" and last.get("kind") == "cancelled"):
+            self.state = CANCELLED
+        elif self.returncode == 0 or last.get("event") == "done":
+            self.state = SUCCEEDED
+        elif self.returncode is not None or last.get("event") == "error":
+            self.state = FAILED
+        elif self._outputs_present():
+            self.state = SUCCEEDED
+        else:
+            self.state = LOST
+        self.record.status, self.record.returncode, self.record.ended = self.state, self.returncode, time.time()
+        try:
+            self.record.save()
+        except OSError:
+            pass
+        if not self._finished_notified:
+            self._finished_notified = True
+            if self.on_finished:
+                self.on_finished(self)
+
+    def _outputs_present(self):
+        outputs = self.record.info.get("outputs") or []
+        return bool(outputs) and all(os.path.exists(p) for p in outputs)
+
+    @property
+    def error_event(self):
+        return next((e for e in reversed(self.events) if e.get("event") == "error"), None)
+
+    def log_tail(self, n=20):
+        """The last `n` lines of the job's log file (for error messages)."""
+        try:
+            with open(self.record.log_file, encoding="utf-8", errors="replace") as f:
+                lines = [ln.rstrip() for ln in f if ln.strip() and parse_event(ln) is None]
+        except OSError:
+            return ""
+        return "\n".join(lines[-n:])
+
+    # --- control ------------------------------------------------------------------------------------------------
+    def request_cancel(self, grace_s=30.0):
+        """Ask the tree to stop (SIGTERM: the trainer saves a checkpoint); `poll()` kills it after `grace_s`."""
+        if self.finished:
+            return
+        self._cancel_requested = True
+        self.state = CANCELLING
+        self._stop_pids = processes.request_stop(self.pid)
+        self._kill_deadline = time.monotonic() + grace_s
+
+    def cancel(self, grace_s=30.0, interval=0.1):
+        """Stop the whole process tree and wait until it is gone (killing it after `grace_s`)."""
+        self.request_cancel(grace_s)
+        while not self.finished:
+            self.poll()
+            time.sleep(interval)
+        return self.state
+
+    def wait(self, timeout=None, interval=0.5, idle=None):
+        """Poll until the job ends (or `timeout` s pass); `idle()` runs between polls (e.g. processEvents)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.finished:
+            self.poll()
+            if self.finished:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            if idle:
+                idle()
+            time.sleep(interval)
+        return self.state
+
+
+def _file_size(path):
+    return os.path.getsize(path) if path and os.path.isfile(path) else 0
+
+
+def find_jobs(root, kind=None):
+    """Records of the jobs in the run folders under `root` (newest first)."""
+    found = []
+    if not root or not os.path.isdir(root):
+        return found
+    for name in os.listdir(root):
+        run_dir = os.path.join(root, name)
+        if os.path.isfile(os.path.join(run_dir, RECORD_FILE)):
+            try:
+                record = JobRecord.load(run_dir)
+            except JobError:
+                continue
+            if kind is None or record.kind == kind:
+                found.append(record)
+    return sorted(found, key=lambda r: r.started, reverse=True)

@@ -1,0 +1,212 @@
+"""Segmenting a volume without the GUI: write it to a file, run `micd predict` in the background, import the label
+map as a segmentation node (names, colours, geometry, study), optionally the uncertainty map. Also the model list
+operations the panel offers (rename, delete, export, import)."""
+
+import os
+import shutil
+import tempfile
+import time
+
+import slicer
+
+from MICDCommon import SUCCEEDED, BackendLauncher, BackgroundJob, ModelRegistry, describe_event, micd_home, sceneio
+
+from .Parameters import SegmentationSettings
+from .ResultImport import find_previous_result, import_label_file, import_uncertainty, result_name
+
+
+class SegmentationError(Exception):
+    """Segmentation could not start or failed; the message says why and what to do."""
+
+
+def _idle():
+    app = getattr(slicer, "app", None)
+    if app is not None:
+        app.processEvents()
+
+
+class SegmentationJob:
+    """A running `micd predict` and, once it succeeded, the imported result (`segmentation`, `uncertainty`)."""
+
+    def __init__(self, job, volume, model, target, want_uncertainty, keep_files, on_log=None, on_finished=None,
+                 on_event=None):
+        self.job = job
+        self.volume = volume
+        self.model = model
+        self.target = target
+        self.want_uncertainty = want_uncertainty
+        self.keep_files = keep_files
+        self.segmentation = None
+        self.uncertainty = None
+        self.message = ""
+        self.started = time.time()
+        self._on_log, self._on_finished, self._on_event = on_log, on_finished, on_event
+        job.on_event, job.on_log, job.on_finished = self._event, self._log, self._finished
+
+    @property
+    def state(self):
+        return self.job.state
+
+    @property
+    def finished(self):
+        return self.job.finished
+
+    @property
+    def output_path(self):
+        return os.path.join(self.job.run_dir, "prediction.nrrd")
+
+    @property
+    def uncertainty_path(self):
+        return os.path.join(self.job.run_dir, "uncertainty.nrrd")
+
+    @property
+    def elapsed_s(self):
+        return time.time() - self.started
+
+    def poll(self):
+        return self.job.poll()
+
+    def wait(self, timeout=None, interval=0.2):
+        return self.job.wait(timeout=timeout, interval=interval, idle=_idle)
+
+    def request_cancel(self):
+        self.job.request_cancel(grace_s=5.0)
+
+    def cancel(self):
+        return self.job.cancel(grace_s=5.0)
+
+    def _event(self, event):
+        text = describe_event(event)
+        if text and self._on_log:
+            self._on_log(text)
+        if self._on_event:
+            self._on_event(event)
+
+    def _log(self, line):
+        if self._on_log:
+            self._on_log(line)
+
+    def _finished(self, job):
+        try:
+            if job.state == SUCCEEDED and os.path.isfile(self.output_path):
+                self._import()
+            elif job.state == SUCCEEDED:
+                job.state = "failed"
+                self.message = f"micd predict ended without writing {self.output_path}." + _log_excerpt(job)
+            else:
+                error = job.error_event or {}
+                self.message = (error.get("message") or f"Segmentation {job.state} (exit code {job.returncode}).")
+                if error.get("hint"):
+                    self.message += f"\nWhat to do: {error['hint']}"
+                self.message += _log_excerpt(job)
+        except Exception as e:  # noqa: BLE001 - reported to the panel / console
+            job.state = "failed"
+            self.message = f"Could not load the result: {e}"
+        finally:
+            if not self.keep_files and job.state in (SUCCEEDED, "cancelled"):
+                shutil.rmtree(job.run_dir, ignore_errors=True)
+        if self._on_log and self.message:
+            self._on_log(self.message)
+        if self._on_finished:
+            self._on_finished(self)
+
+    def _import(self):
+        self.segmentation = import_label_file(self.output_path, self.volume, self.model.labels, self.model.colors,
+                                              node_name=result_name(self.volume), target=self.target,
+                                              model_path=self.model.path)
+        if self.want_uncertainty and os.path.isfile(self.uncertainty_path):
+            self.uncertainty = import_uncertainty(self.uncertainty_path, self.volume)
+        self.message = (f"Segmented {self.volume.GetName()} with '{self.model.name}' in {self.elapsed_s:.0f} s: "
+                        f"{self.segmentation.GetSegmentation().GetNumberOfSegments()} segments.")
+
+
+def _log_excerpt(job):
+    tail = job.log_tail(8)
+    return f"\nLast lines of the log:\n{tail}" if tail else ""
+
+
+class SegmentationLogic:
+    """Console and panel entry point for segmentation and for managing models.
+
+    launcher/registry/work_root/job_poller as in the training logic; keep_files keeps the temporary folder."""
+
+    def __init__(self, launcher=None, registry=None, work_root=None, job_poller=None, keep_files=False):
+        home = micd_home()
+        self.launcher = launcher or BackendLauncher()
+        self.registry = registry or ModelRegistry(os.path.join(home, "models"))
+        self.work_root = work_root or os.path.join(home, "segment")
+        self.job_poller = job_poller
+        self.keep_files = keep_files
+
+    # --- models -------------------------------------------------------------------------------------------------
+    def models(self):
+        return self.registry.models()
+
+    def model(self, model):
+        """A ModelInfo from a ModelInfo, a display/folder name, or a model folder path."""
+        return self.registry.get(model)
+
+    def rename_model(self, model, new_name):
+        return self.registry.rename(model, new_name)
+
+    def delete_model(self, model):
+        self.registry.delete(model)
+
+    def export_model(self, model, zip_path):
+        return self.registry.export_zip(model, zip_path)
+
+    def import_model(self, path, name=None):
+        return self.registry.import_path(path, name)
+
+    # --- segmentation -------------------------------------------------------------------------------------------
+    @staticmethod
+    def previous_result(volume):
+        return find_previous_result(volume)
+
+    def segment(self, volume, model, wait=False, settings=None, replace=False, on_log=None, on_finished=None,
+                on_event=None, timeout=None, **setting_changes):
+        """Segment `volume` with `model` (ModelInfo, name or folder) in the background; returns a SegmentationJob.
+
+        replace: True reuses the earlier MICD result node of this volume (its segments are replaced), False makes a
+        new node; the panel asks the user first. Options: device="cpu", uncertainty=True, tta=True. With wait=True
+        the call returns when done and raises SegmentationError unless it succeeded (job.segmentation is the node)."""
+        settings = settings or SegmentationSettings()
+        if setting_changes:
+            settings = SegmentationSettings(**{**settings.__dict__, **setting_changes})
+        if settings.problems():
+            raise SegmentationError(" ".join(settings.problems()))
+        if volume is None or volume.GetImageData() is None:
+            raise SegmentationError("Select a volume with image data to segment.")
+        model = self.model(model)
+        target = self.previous_result(volume) if replace else None
+        os.makedirs(self.work_root, exist_ok=True)
+        work_dir = tempfile.mkdtemp(prefix="segment-", dir=self.work_root)
+        input_path = sceneio.write_volume(volume, os.path.join(work_dir, "input.nrrd"), compress=False)
+        output_path = os.path.join(work_dir, "prediction.nrrd")
+        args = ["--model", model.path, "--input", input_path, "--output", output_path, *settings.cli_args()]
+        if settings.uncertainty:
+            args += ["--uncertainty", os.path.join(work_dir, "uncertainty.nrrd")]
+        command = self.launcher.command("predict", *args)
+        job = BackgroundJob.start(command, work_dir, kind="predict", env=self.launcher.environment(),
+                                  info={"outputs": [output_path], "volume": volume.GetName(), "model": model.path})
+        segmentation_job = SegmentationJob(job, volume, model, target, settings.uncertainty, self.keep_files,
+                                           on_log, on_finished, on_event)
+        if wait:
+            segmentation_job.wait(timeout=timeout)
+            if not segmentation_job.finished:
+                segmentation_job.cancel()
+                raise SegmentationError(f"Segmentation did not finish within {timeout} s and was stopped.")
+            if segmentation_job.state != SUCCEEDED:
+                raise SegmentationError(segmentation_job.message)
+        elif self.job_poller is not None:
+            self.job_poller.add(segmentation_job)
+        return segmentation_job
+
+    def import_result(self, label_path, volume, model, replace=False, uncertainty_path=None):
+        """Import a label file made by `micd predict` elsewhere (same geometry as `volume`)."""
+        model = self.model(model)
+        node = import_label_file(label_path, volume, model.labels, model.colors, node_name=result_name(volume),
+                                 target=self.previous_result(volume) if replace else None, model_path=model.path)
+        if uncertainty_path:
+            import_uncertainty(uncertainty_path, volume)
+        return node

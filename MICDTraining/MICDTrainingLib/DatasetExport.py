@@ -1,0 +1,272 @@
+"""Scene -> training files. Checks labeled (volume, segmentation) pairs, gives each segment name one label value
+across all cases, writes image + labelmap files in the volume's geometry, and the dataset file `micd train` reads."""
+
+import json
+import os
+import re
+
+import numpy as np
+import slicer
+import vtk
+
+from MICDCommon import sceneio
+
+
+def segment_key(name):
+    """How segment names are compared across cases (as the backend does): case-insensitive, ' ', '_', '-' alike."""
+    return re.sub(r"[\s_\-]+", " ", str(name).strip().lower())
+
+
+class LabeledCase:
+    """One labeled case from the scene."""
+
+    def __init__(self, volume, segmentation):
+        self.volume = volume
+        self.segmentation = segmentation
+
+    @property
+    def title(self):
+        v = self.volume.GetName() if self.volume is not None else "(no volume)"
+        s = self.segmentation.GetName() if self.segmentation is not None else "(no segmentation)"
+        return f"{v} / {s}"
+
+    def segments(self):
+        """[(segment id, name)] in the segmentation's order."""
+        seg = self.segmentation.GetSegmentation()
+        ids = [seg.GetNthSegmentID(i) for i in range(seg.GetNumberOfSegments())]
+        return [(i, seg.GetSegment(i).GetName()) for i in ids]
+
+
+class FileCase:
+    """One labeled case already on disk (image file + label file); passed through to the dataset file."""
+
+    def __init__(self, image, label):
+        self.image = os.path.abspath(image)
+        self.label = os.path.abspath(label)
+
+    @property
+    def title(self):
+        return os.path.basename(self.image)
+
+
+class DatasetReport:
+    """Result of the checks: label values by name, blocking errors and warnings (each a sentence)."""
+
+    def __init__(self):
+        self.labels = {}  # value -> name
+        self.errors = []
+        self.warnings = []
+        self.colors = {}  # value -> (r, g, b) from the first case that has the segment
+
+    @property
+    def ok(self):
+        return not self.errors
+
+    def text(self):
+        lines = [f"Error: {e}" for e in self.errors] + [f"Warning: {w}" for w in self.warnings]
+        return "\n".join(lines) if lines else "All checks passed."
+
+
+def as_cases(labeled):
+    """Accept LabeledCase/FileCase objects or (volume node, segmentation node) / (image path, label path) tuples."""
+    cases = []
+    for item in labeled:
+        if isinstance(item, (LabeledCase, FileCase)):
+            cases.append(item)
+        elif isinstance(item[0], str):
+            cases.append(FileCase(*item))
+        else:
+            cases.append(LabeledCase(*item))
+    return cases
+
+
+def _segmentation_geometry_problem(case):
+    """A sentence when segmentation and volume do not share a space, or None. Reference-grid differences that only
+    need resampling (segment inside the volume) are not problems."""
+    vol, seg = case.volume, case.segmentation
+    if vol.GetParentTransformNode() is not seg.GetParentTransformNode():
+        return (f"{case.title}: the volume and the segmentation are under different transforms; harden the "
+                "transforms (Data module) or move both under the same one.")
+    seg_bounds = [0.0] * 6
+    seg.GetRASBounds(seg_bounds)
+    if seg_bounds[0] > seg_bounds[1]:  # empty segmentation: nothing to compare
+        return None
+    vol_bounds = sceneio.ras_bounds(vol)
+    margin = max(vol.GetSpacing())
+    if not sceneio.bounds_overlap(seg_bounds, vol_bounds):
+        return (f"{case.title}: the segmentation does not overlap the volume at all (was it drawn on another "
+                "image?). Pair it with the right volume.")
+    if not sceneio.bounds_inside(seg_bounds, vol_bounds, margin):
+        return (f"{case.title}: segments extend outside the volume and would be cut off; check that this "
+                "segmentation belongs to this volume.")
+    return None
+
+
+def _reference_grid_differs(case):
+    seg = case.segmentation.GetSegmentation()
+    name = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    text = seg.GetConversionParameter(name)
+    if not text:
+        return False
+    image = slicer.vtkOrientedImageData()
+    slicer.vtkSegmentationConverter.DeserializeImageGeometry(text, image)
+    m = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(m)
+    grid = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+    dims = image.GetDimensions()
+    return dims != case.volume.GetImageData().GetDimensions() or not np.allclose(grid, sceneio.ijk_to_ras(case.volume),
+                                                                                  atol=1e-3)
+
+
+def check_cases(labeled, require_all_segments=True, file_labels=None):
+    """Check labeled cases and assign label values. Same segment name (see `segment_key`) -> same value, in order
+    of first appearance. Errors: no case, missing volume/segmentation, empty segmentation, duplicate names in one
+    case, names spelled differently across cases, a segment missing from some cases (it would be learned as
+    background there), geometry that does not match. Warnings: empty segments, resampling.
+
+    `file_labels` {value: name} are the label values of file cases (from their folder's dataset.json); scene
+    segments with those names get the same values."""
+    report = DatasetReport()
+    report.labels = {int(v): str(n) for v, n in sorted((file_labels or {}).items()) if int(v) != 0}
+    cases = as_cases(labeled)
+    if not cases:
+        report.errors.append("Add at least one labeled case (a volume with its segmentation).")
+        return report
+    spellings = {}  # key -> {spelling: [case titles]}
+    present = {}  # key -> set of case indices
+    scene_cases = [c for c in cases if isinstance(c, LabeledCase)]
+    for index, case in enumerate(cases):
+        if isinstance(case, FileCase):
+            for path in (case.image, case.label):
+                if not os.path.isfile(path):
+                    report.errors.append(f"{case.title}: file not found: {path}")
+            continue
+        if case.volume is None or case.volume.GetImageData() is None:
+            report.errors.append(f"{case.title}: the volume has no image data.")
+            continue
+        if case.volume.GetImageData().GetNumberOfScalarComponents() != 1:
+            report.errors.append(f"{case.title}: the volume has several components per voxel (color or vector "
+                                 "image); use a single-channel volume.")
+        if case.segmentation is None or case.segmentation.GetSegmentation().GetNumberOfSegments() == 0:
+            report.errors.append(f"{case.title}: the segmentation has no segments.")
+            continue
+        names_here = {}
+        for segment_id, name in case.segments():
+            key = segment_key(name)
+            if key in names_here:
+                report.errors.append(f"{case.title}: two segments are named '{name}'; rename or merge one of them.")
+            names_here[key] = name
+            spellings.setdefault(key, {}).setdefault(name, []).append(case.title)
+            present.setdefault(key, set()).add(index)
+            if key not in [segment_key(n) for n in report.labels.values()]:
+                value = max(report.labels, default=0) + 1
+                report.labels[value] = name
+                color = case.segmentation.GetSegmentation().GetSegment(segment_id).GetColor()
+                report.colors[value] = tuple(float(c) for c in color)
+            if _segment_is_empty(case.segmentation, segment_id):
+                report.warnings.append(f"{case.title}: segment '{name}' is empty.")
+        problem = _segmentation_geometry_problem(case)
+        if problem:
+            report.errors.append(problem)
+        elif _reference_grid_differs(case):
+            report.warnings.append(f"{case.title}: the segmentation's grid differs from the volume's; it will be "
+                                   "resampled onto the volume's voxels.")
+    if any(isinstance(c, FileCase) for c in cases) and not report.labels:
+        report.errors.append("The label names of the image/label files are unknown: put a dataset.json with "
+                             '"labels" (e.g. {"1": "liver"}) in their folder, or use .seg.nrrd label files.')
+    for key, variants in spellings.items():
+        if len(variants) > 1:
+            listing = "; ".join(f"'{n}' in {', '.join(titles)}" for n, titles in variants.items())
+            report.errors.append(f"The same structure is named differently: {listing}. Use one spelling.")
+    if require_all_segments and len(scene_cases) > 1:
+        for value, name in report.labels.items():
+            missing = [c.title for i, c in enumerate(cases) if isinstance(c, LabeledCase)
+                       and i not in present.get(segment_key(name), set()) and c.segmentation is not None]
+            if missing:
+                report.errors.append(f"Segment '{name}' is missing in {', '.join(missing)}; there it would be learned "
+                                     "as background. Add it (it may be empty if the structure is absent) or "
+                                     "remove it from the other cases.")
+    return report
+
+
+def _segment_is_empty(segmentation_node, segment_id):
+    try:
+        array = slicer.util.arrayFromSegmentInternalBinaryLabelmap(segmentation_node, segment_id)
+    except Exception:  # noqa: BLE001 - no binary labelmap representation yet
+        return False
+    if array is None:
+        return True
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    return not np.any(array == segment.GetLabelValue())
+
+
+def labelmap_array(case, labels):
+    """The case's segments as one label array on the volume's voxel grid (k, j, i), using `labels` {value: name}."""
+    value_of = {segment_key(n): v for v, n in labels.items()}
+    shape = slicer.util.arrayFromVolume(case.volume).shape
+    out = np.zeros(shape, dtype=np.uint8 if max(labels, default=0) < 256 else np.uint16)
+    for segment_id, name in case.segments():
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(case.segmentation, segment_id, case.volume)
+        out[mask > 0] = value_of[segment_key(name)]
+    return out
+
+
+def write_labelmap(case, labels, path):
+    """Write the case's label map in exactly the volume's geometry (same grid, directions and origin)."""
+    scene = case.volume.GetScene()
+    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "MICD export labels")
+    try:
+        slicer.util.updateVolumeFromArray(node, labelmap_array(case, labels))
+        matrix = vtk.vtkMatrix4x4()
+        case.volume.GetIJKToRASMatrix(matrix)
+        node.SetIJKToRASMatrix(matrix)
+        sceneio.write_volume(node, path)
+    finally:
+        scene.RemoveNode(node)
+    return path
+
+
+class ExportedDataset:
+    """Where the export went: the dataset file and the case files."""
+
+    def __init__(self, dataset_file, labels, cases):
+        self.dataset_file = dataset_file
+        self.labels = labels
+        self.cases = cases  # [{"image": path, "label": path, "source": title}]
+
+
+def export_dataset(labeled, unlabeled_folders, out_dir, report=None, colors=None):
+    """Write images/, labels/ and dataset.json under `out_dir`; returns ExportedDataset. Runs the checks first
+    (or uses `report`) and raises ValueError listing the errors when there are any."""
+    cases = as_cases(labeled)
+    report = report or check_cases(cases)
+    if not report.ok:
+        raise ValueError("The labeled cases cannot be used for training:\n" + "\n".join(report.errors))
+    images_dir, labels_dir = os.path.join(out_dir, "images"), os.path.join(out_dir, "labels")
+    os.makedirs(images_dir, exist_ok=True)
+    os.makedirs(labels_dir, exist_ok=True)
+    entries, used = [], set()
+    for index, case in enumerate(cases):
+        if isinstance(case, FileCase):
+            entries.append({"image": case.image, "label": case.label, "source": case.title})
+            continue
+        stem = f"case{index:03d}_{sceneio.safe_file_stem(case.volume.GetName())}"
+        while stem in used:
+            stem += "_"
+        used.add(stem)
+        image_path = sceneio.write_volume(case.volume, os.path.join(images_dir, stem + ".nrrd"))
+        label_path = write_labelmap(case, report.labels, os.path.join(labels_dir, stem + ".nrrd"))
+        entries.append({"image": os.path.relpath(image_path, out_dir), "label": os.path.relpath(label_path, out_dir),
+                        "source": case.title})
+    colors = colors or report.colors
+    dataset = {
+        "labels": {str(v): n for v, n in sorted(report.labels.items())},
+        "colors": {str(v): list(c) for v, c in sorted(colors.items())},
+        "labeled": [{"image": e["image"], "label": e["label"]} for e in entries],
+        "unlabeled": [os.path.abspath(f) for f in unlabeled_folders],
+        "cases": entries,  # provenance for people: which scene nodes each file came from
+    }
+    dataset_file = os.path.join(out_dir, "dataset.json")
+    with open(dataset_file, "w", encoding="utf-8") as f:
+        json.dump(dataset, f, indent=2)
+    return ExportedDataset(dataset_file, dict(report.labels), entries)

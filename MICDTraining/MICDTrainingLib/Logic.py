@@ -1,0 +1,258 @@
+"""Training without the GUI: check and export the labeled cases, start `micd train` in the background, follow its
+events, reattach or resume later, and register the trained model. Used by the panel and from the Python console.
+
+Talks to the backend only through its command line, its event stream and its model folder."""
+
+import os
+import time
+
+import slicer
+
+from MICDCommon import (CANCELLED, CANCELLING, FAILED, LOST, RUNNING, SUCCEEDED, BackendLauncher, BackgroundJob, ModelRegistry, TrainingProgress,
+                        describe_event, find_jobs, micd_home)
+from MICDCommon.jobs import JobRecord
+from MICDCommon.registry import safe_name
+
+from .CasePairing import folder_labels, pair_folder_cases, summarize_unlabeled_folder
+from .DatasetExport import FileCase, as_cases, check_cases, export_dataset
+from .Parameters import TrainingSettings
+
+
+class TrainingError(Exception):
+    """Training could not start or did not finish; the message says why and what to do."""
+
+
+def _idle():
+    """Keeps Slicer's window alive while a console call waits (no-op outside the application)."""
+    app = getattr(slicer, "app", None)
+    if app is not None:
+        app.processEvents()
+
+
+class TrainingJob:
+    """A training run as the panel and the console see it: the background job, its accumulated progress, and
+    the registered model once it succeeded. Call `poll()` (a QTimer does in Slicer) or `wait()`."""
+
+    def __init__(self, job, registry, on_event=None, on_log=None, on_finished=None, curves=None):
+        self.job = job
+        self.registry = registry
+        self.progress = TrainingProgress()
+        self.model = None
+        self.message = ""
+        self.curves = curves
+        self._on_event, self._on_log, self._on_finished = on_event, on_log, on_finished
+        job.on_event, job.on_log, job.on_finished = self._event, self._log, self._finished
+
+    # state
+    @property
+    def run_dir(self):
+        return self.job.run_dir
+
+    @property
+    def state(self):
+        return self.job.state
+
+    @property
+    def finished(self):
+        return self.job.finished
+
+    @property
+    def model_name(self):
+        return self.job.record.info.get("model_name", os.path.basename(self.run_dir))
+
+    # control
+    def poll(self):
+        return self.job.poll()
+
+    def wait(self, timeout=None, interval=0.5):
+        return self.job.wait(timeout=timeout, interval=interval, idle=_idle)
+
+    def request_cancel(self):
+        self.job.request_cancel()
+
+    def cancel(self):
+        """Stop training and the processes it started; the last checkpoint stays (see `resume`)."""
+        return self.job.cancel()
+
+    # callbacks from the job
+    def _event(self, event):
+        self.progress.update(event)
+        if self.curves is not None:
+            self.curves.add_event(event)
+        text = describe_event(event)
+        if text and self._on_log:
+            self._on_log(text)
+        if self._on_event:
+            self._on_event(event)
+
+    def _log(self, line):
+        if self._on_log:
+            self._on_log(line)
+
+    def _finished(self, job):
+        if job.state == SUCCEEDED:
+            self._register()
+        elif job.state == CANCELLED:
+            checkpoint = self.progress.last_checkpoint
+            self.message = ("Cancelled" + (f"; the checkpoint of iteration {checkpoint[1]} is kept: Resume continues "
+                                           "from there." if checkpoint else "."))
+        else:
+            error = job.error_event or {}
+            self.message = (error.get("message") or f"micd train ended with state {job.state} "
+                            f"(exit code {job.returncode})") + (f"\nWhat to do: {error['hint']}" if error.get("hint")
+                                                                else "") + _log_excerpt(job)
+        if self._on_log and self.message:
+            self._on_log(self.message)
+        if self._on_finished:
+            self._on_finished(self)
+
+    def _register(self):
+        info = self.job.record.info
+        if info.get("registered_model") and os.path.isdir(info["registered_model"]):
+            self.model = self.registry.get(info["registered_model"])
+            self.message = f"Model '{self.model.name}' is ready in MICD Segmentation."
+            return
+        model_dir = self.progress.model_path or os.path.join(self.run_dir, "model")
+        colors = {int(k): v for k, v in (info.get("colors") or {}).items()}
+        try:
+            self.model = self.registry.add_folder(model_dir, self.model_name, colors=colors)
+        except Exception as e:  # noqa: BLE001 - reported, the run folder keeps the model
+            self.message = f"Training finished but the model could not be registered: {e}"
+            return
+        info["registered_model"] = self.model.path
+        self.job.record.save()
+        self.message = f"Model '{self.model.name}' is ready in MICD Segmentation."
+
+
+def _log_excerpt(job):
+    tail = job.log_tail(8)
+    return f"\nLast lines of the log:\n{tail}" if tail else ""
+
+
+class TrainingLogic:
+    """Console and panel entry point for training.
+
+    launcher: which Python runs the backend (BackendLauncher); registry: where models go; runs_root: where run
+    folders go; job_poller: object with add(job) that polls running jobs (a Qt timer in Slicer; None: the caller
+    polls, as tests and `wait=True` do)."""
+
+    def __init__(self, launcher=None, registry=None, runs_root=None, job_poller=None):
+        home = micd_home()
+        self.launcher = launcher or BackendLauncher()
+        self.registry = registry or ModelRegistry(os.path.join(home, "models"))
+        self.runs_root = runs_root or os.path.join(home, "runs")
+        self.job_poller = job_poller
+
+    # --- checks and export --------------------------------------------------------------------------------------
+    @staticmethod
+    def cases_from_folder(folder):
+        """Labeled file cases of a folder and their label names: (cases, {value: name}, unpaired file names)."""
+        pairs, unpaired = pair_folder_cases(folder)
+        return [FileCase(i, l) for i, l in pairs], folder_labels(folder, pairs), unpaired
+
+    def check(self, labeled, unlabeled=(), settings=None, file_labels=None):
+        """All pre-training checks: labeled cases (names, values, geometry), unlabeled folders, settings."""
+        report = check_cases(labeled, file_labels=file_labels)
+        for folder in unlabeled:
+            summary = summarize_unlabeled_folder(folder)
+            if not os.path.exists(folder):
+                report.errors.append(f"Unlabeled folder not found: {folder}")
+            elif summary.count == 0:
+                report.warnings.append(f"{folder}: no readable images; it adds nothing to training.")
+            elif summary.unreadable:
+                report.warnings.append(f"{folder}: {summary.text()}")
+        if settings is not None:
+            report.errors += settings.problems()
+            if settings.method != "supervised" and not unlabeled:
+                report.warnings.append("No unlabeled folder: the semi-supervised terms have nothing to learn from.")
+        return report
+
+    def _settings(self, settings, changes):
+        settings = settings or TrainingSettings()
+        try:
+            return settings.updated(**changes) if changes else settings
+        except TypeError as e:
+            raise TrainingError(f"Unknown training setting: {e}") from None
+
+    def new_run_dir(self, model_name):
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = os.path.join(self.runs_root, f"{safe_name(model_name)}-{stamp}")
+        suffix = 2
+        while os.path.exists(path):
+            path = os.path.join(self.runs_root, f"{safe_name(model_name)}-{stamp}-{suffix}")
+            suffix += 1
+        return path
+
+    # --- training -----------------------------------------------------------------------------------------------
+    def train(self, labeled, unlabeled=(), settings=None, wait=False, on_event=None, on_log=None, on_finished=None,
+              timeout=None, file_labels=None, curves=None, **setting_changes):
+        """Export the labeled cases, write the dataset file and start `micd train` in the background.
+
+        labeled: [(volume node, segmentation node)] and/or [(image file, label file)]; unlabeled: folders/files.
+        Settings come from `settings` (TrainingSettings) updated by keyword arguments, e.g. iterations=2000,
+        model_name="Liver", device="cuda:0", patch_size=(96, 96, 96). Returns a TrainingJob; with wait=True it
+        returns after the run ended and raises TrainingError unless it succeeded (job.model is the new model)."""
+        settings = self._settings(settings, setting_changes)
+        cases = as_cases(labeled)
+        report = self.check(cases, unlabeled, settings, file_labels)
+        if not report.ok:
+            raise TrainingError("Cannot train yet:\n" + "\n".join(report.errors))
+        run_dir = self.new_run_dir(settings.model_name)
+        exported = export_dataset(cases, list(unlabeled), os.path.join(run_dir, "dataset"), report=report)
+        command = self.launcher.command("train", "--dataset", exported.dataset_file, "--out", run_dir,
+                                        *settings.cli_args())
+        info = {"model_name": settings.model_name, "labels": {str(k): v for k, v in exported.labels.items()},
+                "colors": {str(k): list(v) for k, v in report.colors.items()}, "settings": settings.to_dict()}
+        launcher = self.launcher
+        if settings.threads and not launcher.threads:
+            launcher = BackendLauncher(launcher.python, launcher.backend_path, settings.threads, launcher.extra_env)
+        job = BackgroundJob.start(command, run_dir, kind="train", env=launcher.environment(),
+                                  events_file=os.path.join(run_dir, "events.jsonl"), info=info)
+        return self._follow(job, wait, timeout, on_event, on_log, on_finished, curves)
+
+    def _follow(self, job, wait, timeout, on_event, on_log, on_finished, curves):
+        training = TrainingJob(job, self.registry, on_event, on_log, on_finished, curves)
+        if wait:
+            training.wait(timeout=timeout)
+            if not training.finished:
+                raise TrainingError(f"Training did not finish within {timeout} s; it keeps running in "
+                                    f"{training.run_dir} (attach with logic.attach(run_dir)).")
+            if training.state != SUCCEEDED:
+                raise TrainingError(training.message or f"Training {training.state}.")
+        elif self.job_poller is not None:
+            self.job_poller.add(training)
+        return training
+
+    def resume(self, run_dir, wait=False, on_event=None, on_log=None, on_finished=None, timeout=None, curves=None):
+        """Continue a cancelled or interrupted run from its last checkpoint (same command plus --resume)."""
+        record = JobRecord.load(run_dir)
+        if record.process_running():
+            raise TrainingError(f"{run_dir} is still running; attach to it instead.")
+        if not os.path.isfile(os.path.join(run_dir, "checkpoints", "last.pt")):
+            raise TrainingError(f"{run_dir} has no checkpoint to resume from; start a new training.")
+        command = list(record.command)
+        if "--resume" not in command:
+            command.append("--resume")
+        info = dict(record.info, registered_model=None)
+        job = BackgroundJob.start(command, run_dir, kind="train", env=self.launcher.environment(),
+                                  events_file=record.events_file, info=info)
+        return self._follow(job, wait, timeout, on_event, on_log, on_finished, curves)
+
+    def attach(self, run_dir, on_event=None, on_log=None, on_finished=None, curves=None, replay=True):
+        """Reconnect to a run (after a module reload or a Slicer restart); `replay` re-delivers past events."""
+        job = BackgroundJob.attach(run_dir, replay=replay)
+        training = TrainingJob(job, self.registry, on_event, on_log, on_finished, curves)
+        if self.job_poller is not None:
+            self.job_poller.add(training)
+        return training
+
+    def runs_to_attach(self):
+        """Run folders whose job was never seen to end: still running, or ended while no panel was watching
+        (attaching reads its last events, registers a finished model or reports how it stopped)."""
+        return [r.run_dir for r in find_jobs(self.runs_root, "train") if r.status in (RUNNING, CANCELLING)]
+
+    def resumable_runs(self):
+        """Run folders that stopped before finishing (cancelled, failed, killed) and have a checkpoint."""
+        return [r.run_dir for r in find_jobs(self.runs_root, "train")
+                if r.status in (CANCELLED, FAILED, LOST) and not r.process_running()
+                and os.path.isfile(os.path.join(r.run_dir, "checkpoints", "last.pt"))]

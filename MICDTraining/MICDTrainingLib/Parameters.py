@@ -1,0 +1,90 @@
+"""Training settings: defaults, validation with reasons, and their `micd train` command-line form."""
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+
+METHODS = ("micd", "supervised", "mean-teacher", "cps", "dhc")
+METHOD_TITLES = {
+    "micd": "MICD (masked consistency + discrepancy co-training)",
+    "supervised": "Supervised only (ignores unlabeled data)",
+    "mean-teacher": "Mean teacher",
+    "cps": "Cross pseudo supervision",
+    "dhc": "DHC (class-balanced co-training)",
+}
+
+# Advanced options offered in the panel: option name (as on the command line) -> (type, default, help)
+ADVANCED_OPTIONS = {
+    "lr": (float, 0.03, "initial learning rate"),
+    "beta-max": (float, 0.1, "weight of the unlabeled-data terms after ramp-up"),
+    "mask-ratio": (float, 0.5, "share of masked blocks in the masked-consistency term"),
+    "val-fraction": (float, 0.2, "share of labeled cases held out for validation"),
+    "batch-labeled": (int, 2, "labeled patches per step"),
+    "batch-unlabeled": (int, 2, "unlabeled patches per step"),
+}
+
+
+@dataclass
+class TrainingSettings:
+    """What the panel's Settings section holds. `patch_size` None lets the backend plan it from data and memory."""
+
+    model_name: str = "MyModel"
+    iterations: int = 6000
+    patch_size: object = None  # None or (D, H, W), multiples of 16
+    device: str = "auto"
+    method: str = "micd"
+    filters: int = 16
+    seed: int = 0
+    checkpoint_every: int = 500
+    advanced: dict = field(default_factory=dict)  # ADVANCED_OPTIONS name -> value
+    threads: object = None  # CPU threads for the job (None: backend default)
+
+    def problems(self):
+        """Reasons the settings cannot be used (empty when fine)."""
+        found = []
+        if not str(self.model_name).strip():
+            found.append("Give the model a name.")
+        if int(self.iterations) < 1:
+            found.append("Iterations must be at least 1.")
+        if self.patch_size is not None:
+            size = list(self.patch_size)
+            if len(size) != 3 or any(int(s) < 16 or int(s) % 16 for s in size):
+                found.append("Patch size must be three multiples of 16 (D H W), or empty for automatic.")
+        if self.method not in METHODS:
+            found.append(f"Unknown method {self.method!r}; choose one of {', '.join(METHODS)}.")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
+            found.append(f"Device {self.device!r} must be auto, cpu, cuda or cuda:N.")
+        if int(self.filters) < 1 or int(self.checkpoint_every) < 1:
+            found.append("Filters and checkpoint interval must be positive.")
+        for name in self.advanced:
+            if name not in ADVANCED_OPTIONS:
+                found.append(f"Unknown advanced option {name!r}.")
+        return found
+
+    def cli_args(self):
+        """The `micd train` options for these settings (without --dataset/--out)."""
+        args = ["--method", self.method, "--iterations", int(self.iterations), "--filters", int(self.filters),
+                "--device", self.device, "--seed", int(self.seed), "--checkpoint-every", int(self.checkpoint_every)]
+        if self.patch_size is not None:
+            args += ["--patch-size", *[int(s) for s in self.patch_size]]
+        if self.threads:
+            args += ["--num-threads", int(self.threads)]
+        for name, value in sorted(self.advanced.items()):
+            kind = ADVANCED_OPTIONS[name][0]
+            args += [f"--{name}", kind(value)]
+        return [str(a) for a in args]
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data):
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in (data or {}).items() if k in known}
+        if values.get("patch_size") is not None:
+            values["patch_size"] = tuple(int(s) for s in values["patch_size"])
+        return cls(**values)
+
+    def updated(self, **changes):
+        """A copy with some fields changed; unknown names raise TypeError (typos in console calls)."""
+        return dataclasses.replace(self, **changes)

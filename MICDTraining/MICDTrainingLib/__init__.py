@@ -1,0 +1,2 @@
+"""The MICDTraining module's logic (Logic, DatasetExport, CasePairing, Parameters, Curves: slicer/vtk/numpy only)
+and its panel (Widget)."""

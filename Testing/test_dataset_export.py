@@ -1,0 +1,97 @@
+"""Scene -> training files: geometry, label values by segment name, and the problems the checks report."""
+
+import json
+
+import numpy as np
+import pytest
+import slicer
+
+from MICDTrainingLib.DatasetExport import check_cases, export_dataset
+from scene_helpers import load_case, load_volume
+
+
+def _ijk_to_ras(node):
+    m = slicer.vtkMatrix4x4() if hasattr(slicer, "vtkMatrix4x4") else __import__("vtk").vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def _swapped_case(scene, tmp_path, image, label):
+    """A case whose segments were created in the other order (posterior has label value 1 in its own labelmap)."""
+    original = load_volume(label, "swap source", labelmap=True)
+    array = slicer.util.arrayFromVolume(original)
+    swapped = np.where(array == 1, 2, np.where(array == 2, 1, 0)).astype(array.dtype)
+    slicer.util.updateVolumeFromArray(original, swapped)
+    path = tmp_path / "swapped.nrrd"
+    storage = original.CreateDefaultStorageNode()
+    storage.SetFileName(str(path))
+    assert storage.WriteData(original)
+    scene.RemoveNode(original)
+    return load_case(scene, image, path, names={1: "posterior", 2: "anterior"}, name="swapped")
+
+
+def test_export_keeps_geometry_and_gives_each_name_one_value(scene, tmp_path, hippocampus_cases):
+    (img_a, lab_a), (img_b, lab_b) = hippocampus_cases[:2]
+    case_a = load_case(scene, img_a, lab_a, colors={1: (1.0, 0.0, 0.0)})
+    case_b = _swapped_case(scene, tmp_path, img_b, lab_b)
+    report = check_cases([case_a, case_b])
+    assert report.ok, report.text()
+    assert report.labels == {1: "anterior", 2: "posterior"}
+    assert report.colors[1] == (1.0, 0.0, 0.0)
+
+    exported = export_dataset([case_a, case_b], [str(tmp_path)], tmp_path / "out", report=report)
+    dataset = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert dataset["labels"] == {"1": "anterior", "2": "posterior"}
+    assert dataset["unlabeled"] == [str(tmp_path)]
+    assert len(dataset["labeled"]) == 2 and exported.cases[1]["source"] == "swapped / swapped segmentation"
+    for entry, (image, label) in zip(dataset["labeled"], [(img_a, lab_a), (img_b, lab_b)]):
+        written_image = load_volume(tmp_path / "out" / entry["image"], "written image")
+        written_label = load_volume(tmp_path / "out" / entry["label"], "written label", labelmap=True)
+        original_image = load_volume(image, "original image")
+        original_label = load_volume(label, "original label", labelmap=True)
+        assert np.allclose(_ijk_to_ras(written_image), _ijk_to_ras(original_image), atol=1e-4)
+        assert np.allclose(_ijk_to_ras(written_label), _ijk_to_ras(original_image), atol=1e-4)
+        assert np.array_equal(slicer.util.arrayFromVolume(written_image), slicer.util.arrayFromVolume(original_image))
+        # the swapped case's labels come out with the same values as the original file: names decide values
+        assert np.array_equal(slicer.util.arrayFromVolume(written_label), slicer.util.arrayFromVolume(original_label))
+
+
+def test_inconsistent_names_are_listed(scene, hippocampus_cases):
+    (img_a, lab_a), (img_b, lab_b), (img_c, lab_c) = hippocampus_cases[:3]
+    a = load_case(scene, img_a, lab_a)
+    b = load_case(scene, img_b, lab_b, names={1: "Anterior", 2: "posterior"})
+    c = load_case(scene, img_c, lab_c, names={1: "head", 2: "posterior"})
+    report = check_cases([a, b, c])
+    assert not report.ok
+    text = report.text()
+    assert "named differently" in text and "'Anterior'" in text and "'anterior'" in text
+    assert "Segment 'head' is missing in" in text and "hippocampus_001" in text
+    with pytest.raises(ValueError, match="cannot be used"):
+        export_dataset([a, b, c], [], "/nonexistent/never-written")
+
+
+def test_geometry_mismatches_are_reported(scene, hippocampus_cases):
+    (img_a, lab_a), (img_b, lab_b) = hippocampus_cases[:2]
+    volume, segmentation = load_case(scene, img_a, lab_a)
+    other_volume = load_volume(img_b, "far away")
+    origin = list(other_volume.GetOrigin())
+    other_volume.SetOrigin(origin[0] + 500, origin[1], origin[2])
+    report = check_cases([(other_volume, segmentation)])
+    assert any("does not overlap" in e for e in report.errors), report.text()
+
+    shifted = load_volume(img_a, "shifted")
+    shifted.SetOrigin(*[o + 10 for o in volume.GetOrigin()])
+    report = check_cases([(shifted, segmentation)])
+    assert any("extend outside the volume" in e for e in report.errors), report.text()
+
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    segmentation.SetAndObserveTransformNodeID(transform.GetID())
+    report = check_cases([(volume, segmentation)])
+    assert any("different transforms" in e for e in report.errors), report.text()
+
+
+def test_no_cases_and_empty_segmentation(scene, hippocampus_cases):
+    assert "at least one labeled case" in check_cases([]).text()
+    volume = load_volume(hippocampus_cases[0][0], "v")
+    empty = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")
+    assert "has no segments" in check_cases([(volume, empty)]).text()

@@ -1,0 +1,95 @@
+"""Result import: a predicted label file becomes a segmentation node with the model's names and colours, the
+input's geometry and study; replacing an earlier result; the 41-label CT example."""
+
+import json
+
+import numpy as np
+import slicer
+import vtk
+
+from conftest import CT_EXAMPLE
+from MICDCommon import ModelRegistry
+from MICDSegmentationLib.Logic import SegmentationLogic
+from scene_helpers import load_volume, make_study
+
+
+def make_model_folder(folder, labels, colors):
+    """A model folder as `micd train` writes it (only model.json matters for import; weights are not read)."""
+    folder.mkdir(parents=True)
+    meta = {"format": "micd-model", "schema_version": 1, "name": folder.name,
+            "labels": {str(k): v for k, v in labels.items()},
+            "colors": {str(k): list(v) for k, v in colors.items()},
+            "provenance": {"created": "2026-11-24T10:00:00+0000", "counts": {"labeled": 3, "unlabeled": 10}},
+            "metrics": {"best_mean_dice": 0.8}, "method": "micd"}
+    (folder / "model.json").write_text(json.dumps(meta))
+    (folder / "weights.safetensors").write_bytes(b"")
+    return folder
+
+
+def _segments_by_name(node):
+    seg = node.GetSegmentation()
+    return {seg.GetNthSegment(i).GetName(): seg.GetNthSegmentID(i) for i in range(seg.GetNumberOfSegments())}
+
+
+def _reference_geometry(node):
+    name = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    return node.GetSegmentation().GetConversionParameter(name)
+
+
+def _volume_geometry_string(volume):
+    image = slicer.vtkOrientedImageData()
+    image.SetDimensions(volume.GetImageData().GetDimensions())
+    m = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(m)
+    image.SetImageToWorldMatrix(m)
+    return slicer.vtkSegmentationConverter.SerializeImageGeometry(image)
+
+
+def test_ct_example_41_labels(scene, tmp_path):
+    names = {int(k): v for k, v in json.loads((CT_EXAMPLE / "dataset.json").read_text())["labels"].items()
+             if int(k) != 0}
+    assert len(names) == 41
+    rng = np.random.default_rng(1)
+    colors = {v: tuple(float(c) for c in rng.uniform(0.1, 1.0, 3)) for v in names}
+    registry = ModelRegistry(tmp_path / "models")
+    model = registry.add_folder(str(make_model_folder(tmp_path / "ct-model", names, colors)), "CT organs")
+
+    study = make_study(scene)
+    ct = load_volume(CT_EXAMPLE / "ct.nii.gz", "ct")
+    scene.GetSubjectHierarchyNode().CreateItem(study, ct)
+    logic = SegmentationLogic(registry=registry)
+    node = logic.import_result(str(CT_EXAMPLE / "labels.nii.gz"), ct, "CT organs")
+
+    assert node.GetName() == "ct segmentation"
+    segments = _segments_by_name(node)
+    assert set(segments) == set(names.values())
+    assert _reference_geometry(node) == _volume_geometry_string(ct)
+    sh = scene.GetSubjectHierarchyNode()
+    assert sh.GetItemParent(sh.GetItemByDataNode(node)) == study
+    reference = slicer.util.arrayFromVolume(load_volume(CT_EXAMPLE / "labels.nii.gz", "ref", labelmap=True))
+    for value, name in names.items():
+        segment = node.GetSegmentation().GetSegment(segments[name])
+        assert np.allclose(segment.GetColor(), colors[value], atol=1e-6)
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(node, segments[name], ct)
+        assert mask.shape == reference.shape
+        assert int(mask.sum()) == int((reference == value).sum()), name
+
+
+def test_replace_asks_and_missing_labels_become_empty_segments(scene, tmp_path, hippocampus_cases):
+    image, label = hippocampus_cases[0]
+    labels = {1: "anterior", 2: "posterior", 3: "tail (not predicted)"}
+    registry = ModelRegistry(tmp_path / "models")
+    registry.add_folder(str(make_model_folder(tmp_path / "m", labels, {1: (1, 0, 0), 2: (0, 0, 1)})), "Hippo")
+    volume = load_volume(image, "hippo")
+    logic = SegmentationLogic(registry=registry)
+
+    first = logic.import_result(str(label), volume, "Hippo")
+    assert list(_segments_by_name(first)) == ["anterior", "posterior", "tail (not predicted)"]
+    assert first.GetSegmentation().GetSegment(_segments_by_name(first)["anterior"]).GetColor() == (1.0, 0.0, 0.0)
+    assert logic.previous_result(volume) is first
+
+    again = logic.import_result(str(label), volume, "Hippo", replace=True)
+    assert again is first and len(_segments_by_name(again)) == 3
+    other = logic.import_result(str(label), volume, "Hippo", replace=False)
+    assert other is not first and other.GetName().startswith("hippo segmentation")
+    assert scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == 0  # temporary nodes removed
