@@ -163,9 +163,97 @@ def load_model_package(path: str, device: str = "cpu") -> ModelPackage:
         try:
             net.load_state_dict(state, strict=True)
         except RuntimeError as e:
-            first = str(e).splitlines()[0] if str(e) else "mismatch"
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            first = (lines[1] if len(lines) > 1 else lines[0]) if lines else "mismatch"  # skip torch's header line
             raise ModelPackageError(f"{wf}: weights of {branch!r} do not match the declared network "
                                     f"({config.architecture}, filters={config.filters}, "
                                     f"out_channels={config.out_channels}): {first[:300]}") from None
         networks[branch] = net.eval().to(device)
     return ModelPackage(path=os.path.abspath(path), meta=meta, networks=networks)
+
+
+# --- zip export / import (used by the Slicer model registry) ---------------------------------------------------------
+
+ZIP_MAX_BYTES = 8 * 1024 ** 3  # refuse archives that would unpack to more than this (zip bombs)
+
+
+def export_zip(model_dir: str, zip_path: str) -> str:
+    """Zip a model folder whole (its regular files, relative paths, under no top folder); checks it first."""
+    import zipfile
+
+    read_model_json(model_dir)
+    if not os.path.isfile(os.path.join(model_dir, WEIGHTS_FILE)):
+        raise ModelPackageError(f"{model_dir}: no {WEIGHTS_FILE}")
+    os.makedirs(os.path.dirname(os.path.abspath(zip_path)) or ".", exist_ok=True)
+    tmp = zip_path + ".part"
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+        for root, dirs, files in os.walk(model_dir):
+            dirs[:] = sorted(d for d in dirs if not os.path.islink(os.path.join(root, d)))
+            for name in sorted(files):
+                full = os.path.join(root, name)
+                if os.path.islink(full) or not os.path.isfile(full):
+                    continue  # links could point outside the folder; they are not part of a model
+                z.write(full, os.path.relpath(full, model_dir).replace(os.sep, "/"))
+    os.replace(tmp, zip_path)
+    return zip_path
+
+
+def import_zip(zip_path: str, dest_dir: str, overwrite: bool = False) -> str:
+    """Unzip a model archive into `dest_dir` (the model folder to create) and verify it; returns `dest_dir`.
+
+    Safe extraction: entries with absolute paths, `..`, drive letters or links are refused, as are archives that
+    unpack to more than `ZIP_MAX_BYTES`. An archive whose files sit under one top folder is unpacked from inside it.
+    An existing `dest_dir` is only replaced when `overwrite=True`; the archive is unpacked into a temporary sibling
+    and checked with `load_model_package` (weights against network) before it is moved into place.
+    """
+    import stat
+    import zipfile
+
+    if os.path.exists(dest_dir) and not overwrite:
+        raise ModelPackageError(f"{dest_dir}: already exists; remove it or import with overwrite=True")
+    try:
+        z = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ModelPackageError(f"{zip_path}: not a readable zip archive ({e})") from None
+    with z:
+        infos = [i for i in z.infolist() if not i.is_dir()]
+        names = []
+        for i in infos:
+            n = i.filename.replace("\\", "/")
+            parts = [p for p in n.split("/") if p not in ("", ".")]
+            if n.startswith("/") or ".." in parts or (parts and ":" in parts[0]) or not parts:
+                raise ModelPackageError(f"{zip_path}: unsafe entry {i.filename!r} (absolute or outside the folder)")
+            if stat.S_ISLNK(i.external_attr >> 16):
+                raise ModelPackageError(f"{zip_path}: entry {i.filename!r} is a link; model archives hold files only")
+            names.append(parts)
+        if sum(i.file_size for i in infos) > ZIP_MAX_BYTES:
+            raise ModelPackageError(f"{zip_path}: unpacks to more than {ZIP_MAX_BYTES // 1024 ** 3} GiB")
+        tops = {p[0] for p in names}
+        strip = 1 if len(tops) == 1 and all(len(p) > 1 for p in names) else 0
+        if not any(p[strip:] == [MODEL_JSON] for p in names):
+            raise ModelPackageError(f"{zip_path}: no {MODEL_JSON} in the archive; not a MICD model folder archive")
+        parent = os.path.dirname(os.path.abspath(dest_dir))
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".import-", dir=parent)
+        try:
+            for info, parts in zip(infos, names):
+                target = os.path.join(tmp, *parts[strip:])
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                with z.open(info) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            try:
+                load_model_package(tmp)  # refuses a malformed or mismatched model before it is put in place
+            except ModelPackageError as e:
+                raise ModelPackageError(str(e).replace(tmp, zip_path)) from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    if os.path.exists(dest_dir):
+        old = tempfile.mkdtemp(prefix=".replaced-", dir=parent)
+        os.rmdir(old)
+        os.replace(dest_dir, old)
+        os.replace(tmp, dest_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dest_dir)
+    return dest_dir

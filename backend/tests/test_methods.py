@@ -181,3 +181,12 @@ def test_micd_alternatives_run(option):
     terms = m.step(torch.randn(2, 1, 16, 16, 16), torch.randint(0, 2, (2, 16, 16, 16)), torch.randn(2, 1, 16, 16, 16),
                    0.1, torch.Generator().manual_seed(0))
     assert {"sup", "mcpc", "cfc", "cmd", "total"} <= set(terms) and torch.isfinite(terms["total"])
+
+
+def test_soft_dice_matches_monai():
+    from monai.losses import DiceLoss
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(3, 4, 5, 6, 7, generator=g)
+    target = torch.randint(0, 4, (3, 5, 6, 7), generator=g)
+    ref = DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=True, smooth_nr=1.0, smooth_dr=1.0)
+    assert soft_dice_loss(logits, target).item() == pytest.approx(ref(logits, target.unsqueeze(1)).item(), rel=1e-5)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from micd.methods.losses import GlobalBatch, dice_ce, weighted_ce
 from micd.nets.vnet import NetworkConfig, VNet, build_network
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
@@ -83,6 +84,7 @@ class Method(nn.Module):
         self.runners: Dict[str, Callable] = dict(self.students.items())
         self.reduce: Reduce = lambda t: t
         self.shard = (0, 1)  # (rank, world size): random draws are made for the global batch, then sliced
+        self.batch = GlobalBatch(1)
         self.optimizer_steps = 0
 
     def inits(self) -> Tuple[str, str]:
@@ -96,6 +98,14 @@ class Method(nn.Module):
         if reduce is not None:
             self.reduce = reduce
         self.shard = shard
+        self.batch = GlobalBatch(shard[1])
+
+    def ce(self, logits, target, weight=None) -> torch.Tensor:
+        """Weighted CE over the global batch (see losses.GlobalBatch)."""
+        return weighted_ce(logits, target, weight, self.batch)
+
+    def dice_ce(self, logits, target, weight=None) -> torch.Tensor:
+        return dice_ce(logits, target, weight, self.batch)
 
     def global_draw(self, draw: Callable[[int], torch.Tensor], n_local: int) -> torch.Tensor:
         """Draw random tensors for the whole global batch (same generator state on every rank) and keep this rank's

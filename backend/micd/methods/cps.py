@@ -8,7 +8,6 @@ from typing import Dict
 import torch
 
 from micd.methods.base import Method
-from micd.methods.losses import dice_ce, weighted_ce
 
 
 class CPS(Method):
@@ -20,6 +19,6 @@ class CPS(Method):
         n_l = x_l.shape[0]
         za, _ = self.runners["student_a"](x)
         zb, _ = self.runners["student_b"](x)
-        sup = dice_ce(za[:n_l], y_l) + dice_ce(zb[:n_l], y_l)
-        cps = weighted_ce(za, zb.detach().argmax(1)) + weighted_ce(zb, za.detach().argmax(1))
+        sup = self.dice_ce(za[:n_l], y_l) + self.dice_ce(zb[:n_l], y_l)
+        cps = self.ce(za, zb.detach().argmax(1)) + self.ce(zb, za.detach().argmax(1))
         return {"sup": sup, "cps": cps, "total": sup + beta * cps}

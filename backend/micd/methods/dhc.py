@@ -10,7 +10,6 @@ import torch
 
 from micd.methods.base import Method
 from micd.methods.class_weights import DiffDW, DistDW
-from micd.methods.losses import dice_ce, weighted_ce
 
 
 class DHC(Method):
@@ -43,8 +42,8 @@ class DHC(Method):
         za, _ = self.runners["student_a"](x)
         zb, _ = self.runners["student_b"](x)
         w_diff, w_dist = self.class_weights(za[:n_l], y_l, zb[n_l:])
-        sup = dice_ce(za[:n_l], y_l, w_diff) + dice_ce(zb[:n_l], y_l, w_dist)
-        cps = weighted_ce(za, zb.detach().argmax(1), w_diff) + weighted_ce(zb, za.detach().argmax(1), w_dist)
+        sup = self.dice_ce(za[:n_l], y_l, w_diff) + self.dice_ce(zb[:n_l], y_l, w_dist)
+        cps = self.ce(za, zb.detach().argmax(1), w_diff) + self.ce(zb, za.detach().argmax(1), w_dist)
         return {"sup": sup, "cps": cps, "total": sup + beta * cps}
 
     def extra_state(self) -> dict:

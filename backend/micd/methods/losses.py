@@ -7,34 +7,77 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceLoss
 
 
-def weighted_ce(logits: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+class GlobalBatch:
+    """How batch-level sums become sums over the global batch in distributed training.
+
+    With DDP, every rank's loss is averaged. Losses that are ratios of batch sums (weighted CE, batch soft Dice)
+    are therefore computed from sums over all ranks: `sum_grad` all-reduces with autograd (so the gradient reaches
+    every rank's share), `sum_const` all-reduces a constant. A single process uses the identity.
+    """
+
+    def __init__(self, world: int = 1):
+        self.world = world
+
+    def sum_grad(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return t
+        from torch.distributed.nn.functional import all_reduce
+        return all_reduce(t)
+
+    def sum_const(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return t
+        import torch.distributed as dist
+        t = t.detach().clone()
+        dist.all_reduce(t)
+        return t
+
+
+LOCAL = GlobalBatch(1)
+
+
+def weighted_ce(logits: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                batch: GlobalBatch = LOCAL) -> torch.Tensor:
     """Cross-entropy of logits (N, C, ...) against integer targets (N, ...), with optional per-class weights.
 
-    Like torch's weighted CE, the mean is normalised by the summed weights of the targets, as DHC's CE does.
+    Like torch's weighted CE (and DHC's), the sum is normalised by the summed weights of the targets.
     """
-    return F.cross_entropy(logits.float(), target.long(), weight=None if weight is None else weight.float())
+    w = None if weight is None else weight.float()
+    if batch.world == 1:
+        return F.cross_entropy(logits.float(), target.long(), weight=w)
+    nll = F.cross_entropy(logits.float(), target.long(), reduction="none")
+    wy = torch.ones_like(nll) if w is None else w[target.long()]
+    # Rank loss W·Σ_local / Σ_global: the ranks' average is then the global weighted mean.
+    return batch.world * (wy * nll).sum() / batch.sum_const(wy.sum()).clamp_min(1e-8)
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                   batch: GlobalBatch = LOCAL) -> torch.Tensor:
     """Batch soft Dice over the foreground classes (DHC: batch_dice=True, do_bg=False, smooth=1), class-weighted.
 
-    MONAI's DiceLoss does the work; `weight` has one entry per class including background, which is dropped here.
+    Per class c ≥ 1: 1 − (2·Σ p·g + 1) / (Σ p + Σ g + 1), sums over the (global) batch and all voxels; the same
+    value as MONAI's DiceLoss(include_background=False, batch=True, smooth_nr=smooth_dr=1), which the tests check.
+    `weight` has one entry per class including background, which is dropped here.
     """
-    fg_weight = None if weight is None else weight[1:].float()
-    loss = DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=True, smooth_nr=1.0,
-                    smooth_dr=1.0, reduction="none", weight=None)
-    per_class = loss(logits.float(), target.unsqueeze(1).long()).reshape(-1)  # (C-1,) with batch=True
-    if fg_weight is None:
+    prob = torch.softmax(logits.float(), 1)
+    onehot = F.one_hot(target.long(), prob.shape[1]).movedim(-1, 1).float()
+    dims = [0] + list(range(2, prob.ndim))
+    inter = batch.sum_grad((prob * onehot).sum(dims))[1:]
+    psum = batch.sum_grad(prob.sum(dims))[1:]
+    gsum = batch.sum_const(onehot.sum(dims))[1:]
+    per_class = 1.0 - (2.0 * inter + 1.0) / (psum + gsum + 1.0)
+    if weight is None:
         return per_class.mean()
+    fg_weight = weight[1:].float()
     return (per_class * fg_weight).sum() / fg_weight.sum().clamp_min(1e-8)
 
 
-def dice_ce(logits: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+def dice_ce(logits: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None,
+            batch: GlobalBatch = LOCAL) -> torch.Tensor:
     """L_s = L_ce + L_dice, both weighted by the same class weights (DHC's DC_and_CE_loss with w_dc = w_ce = w)."""
-    return weighted_ce(logits, target, weight) + soft_dice_loss(logits, target, weight)
+    return weighted_ce(logits, target, weight, batch) + soft_dice_loss(logits, target, weight, batch)
 
 
 def feature_distance(fa: torch.Tensor, fb: torch.Tensor, kind: str = "kl_sym") -> torch.Tensor:

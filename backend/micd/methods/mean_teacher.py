@@ -10,7 +10,7 @@ from torch import nn
 
 from micd.methods.base import Method
 from micd.methods.ema import ema_alpha, ema_update, make_teacher
-from micd.methods.losses import dice_ce, softmax_mse
+from micd.methods.losses import softmax_mse
 
 
 class MeanTeacher(Method):
@@ -34,7 +34,7 @@ class MeanTeacher(Method):
             z, _ = self.runners[f"student_{s}"](x + noise)
             with torch.no_grad():
                 t, _ = self.teachers[f"teacher_{s}"](x, turnoff_drop=True)
-            out[f"sup_{s}"] = dice_ce(z[:n_l], y_l)
+            out[f"sup_{s}"] = self.dice_ce(z[:n_l], y_l)
             out[f"consistency_{s}"] = softmax_mse(z, t)
             total = total + out[f"sup_{s}"] + beta * out[f"consistency_{s}"]
         out["total"] = total

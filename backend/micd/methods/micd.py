@@ -23,7 +23,7 @@ from torch import nn
 
 from micd.methods.dhc import DHC
 from micd.methods.ema import ema_alpha, ema_update, make_teacher
-from micd.methods.losses import dice_ce, feature_distance, weighted_ce
+from micd.methods.losses import feature_distance
 from micd.methods.masking import block_mask
 
 MCPC_MODES = ("masked_from_clean", "clean_from_masked", "masked_from_masked")
@@ -85,17 +85,17 @@ class MICD(DHC):
             tb = self.teachers["teacher_b"](x, turnoff_drop=True)[0]
 
         w_diff, w_dist = self.class_weights(za_c[:n_l], y_l, pb[n_l:])
-        sup = dice_ce(za_c[:n_l], y_l, w_diff) + dice_ce(zb_c[:n_l], y_l, w_dist)
+        sup = self.dice_ce(za_c[:n_l], y_l, w_diff) + self.dice_ce(zb_c[:n_l], y_l, w_dist)
 
         # Eq. 3, MCPC
         if cfg.mcpc_mode == "masked_from_clean":
-            mcpc = weighted_ce(za_m, pb.argmax(1), w_diff) + weighted_ce(zb_m, pa.argmax(1), w_dist)
+            mcpc = self.ce(za_m, pb.argmax(1), w_diff) + self.ce(zb_m, pa.argmax(1), w_dist)
         elif cfg.mcpc_mode == "clean_from_masked":
-            mcpc = weighted_ce(za_c, zb_m.detach().argmax(1), w_diff) + weighted_ce(zb_c, za_m.detach().argmax(1), w_dist)
+            mcpc = self.ce(za_c, zb_m.detach().argmax(1), w_diff) + self.ce(zb_c, za_m.detach().argmax(1), w_dist)
         else:
-            mcpc = weighted_ce(za_m, zb_m.detach().argmax(1), w_diff) + weighted_ce(zb_m, za_m.detach().argmax(1), w_dist)
+            mcpc = self.ce(za_m, zb_m.detach().argmax(1), w_diff) + self.ce(zb_m, za_m.detach().argmax(1), w_dist)
         if cfg.keep_clean_cps:
-            mcpc = mcpc + weighted_ce(za_c, pb.argmax(1), w_diff) + weighted_ce(zb_c, pa.argmax(1), w_dist)
+            mcpc = mcpc + self.ce(za_c, pb.argmax(1), w_diff) + self.ce(zb_c, pa.argmax(1), w_dist)
 
         # Eq. 4, CFC on the four decoder stages
         if cfg.cfc_inputs == "masked":
@@ -107,9 +107,9 @@ class MICD(DHC):
         # Eq. 5, CMD
         wa, wb = (w_diff, w_dist) if cfg.cmd_weighted else (None, None)
         if cfg.cmd_mode == "own_teacher":
-            cmd = weighted_ce(za_m, ta.argmax(1), wa) + weighted_ce(zb_m, tb.argmax(1), wb)
+            cmd = self.ce(za_m, ta.argmax(1), wa) + self.ce(zb_m, tb.argmax(1), wb)
         elif cfg.cmd_mode == "cross_teacher":
-            cmd = weighted_ce(za_m, tb.argmax(1), wa) + weighted_ce(zb_m, ta.argmax(1), wb)
+            cmd = self.ce(za_m, tb.argmax(1), wa) + self.ce(zb_m, ta.argmax(1), wb)
         else:  # bounded push-apart of the two students' masked predictions
             kl = feature_distance(za_m, zb_m, "kl_sym")
             cmd = F.relu(cfg.cmd_margin - kl)

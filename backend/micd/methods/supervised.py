@@ -7,7 +7,6 @@ from typing import Dict, Optional
 import torch
 
 from micd.methods.base import Method
-from micd.methods.losses import dice_ce
 
 
 class Supervised(Method):
@@ -18,5 +17,5 @@ class Supervised(Method):
     def step(self, x_l, y_l, x_u: Optional[torch.Tensor], beta: float, generator) -> Dict[str, torch.Tensor]:
         za, _ = self.runners["student_a"](x_l)
         zb, _ = self.runners["student_b"](x_l)
-        sup_a, sup_b = dice_ce(za, y_l), dice_ce(zb, y_l)
+        sup_a, sup_b = self.dice_ce(za, y_l), self.dice_ce(zb, y_l)
         return {"sup_a": sup_a, "sup_b": sup_b, "total": sup_a + sup_b}

@@ -142,13 +142,25 @@ def dead_local_ranks(run_dir: str, ctx: DistContext) -> List[int]:
             continue
         if info.get("host") != socket.gethostname():
             continue
-        try:
-            os.kill(int(info["pid"]), 0)
-        except ProcessLookupError:
+        if not _alive(int(info["pid"])):
             dead.append(r)
-        except PermissionError:
-            pass
     return dead
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (a killed rank stays a zombie until torchrun reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
 
 
 def mean_across_ranks(ctx: DistContext, values: dict) -> dict:

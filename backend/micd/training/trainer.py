@@ -177,6 +177,7 @@ class Trainer:
                 dead = D.dead_local_ranks(self.run_dir, self.ctx)
                 fields["failed_ranks"] = dead
                 message = (f"rank {', '.join(map(str, dead))} stopped; " if dead else "another rank stopped; ") + message
+                hint = "see that rank's error (torchrun's output); continue from the last checkpoint with --resume"
         self.events.error(kind, message, hint, **fields)
 
     def _setup(self) -> None:

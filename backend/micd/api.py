@@ -1,0 +1,75 @@
+"""The small Python API for Slicer's console and other programs: load a model, segment an array, evaluate.
+
+Arrays are in SimpleITK/numpy order **(z, y, x)** (slice, row, column), which is also what Slicer's
+`slicer.util.arrayFromVolume` returns (k, j, i). `spacing` and `origin` are in (x, y, z) order, as SimpleITK and
+ITK report them, in mm, LPS physical space; `direction` is the 3x3 direction matrix, row-major (9 numbers or a 3x3
+array; columns are the x, y, z axis directions). From Slicer (RAS), flip the first two rows of IJKToRAS to LPS.
+
+`micd.api.train(...)` is to be added by the training module (see the marked place at the end).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from micd.model_package import ModelPackage, export_zip, import_zip, load_model_package  # noqa: F401 (re-export)
+
+__all__ = ["load_model", "predict", "evaluate", "export_zip", "import_zip"]
+
+
+def load_model(model_dir: str, device: str = "auto") -> ModelPackage:
+    """Load and verify a model folder (raises `ModelPackageError` with a readable message); networks on `device`."""
+    from micd.training.devices import resolve_device
+
+    return load_model_package(model_dir, device=str(resolve_device(device)))
+
+
+def _image(array: np.ndarray, spacing: Sequence[float], origin: Sequence[float],
+           direction: Union[Sequence[float], np.ndarray]) -> sitk.Image:
+    a = np.asarray(array)
+    if a.ndim != 3:
+        raise ValueError(f"image_array must be 3D (z, y, x), got shape {a.shape}")
+    img = sitk.GetImageFromArray(a)
+    img.SetSpacing([float(v) for v in spacing])
+    img.SetOrigin([float(v) for v in origin])
+    img.SetDirection([float(v) for v in np.asarray(direction, float).reshape(9)])
+    return img
+
+
+def predict(image_array: np.ndarray, spacing: Sequence[float], origin: Sequence[float],
+            direction: Union[Sequence[float], np.ndarray], model: Union[ModelPackage, str], device: str = "auto",
+            tta: bool = False, branches: str = "students", return_uncertainty: bool = False,
+            max_buffer_gib: Optional[float] = None) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
+    """Segment one volume in memory; returns a label array with `image_array`'s shape (z, y, x), uint8 (uint16 for
+    more than 256 classes), and with `return_uncertainty` also the normalised entropy map (float32, same shape).
+    `model` is a loaded `ModelPackage` or a model folder path."""
+    from micd.inference.predictor import PredictOptions, predict_image
+
+    package = model if isinstance(model, ModelPackage) else load_model(model, device)
+    opts = PredictOptions(branches=branches, tta=tta, device=device, uncertainty=return_uncertainty,
+                          max_buffer_gib=max_buffer_gib)
+    result = predict_image(_image(image_array, spacing, origin, direction), package, opts)
+    labels = sitk.GetArrayFromImage(result.labels)
+    if return_uncertainty:
+        return labels, sitk.GetArrayFromImage(result.uncertainty)
+    return labels
+
+
+def evaluate(pred_array: np.ndarray, label_array: np.ndarray, spacing: Sequence[float],
+             labels: Optional[Dict[int, str]] = None) -> dict:
+    """Dice, HD95 and ASD (mm) of one case from (z, y, x) arrays; `spacing` in (x, y, z) order like `predict`.
+    Returns the same structure as `micd evaluate`'s JSON (one case named "case"). Labels default to every non-zero
+    value in either array."""
+    from micd.evaluation.evaluate import evaluate_arrays
+
+    if labels is None:
+        values = np.union1d(np.unique(pred_array), np.unique(label_array))
+        labels = {int(v): f"label_{int(v)}" for v in values if v}
+    return evaluate_arrays(np.asarray(pred_array), np.asarray(label_array), tuple(reversed(list(spacing))), labels)
+
+
+# --- training -------------------------------------------------------------------------------------------------------
+# `train(...)` is added here by the training module's owner; it is deliberately not defined in this file yet.

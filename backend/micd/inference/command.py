@@ -1,0 +1,116 @@
+"""`micd predict`: segment one image, a DICOM series folder, or a folder of images with a model folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+DESCRIPTION = """Segment images with a trained model folder. The two students' softmax probabilities are averaged
+(Gaussian-blended sliding windows, ROI = the training patch), the argmax is taken on the network grid and resampled
+(nearest neighbour) back onto the input's exact size, spacing, origin and direction.
+Output format from the --output suffix (.nii.gz, .nii, .nrrd, .mha, or Slicer .seg.nrrd with the model's segment
+names and colours) or from --format when --output is a folder.
+--uncertainty writes the normalised predictive entropy of the ensemble mean, H(p)/ln(C), a float map in [0, 1]
+(0 = certain). stdout: one JSON line per case ("plan": device, buffer placement, dtype, slabs; then "prediction").
+Exit codes: 0 done, 2 bad model folder, input, options or device (one-line error on stderr), 1 other failure."""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("predict", help="segment images with a model folder", description=DESCRIPTION)
+    p.add_argument("--model", required=True, help="model folder (model.json + weights.safetensors)")
+    p.add_argument("--input", required=True, help="image file, DICOM series folder, or folder of image files")
+    p.add_argument("--output", required=True, help="output file (single input) or folder (folder input)")
+    p.add_argument("--format", choices=["nii.gz", "nii", "nrrd", "mha", "seg.nrrd"],
+                   help="output format when --output is a folder (default: the input's, else nii.gz)")
+    p.add_argument("--branches", default="students",
+                   help="networks to average: students (default), teachers (when stored), student_a, student_b, "
+                        "or a comma list of branch names")
+    p.add_argument("--tta", action="store_true", help="also average over the 8 axis mirrorings of each window")
+    p.add_argument("--uncertainty", metavar="PATH",
+                   help="also write the normalised predictive entropy map (file, or folder for folder inputs)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--overlap", type=float, default=0.25, help="window overlap (default 0.25, as in validation)")
+    p.add_argument("--sw-batch-size", type=int, default=None, help="windows per forward pass (default 2 CPU, 4 GPU)")
+    p.add_argument("--max-buffer-gb", type=float, default=None,
+                   help="CPU memory for the probability buffer (default min(2, 30%% of available RAM) GiB); "
+                        "bigger grids are processed in slabs")
+    p.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(func=run)
+
+
+def _fail(msg: str, code: int = 2) -> int:
+    print(f"micd predict: error: {msg}", file=sys.stderr)
+    return code
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from micd.data.io import ImageReadError, read_image, write_image, write_label
+    from micd.inference.branches import BranchError, branch_names
+    from micd.inference.outputs import OutputError, plan_outputs, uncertainty_path
+    from micd.inference.predictor import PredictOptions, predict_image
+    from micd.model_package import ModelPackageError, load_model_package
+    from micd.training.devices import DeviceError, resolve_device
+
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    if not 0 <= args.overlap < 1:
+        return _fail(f"--overlap {args.overlap}: must be in [0, 1)")
+    try:
+        resolve_device(args.device)
+        package = load_model_package(args.model)
+        branch_names(package, args.branches)
+        pairs, problems = plan_outputs(args.input, args.output, args.format)
+        if not pairs:
+            return _fail("; ".join(problems) or f"--input {args.input}: no images found")
+        unc = {o: uncertainty_path(args.uncertainty, o, len(pairs) if os.path.isdir(args.input) else 1)
+               for _, o in pairs} if args.uncertainty else {}
+    except (ModelPackageError, DeviceError, BranchError, OutputError) as e:
+        return _fail(str(e))
+    for p in problems:
+        print(f"micd predict: warning: {p}", file=sys.stderr)
+
+    opts = PredictOptions(branches=args.branches, tta=args.tta, device=args.device, uncertainty=bool(unc),
+                          overlap=args.overlap, sw_batch_size=args.sw_batch_size, max_buffer_gib=args.max_buffer_gb)
+    many = len(pairs) > 1
+    bar = tqdm(pairs, desc="micd predict", unit="image", file=sys.stderr, disable=not many)
+    failed = []
+    t0 = time.time()
+    for inp, out in bar:
+        def log(info, inp=inp):
+            _emit({"event": "plan", "input": inp, **info}, bar if many else None)
+        try:
+            image = read_image(inp)
+            pred = predict_image(image, package, opts, log)
+            write_label(pred.labels, out, package.labels, package.colors)
+            if pred.uncertainty is not None:
+                write_image(pred.uncertainty, unc[out])
+        except (ImageReadError, OSError) as e:
+            failed.append(inp)
+            msg = f"{inp}: {e}"
+            (bar.write if many else print)(f"micd predict: error: {msg}", file=sys.stderr)
+            continue
+        except (RuntimeError, MemoryError) as e:
+            from micd.training.devices import is_oom
+            if is_oom(e) or isinstance(e, MemoryError):
+                return _fail(f"{inp}: out of memory ({str(e).splitlines()[0][:200]}); try --max-buffer-gb with a "
+                             "smaller value, --sw-batch-size 1, or --device cpu", 1)
+            raise
+        _emit({"event": "prediction", "input": inp, "output": out, "uncertainty": unc.get(out),
+               "labels_found": pred.info["labels_found"], "seconds": pred.info["seconds"]}, bar if many else None)
+    _emit({"event": "done", "images": len(pairs) - len(failed), "failed": failed,
+           "seconds": round(time.time() - t0, 2)}, None)
+    return 2 if failed else 0
+
+
+def _emit(record: dict, bar) -> None:
+    line = json.dumps(record)
+    if bar is not None:
+        bar.write(line, file=sys.stdout)
+    else:
+        print(line, flush=True)

@@ -1,0 +1,45 @@
+"""The window predictor handed to MONAI: mean softmax of the selected networks, optionally over flips (TTA).
+
+Averaging probabilities (not logits) is what the students were trained to agree on, and keeps the ensemble a
+proper distribution for the entropy map. TTA mirrors each window along every combination of the three spatial axes
+(8 passes per network, as nnU-Net does) and un-mirrors the probabilities before averaging.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+FLIPS_NONE: List[Tuple[int, ...]] = [()]
+FLIPS_ALL: List[Tuple[int, ...]] = [c for r in range(4) for c in itertools.combinations((2, 3, 4), r)]
+
+
+class EnsembleProbabilities(nn.Module):
+    """x (B, 1, D, H, W) -> mean softmax (B, C, D, H, W) in `out_dtype` (the accumulation buffer's dtype)."""
+
+    def __init__(self, nets: Sequence[nn.Module], tta: bool = False, out_dtype: torch.dtype = torch.float32,
+                 amp_dtype: Optional[torch.dtype] = None):
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+        self.flips = FLIPS_ALL if tta else FLIPS_NONE
+        self.out_dtype = out_dtype
+        self.amp_dtype = amp_dtype
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        total = None
+        for dims in self.flips:
+            xi = torch.flip(x, dims) if dims else x
+            for net in self.nets:
+                with torch.autocast(x.device.type, dtype=self.amp_dtype or torch.float32,
+                                    enabled=self.amp_dtype is not None):
+                    logits = net(xi, turnoff_drop=True)[0]
+                p = torch.softmax(logits.float(), 1)
+                if dims:
+                    p = torch.flip(p, dims)
+                total = p if total is None else total.add_(p)
+        return total.div_(len(self.flips) * len(self.nets)).to(self.out_dtype)

@@ -1,0 +1,122 @@
+"""Where and how to accumulate the blended class probabilities, so that big volumes fit in RAM and GPU memory.
+
+MONAI's `sliding_window_inference` keeps one full-size buffer of C class channels (+ a weight map) on `device` while
+windows run on `sw_device`. For a 512 x 512 x 400 grid and 42 classes that is 17 GB in float32, so we pick, in order:
+
+1. the whole grid, float32, on the compute device; 2. the whole grid, float16, there; 3. (GPU only) the same two on
+the CPU; 4. slabs: the grid is cut along the axis that wastes the least work into slabs (each padded by a margin of a quarter window
+for context), each slab is blended by MONAI in float16 and reduced to labels at once, so only one slab's probabilities
+exist at a time. Slabs give the same Gaussian blending inside each slab; only the window placement near a seam
+differs from a single pass (differences are rare voxels at class boundaries).
+
+The budgets are `budget_bytes` (CPU: min(2 GiB, 30% of available RAM) unless given; GPU: 70% of free memory minus
+the network's working memory).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Optional, Sequence
+
+import torch
+
+GIB = 1024 ** 3
+
+
+@dataclass
+class AccumulationPlan:
+    compute_device: str  # where the networks run (MONAI sw_device)
+    buffer_device: str  # where the probability buffer lives (MONAI device)
+    dtype: str  # "float32" | "float16"
+    slab_axis: int  # array axis (z=0, y=1, x=2) along which slabs are cut
+    slab_length: int  # voxels kept per slab along slab_axis (== the extent when there is one pass)
+    margin: int  # extra context voxels on each side of a slab
+    n_slabs: int
+    buffer_bytes: int  # estimated peak bytes of one pass's buffer
+    budget_bytes: int
+    reason: str
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return torch.float16 if self.dtype == "float16" else torch.float32
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["buffer_gib"] = round(self.buffer_bytes / GIB, 3)
+        d["budget_gib"] = round(self.budget_bytes / GIB, 3)
+        return d
+
+
+def bytes_per_voxel(n_classes: int, itemsize: int) -> int:
+    """Buffer (C channels + weight map + input copy) plus the reduction's temporaries (argmax int64, entropy f32)."""
+    return (n_classes + 2) * itemsize + 16
+
+
+def cpu_budget(max_gib: Optional[float] = None) -> int:
+    if max_gib is not None:
+        return int(max_gib * GIB)
+    avail = _available_ram()
+    return int(min(2 * GIB, 0.3 * avail)) if avail else 2 * GIB
+
+
+def gpu_budget(device: torch.device, roi: Sequence[int], n_classes: int, filters: int, sw_batch: int) -> int:
+    free, _ = torch.cuda.mem_get_info(device)
+    window = sw_batch * math.prod(roi) * (8 * filters + 4 * n_classes) * 4  # activations + softmax/flip copies
+    return max(0, int(0.7 * (free - window - 512 * 1024 ** 2)))
+
+
+def plan_accumulation(shape: Sequence[int], n_classes: int, roi: Sequence[int], compute: torch.device,
+                      cpu_bytes: int, gpu_bytes: Optional[int] = None) -> AccumulationPlan:
+    """Choose buffer device, dtype and slab size for a grid of `shape` (z, y, x) and `n_classes` channels."""
+    voxels = math.prod(shape)
+    places = [(str(compute), gpu_bytes if compute.type == "cuda" else cpu_bytes)]
+    if compute.type == "cuda":
+        places.append(("cpu", cpu_bytes))
+    for dev, budget in places:
+        for dtype, size in (("float32", 4), ("float16", 2)):
+            need = voxels * bytes_per_voxel(n_classes, size)
+            if budget is not None and need <= budget:
+                return AccumulationPlan(str(compute), dev, dtype, 0, int(shape[0]), 0, 1, need, budget,
+                                        f"whole grid fits in the {dev} budget as {dtype}")
+    for dev, budget in places:
+        best = None
+        for axis in range(3):  # the axis whose slabs waste the least recomputation in the margins
+            cross = voxels // shape[axis]
+            margin = roi[axis] // 4
+            per_plane = cross * bytes_per_voxel(n_classes, 2)
+            planes = (budget or 0) // per_plane
+            keep = min(int(shape[axis]), planes - 2 * margin)
+            if keep < 1 or planes < min(roi[axis], shape[axis]):
+                continue
+            n = math.ceil(shape[axis] / keep)
+            work = n * (keep + 2 * margin) * cross
+            if best is None or work < best[0]:
+                best = (work, axis, keep, margin, n, (keep + 2 * margin) * per_plane)
+        if best:
+            _, axis, keep, margin, n, need = best
+            return AccumulationPlan(str(compute), dev, "float16", axis, keep, margin, n, need, budget or 0,
+                                    f"whole grid needs {voxels * bytes_per_voxel(n_classes, 2) / GIB:.2f} GiB even "
+                                    f"in float16; {n} slabs of {keep}+2x{margin} planes along axis {axis} on {dev}")
+    axis = min(range(3), key=lambda a: (voxels // shape[a]) * roi[a])
+    margin = roi[axis] // 4
+    keep = max(1, roi[axis] - 2 * margin)
+    need = (keep + 2 * margin) * (voxels // shape[axis]) * bytes_per_voxel(n_classes, 2)
+    return AccumulationPlan(str(compute), "cpu", "float16", axis, keep, margin, math.ceil(shape[axis] / keep),
+                            need, cpu_bytes, "budget smaller than one window-thick slab; using the thinnest slab "
+                            "(over budget)")
+
+
+def _available_ram() -> Optional[int]:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil  # type: ignore
+        return int(psutil.virtual_memory().available)
+    except Exception:
+        return None
