@@ -1,5 +1,8 @@
-"""Calls `poll()` of background jobs from a Qt timer on Slicer's main thread (the only Qt-dependent file of this
-package; `qt` is imported when a poller is created, so the rest of the package stays usable without Qt)."""
+"""Qt-side helpers shared by both panels (the only Qt-dependent file of this package; `qt` is imported inside the
+functions, so the rest of the package stays usable without Qt): a QTimer that polls background jobs on Slicer's
+main thread, and the settings both modules share (which Python runs the backend)."""
+
+PYTHON_SETTING = "MICD/PythonInterpreter"
 
 
 class QtJobPoller:
@@ -23,7 +26,7 @@ class QtJobPoller:
             try:
                 job.poll()
             finally:
-                if job.finished:
+                if job.finished and job in self._jobs:
                     self._jobs.remove(job)
         if not self._jobs:
             self._timer.stop()
@@ -31,3 +34,54 @@ class QtJobPoller:
     def stop(self):
         self._timer.stop()
         self._jobs = []
+
+
+def chosen_python():
+    """The interpreter the user chose for the backend, or None for Slicer's own Python."""
+    import qt
+
+    value = qt.QSettings().value(PYTHON_SETTING, "")
+    return str(value).strip() or None
+
+
+def set_chosen_python(path):
+    import qt
+
+    qt.QSettings().setValue(PYTHON_SETTING, str(path or "").strip())
+
+
+def launcher_from_settings():
+    from .backend import BackendLauncher
+
+    return BackendLauncher(python=chosen_python())
+
+
+_READY_PYTHONS = set()
+
+
+def confirm(message, title="MICD"):
+    """Yes/No question box; True for Yes."""
+    import qt
+
+    answer = qt.QMessageBox.question(None, title, message, qt.QMessageBox.Yes | qt.QMessageBox.No)
+    return answer == qt.QMessageBox.Yes
+
+
+def ensure_backend_ready(launcher, log=print, installer=None, show_error=None):
+    """First-use dependency step: check the chosen Python once per session, install what is missing after the user
+    confirms. Returns True when the backend can run."""
+    from .dependencies import DependencyError, DependencyInstaller
+
+    if launcher.python in _READY_PYTHONS:
+        return True
+    installer = installer or DependencyInstaller(launcher, confirm=confirm, log=log)
+    try:
+        ready = installer.ensure()
+    except DependencyError as e:
+        (show_error or log)(str(e))
+        return False
+    if ready:
+        _READY_PYTHONS.add(launcher.python)
+    else:
+        (show_error or log)("The MICD backend needs these packages; nothing was installed.")
+    return ready

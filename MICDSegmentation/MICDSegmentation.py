@@ -1,0 +1,120 @@
+"""MICD "Segment" module: thin Slicer glue. The panel is MICDSegmentationLib.Widget, the work is
+MICDSegmentationLib.Logic (usable from the Python console), shared pieces are in the MICDCommon package."""
+
+import importlib
+import os
+import sys
+
+import slicer
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+
+
+def _addSharedPackagePath():
+    """Installed, MICDCommon sits beside this file; in a source checkout it is ../MICDCommon/MICDCommon."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for folder in (here, os.path.join(os.path.dirname(here), "MICDCommon")):
+        if os.path.isdir(os.path.join(folder, "MICDCommon")) and folder not in sys.path:
+            sys.path.append(folder)
+
+
+_addSharedPackagePath()
+
+from MICDSegmentationLib.Logic import SegmentationLogic  # noqa: E402
+
+try:
+    from slicer.i18n import tr as _
+except ImportError:  # headless tests
+    def _(text):
+        return text
+
+
+class MICDSegmentation(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("MICD Segmentation")
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["MICD for 3D Slicer contributors"]
+        self.parent.helpText = _(
+            "Segment the current volume with a model trained in 'Train semi-supervised' (or imported): one "
+            "segment per label with the model's names and colours, in the volume's geometry and study.")
+        self.parent.acknowledgementText = _("Uses PyTorch and MONAI through the bundled micd backend.")
+
+
+class MICDSegmentationWidget(ScriptedLoadableModuleWidget):
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        from MICDSegmentationLib.Widget import SegmentationWidget
+
+        self.logic = MICDSegmentationLogic()
+        self.panel = SegmentationWidget(self.logic)
+        self.layout.addWidget(self.panel.widget)
+
+    def enter(self):
+        self.panel.enter()
+
+    def cleanup(self):
+        self.panel.cleanup()
+
+    def onReload(self):
+        """Reload the Lib and shared packages too (Slicer's Reload only re-imports this file)."""
+        for name in sorted(sys.modules):
+            if name.startswith(("MICDSegmentationLib.", "MICDCommon.")):
+                importlib.reload(sys.modules[name])
+        ScriptedLoadableModuleWidget.onReload(self)
+
+
+class MICDSegmentationLogic(ScriptedLoadableModuleLogic, SegmentationLogic):
+    """Console API, e.g.:
+    job = MICDSegmentationLogic().segment(getNode("CT"), "Liver", wait=True)
+    job.segmentation  # the new segmentation node
+    """
+
+    def __init__(self, **kwargs):
+        ScriptedLoadableModuleLogic.__init__(self)
+        if "launcher" not in kwargs or "job_poller" not in kwargs:
+            try:
+                from MICDCommon import qtsupport
+
+                kwargs.setdefault("launcher", qtsupport.launcher_from_settings())
+                kwargs.setdefault("job_poller", qtsupport.QtJobPoller(interval_ms=300))
+            except ImportError:  # no Qt: callers poll (job.poll()) or wait
+                pass
+        SegmentationLogic.__init__(self, **kwargs)
+
+
+class MICDSegmentationTest(ScriptedLoadableModuleTest):
+    """Self-test for real Slicer (Reload and Test): import a label map as a result, with names, colours and
+    geometry; replacing an earlier result."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_ImportResult()
+
+    def test_ImportResult(self):
+        import numpy as np
+        import tempfile
+
+        from MICDCommon import sceneio
+        from MICDSegmentationLib.ResultImport import find_previous_result, import_label_file
+
+        image = np.zeros((20, 30, 40), np.int16)
+        volume = slicer.util.addVolumeFromArray(image, np.diag([0.8, 0.8, 2.0, 1.0]), name="input")
+        labels = np.zeros(image.shape, np.uint8)
+        labels[5:10, 5:15, 5:20] = 1
+        labels[12:16, 10:20, 20:30] = 2
+        labelmap = slicer.util.addVolumeFromArray(labels, np.diag([0.8, 0.8, 2.0, 1.0]), name="prediction",
+                                                  nodeClassName="vtkMRMLLabelMapVolumeNode")
+        path = sceneio.write_volume(labelmap, os.path.join(tempfile.mkdtemp(), "prediction.nrrd"))
+        slicer.mrmlScene.RemoveNode(labelmap)
+        node = import_label_file(path, volume, {1: "liver", 2: "spleen"}, {1: (0.8, 0.3, 0.2)})
+        self.assertEqual(node.GetName(), "input segmentation")
+        self.assertEqual(node.GetSegmentation().GetNumberOfSegments(), 2)
+        self.assertIs(find_previous_result(volume), node)
+        again = import_label_file(path, volume, {1: "liver", 2: "spleen"}, target=node)
+        self.assertIs(again, node)
+        self.delayDisplay("Result import passed")

@@ -1,0 +1,245 @@
+"""The one-click "Segment" panel: the model list with provenance (rename, delete, export zip, import), the input
+volume, options, and Segment / Cancel with progress. All work is delegated to `Logic.SegmentationLogic`."""
+
+import time
+
+import ctk
+import qt
+import slicer
+
+from MICDCommon import qtsupport
+
+from .Parameters import SegmentationSettings
+
+try:
+    from slicer.i18n import tr as _
+except ImportError:  # headless tests
+    def _(text):
+        return text
+
+
+def _button(text, tooltip, slot):
+    button = qt.QPushButton(text)
+    button.setToolTip(tooltip)
+    button.connect("clicked(bool)", lambda _checked=False: slot())
+    return button
+
+
+class SegmentationWidget:
+    """Owns the panel's widgets; `widget` is what the module adds to its layout."""
+
+    def __init__(self, logic, show_error=None, dependency_check=None, ask_text=None, ask_replace=None):
+        self.logic = logic
+        self.show_error = show_error or (lambda text: slicer.util.errorDisplay(text))
+        self.dependency_check = dependency_check or (
+            lambda: qtsupport.ensure_backend_ready(self.logic.launcher, self.appendLog, show_error=self.show_error))
+        self.ask_text = ask_text or self._askText
+        self.ask_replace = ask_replace or self._askReplace
+        self.models = []
+        self.job = None
+        self._started = None
+        self.widget = qt.QWidget()
+        layout = qt.QVBoxLayout(self.widget)
+        self._buildModels(layout)
+        self._buildSegment(layout)
+        layout.addStretch(1)
+        self.timer = qt.QTimer()
+        self.timer.setInterval(500)
+        self.timer.connect("timeout()", self.onTick)
+        self.refreshModels()
+        self.updateButtons()
+
+    def _buildModels(self, layout):
+        box = ctk.ctkCollapsibleButton()
+        box.text = _("Models")
+        layout.addWidget(box)
+        form = qt.QFormLayout(box)
+        self.modelList = qt.QListWidget()
+        self.modelList.connect("currentRowChanged(int)", lambda _row: self.onModelSelected())
+        form.addRow(self.modelList)
+        self.provenanceLabel = qt.QLabel("")
+        self.provenanceLabel.wordWrap = True
+        form.addRow(self.provenanceLabel)
+        row = qt.QHBoxLayout()
+        self.renameButton = _button(_("Rename..."), _("Give the selected model another name"), self.onRename)
+        self.deleteButton = _button(_("Delete"), _("Delete the selected model from the model folder"), self.onDelete)
+        self.exportButton = _button(_("Export zip..."), _("Save the selected model as a zip to share"), self.onExport)
+        self.importZipButton = _button(_("Import zip..."), _("Add a model from a zip file"), self.onImportZip)
+        self.importFolderButton = _button(_("Import folder..."), _("Add a model folder (model.json + weights)"),
+                                          self.onImportFolder)
+        for b in (self.renameButton, self.deleteButton, self.exportButton, self.importZipButton,
+                  self.importFolderButton):
+            row.addWidget(b)
+        form.addRow(row)
+
+    def _buildSegment(self, layout):
+        box = ctk.ctkCollapsibleButton()
+        box.text = _("Segment")
+        layout.addWidget(box)
+        form = qt.QFormLayout(box)
+        self.volumeSelector = slicer.qMRMLNodeComboBox()
+        self.volumeSelector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
+        self.volumeSelector.addEnabled = False
+        self.volumeSelector.setMRMLScene(slicer.mrmlScene)
+        self.volumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda _node: self.updateButtons())
+        form.addRow(_("Volume:"), self.volumeSelector)
+        self.deviceCombo = qt.QComboBox()
+        self.deviceCombo.addItems(["auto", "cpu", "cuda:0"])
+        form.addRow(_("Device:"), self.deviceCombo)
+        self.uncertaintyCheck = qt.QCheckBox(_("Also load an uncertainty map"))
+        form.addRow(self.uncertaintyCheck)
+        self.ttaCheck = qt.QCheckBox(_("Test-time augmentation (slower)"))
+        form.addRow(self.ttaCheck)
+        row = qt.QHBoxLayout()
+        self.segmentButton = _button(_("Segment"), _("Segment the volume with the selected model"), self.onSegment)
+        self.cancelButton = _button(_("Cancel"), _("Stop the segmentation"), self.onCancel)
+        row.addWidget(self.segmentButton)
+        row.addWidget(self.cancelButton)
+        form.addRow(row)
+        self.progressBar = qt.QProgressBar()
+        form.addRow(self.progressBar)
+        self.statusLabel = qt.QLabel(_("Idle"))
+        form.addRow(self.statusLabel)
+        self.logText = qt.QPlainTextEdit()
+        self.logText.setReadOnly(True)
+        form.addRow(self.logText)
+
+    # --- models ---------------------------------------------------------------------------------------------------
+    def refreshModels(self, select=None):
+        self.models = self.logic.models()
+        self.modelList.clear()
+        for model in self.models:
+            self.modelList.addItem(model.name)
+        names = [m.name for m in self.models]
+        if self.models:
+            self.modelList.setCurrentRow(names.index(select) if select in names else 0)
+        self.onModelSelected()
+
+    def selectedModel(self):
+        row = self.modelList.currentRow()
+        return self.models[row] if 0 <= row < len(self.models) else None
+
+    def onModelSelected(self):
+        model = self.selectedModel()
+        self.provenanceLabel.setText(model.summary() if model else _("No model yet: train one in 'Train "
+                                                                      "semi-supervised' or import one."))
+        self.updateButtons()
+
+    def _guarded(self, action, *args):
+        try:
+            return action(*args)
+        except Exception as e:  # noqa: BLE001 - shown to the user
+            self.show_error(str(e))
+            return None
+
+    def onRename(self):
+        model = self.selectedModel()
+        new_name = model and self.ask_text(_("Rename model"), _("New name:"), model.name)
+        if new_name:
+            renamed = self._guarded(self.logic.rename_model, model, new_name)
+            self.refreshModels(select=renamed.name if renamed else None)
+
+    def onDelete(self):
+        model = self.selectedModel()
+        if model and qtsupport.confirm(_("Delete the model '") + model.name + _("'? This cannot be undone.")):
+            self._guarded(self.logic.delete_model, model)
+            self.refreshModels()
+
+    def onExport(self):
+        model = self.selectedModel()
+        path = model and qt.QFileDialog.getSaveFileName(None, _("Export model"), model.folder_name + ".zip",
+                                                        "Zip (*.zip)")
+        if path:
+            if self._guarded(self.logic.export_model, model, path):
+                self.appendLog(_("Exported to ") + path)
+
+    def onImportZip(self):
+        self._import(qt.QFileDialog.getOpenFileName(None, _("Import model zip"), "", "Zip (*.zip)"))
+
+    def onImportFolder(self):
+        self._import(qt.QFileDialog.getExistingDirectory(None, _("Import model folder")))
+
+    def _import(self, path):
+        if path:
+            model = self._guarded(self.logic.import_model, path)
+            if model is not None:
+                self.refreshModels(select=model.name)
+
+    # --- segmenting -----------------------------------------------------------------------------------------------
+    def settings(self):
+        return SegmentationSettings(device=self.deviceCombo.currentText, uncertainty=bool(self.uncertaintyCheck.checked),
+                                    tta=bool(self.ttaCheck.checked))
+
+    def onSegment(self):
+        volume, model = self.volumeSelector.currentNode(), self.selectedModel()
+        if volume is None or model is None:
+            self.show_error(_("Select a volume and a model."))
+            return
+        replace = False
+        previous = self.logic.previous_result(volume)
+        if previous is not None:
+            replace = self.ask_replace(previous)
+            if replace is None:
+                return
+        if not self.dependency_check():
+            return
+        self.logText.clear()
+        try:
+            self.job = self.logic.segment(volume, model, settings=self.settings(), replace=replace,
+                                          on_log=self.appendLog, on_finished=self.onFinished)
+        except Exception as e:  # noqa: BLE001 - shown to the user
+            self.show_error(_("Could not start segmentation: ") + str(e))
+            self.job = None
+            return
+        self._started = time.time()
+        self.progressBar.setMaximum(0)  # busy indicator: inference reports no fraction for one volume
+        self.statusLabel.setText(_("Segmenting ") + volume.GetName() + "...")
+        self.timer.start()
+        self.updateButtons()
+
+    def _askReplace(self, previous):
+        """True: replace the earlier result; False: keep it and make a new one; None: do nothing."""
+        box = qt.QMessageBox
+        answer = box.question(None, _("Replace result?"), _("'") + previous.GetName() + _("' already holds a MICD "
+                              "result for this volume. Replace it? (No keeps it and makes a new segmentation.)"),
+                              box.Yes | box.No | box.Cancel)
+        return True if answer == box.Yes else False if answer == box.No else None
+
+    @staticmethod
+    def _askText(title, label, text):
+        return qt.QInputDialog.getText(None, title, label, qt.QLineEdit.Normal, text)
+
+    def onTick(self):
+        if self.job is not None and self._started is not None and not self.job.finished:
+            self.statusLabel.setText(_("Segmenting... ") + f"{time.time() - self._started:.0f} s")
+
+    def onCancel(self):
+        if self.job is not None and not self.job.finished:
+            self.job.request_cancel()
+            self.statusLabel.setText(_("Cancelling..."))
+
+    def onFinished(self, job):
+        self.timer.stop()
+        self.progressBar.setMaximum(100)
+        self.progressBar.setValue(100 if job.state == "succeeded" else 0)
+        self.statusLabel.setText(job.message.split("\n")[0] if job.message else job.state)
+        if job.state != "succeeded" and job.state != "cancelled":
+            self.show_error(job.message)
+        self.updateButtons()
+
+    def appendLog(self, text):
+        self.logText.appendPlainText(str(text))
+
+    def updateButtons(self):
+        running = self.job is not None and not self.job.finished
+        has_model = self.selectedModel() is not None
+        self.segmentButton.setEnabled(not running and has_model and self.volumeSelector.currentNode() is not None)
+        self.cancelButton.setEnabled(running)
+        for b in (self.renameButton, self.deleteButton, self.exportButton):
+            b.setEnabled(has_model and not running)
+
+    def enter(self):
+        self.refreshModels(select=self.selectedModel().name if self.selectedModel() else None)
+
+    def cleanup(self):
+        self.timer.stop()

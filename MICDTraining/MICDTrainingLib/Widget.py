@@ -1,0 +1,434 @@
+"""The "Train semi-supervised" panel, built in code: labeled cases, unlabeled folders, checks, settings, and the
+training section (Train / Cancel / Resume, progress with ETA, loss and Dice charts, log). All work is delegated to
+the logic (`Logic.TrainingLogic`), which the module passes in; tests pass a mock."""
+
+import os
+
+import ctk
+import qt
+import slicer
+
+from MICDCommon import qtsupport
+from MICDCommon.events import TrainingProgress
+
+from .CasePairing import pair_scene_cases, summarize_unlabeled_folder
+from .Curves import TrainingCurves
+from .DatasetExport import FileCase, LabeledCase
+from .Parameters import ADVANCED_OPTIONS, METHOD_TITLES, METHODS, TrainingSettings
+
+try:
+    from slicer.i18n import tr as _
+except ImportError:  # headless tests
+    def _(text):
+        return text
+
+SETTINGS_KEY = "MICD/TrainingSettings"
+LOG_LINE_LIMIT = 2000
+
+
+def _button(text, tooltip, slot):
+    button = qt.QPushButton(text)
+    button.setToolTip(tooltip)
+    button.connect("clicked(bool)", lambda _checked=False: slot())
+    return button
+
+
+def _section(title, parent_layout, collapsed=False):
+    box = ctk.ctkCollapsibleButton()
+    box.text = title
+    box.collapsed = collapsed
+    parent_layout.addWidget(box)
+    return box, qt.QFormLayout(box)
+
+
+class TrainingWidget:
+    """Owns the panel's widgets; `widget` is what the module adds to its layout."""
+
+    def __init__(self, logic, show_error=None, dependency_check=None):
+        self.logic = logic
+        self.show_error = show_error or (lambda text: slicer.util.errorDisplay(text))
+        self.dependency_check = dependency_check or (
+            lambda: qtsupport.ensure_backend_ready(self.logic.launcher, self.appendLog, show_error=self.show_error))
+        self.cases = []
+        self.file_labels = {}
+        self.unlabeled = []
+        self.job = None
+        self.curves = None
+        self.report = None
+        self.widget = qt.QWidget()
+        layout = qt.QVBoxLayout(self.widget)
+        self._buildCases(layout)
+        self._buildUnlabeled(layout)
+        self._buildChecks(layout)
+        self._buildSettings(layout)
+        self._buildTraining(layout)
+        layout.addStretch(1)
+        self.loadSettings()
+        self.updateButtons()
+
+    # --- building -------------------------------------------------------------------------------------------------
+    def _buildCases(self, layout):
+        _box, form = _section(_("Labeled cases"), layout)
+        self.volumeSelector = slicer.qMRMLNodeComboBox()
+        self.volumeSelector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
+        self.volumeSelector.addEnabled = False
+        self.volumeSelector.setMRMLScene(slicer.mrmlScene)
+        form.addRow(_("Volume:"), self.volumeSelector)
+        self.segmentationSelector = slicer.qMRMLNodeComboBox()
+        self.segmentationSelector.nodeTypes = ["vtkMRMLSegmentationNode"]
+        self.segmentationSelector.addEnabled = False
+        self.segmentationSelector.setMRMLScene(slicer.mrmlScene)
+        form.addRow(_("Segmentation:"), self.segmentationSelector)
+        row = qt.QHBoxLayout()
+        self.addCurrentButton = _button(_("Add current"), _("Add the selected volume and segmentation"),
+                                        self.onAddCurrent)
+        self.autoPairButton = _button(_("Auto-pair scene"), _("Pair every segmentation with its volume (by "
+                                                                "reference, name or study)"), self.onAutoPair)
+        self.addFolderButton = _button(_("Add folder..."), _("Image/label files: imagesTr+labelsTr, or X.nii.gz "
+                                                             "beside X_seg.nii.gz"), self.onAddFolder)
+        self.removeCaseButton = _button(_("Remove"), _("Remove the selected case"), self.onRemoveCase)
+        for b in (self.addCurrentButton, self.autoPairButton, self.addFolderButton, self.removeCaseButton):
+            row.addWidget(b)
+        form.addRow(row)
+        self.casesTable = qt.QTableWidget(0, 3)
+        self.casesTable.setHorizontalHeaderLabels([_("Volume / image"), _("Segmentation / labels"), _("Segments")])
+        form.addRow(self.casesTable)
+
+    def _buildUnlabeled(self, layout):
+        _box, form = _section(_("Unlabeled data"), layout)
+        self.unlabeledList = qt.QListWidget()
+        form.addRow(self.unlabeledList)
+        row = qt.QHBoxLayout()
+        self.addUnlabeledButton = _button(_("Add folder..."), _("A folder of unlabeled images (NIfTI, NRRD, MHA, "
+                                                                "DICOM series)"), self.onAddUnlabeled)
+        self.removeUnlabeledButton = _button(_("Remove"), _("Remove the selected folder"), self.onRemoveUnlabeled)
+        row.addWidget(self.addUnlabeledButton)
+        row.addWidget(self.removeUnlabeledButton)
+        form.addRow(row)
+
+    def _buildChecks(self, layout):
+        _box, form = _section(_("Checks"), layout)
+        self.checkButton = _button(_("Check"), _("Check names, label values and geometry before training"),
+                                   self.onCheck)
+        form.addRow(self.checkButton)
+        self.checksLabel = qt.QLabel(_("Add labeled cases, then press Check."))
+        self.checksLabel.wordWrap = True
+        form.addRow(self.checksLabel)
+
+    def _buildSettings(self, layout):
+        _box, form = _section(_("Settings"), layout)
+        self.modelNameEdit = qt.QLineEdit("MyModel")
+        form.addRow(_("Model name:"), self.modelNameEdit)
+        self.iterationsSpin = qt.QSpinBox()
+        self.iterationsSpin.setRange(1, 1000000)
+        form.addRow(_("Iterations:"), self.iterationsSpin)
+        self.patchEdit = qt.QLineEdit("auto")
+        self.patchEdit.setToolTip(_("'auto', or D H W in voxels (multiples of 16), e.g. 96 96 96"))
+        form.addRow(_("Patch size:"), self.patchEdit)
+        self.deviceCombo = qt.QComboBox()
+        self.deviceCombo.addItems(["auto", "cpu", "cuda:0"])
+        form.addRow(_("Device:"), self.deviceCombo)
+        advanced, advancedForm = _section(_("Advanced"), layout, collapsed=True)
+        self.advancedBox = advanced
+        self.methodCombo = qt.QComboBox()
+        for method in METHODS:
+            self.methodCombo.addItem(METHOD_TITLES[method], method)
+        advancedForm.addRow(_("Method:"), self.methodCombo)
+        self.filtersSpin = qt.QSpinBox()
+        self.filtersSpin.setRange(1, 128)
+        advancedForm.addRow(_("Network width:"), self.filtersSpin)
+        self.seedSpin = qt.QSpinBox()
+        self.seedSpin.setRange(0, 1000000)
+        advancedForm.addRow(_("Seed:"), self.seedSpin)
+        self.checkpointSpin = qt.QSpinBox()
+        self.checkpointSpin.setRange(1, 1000000)
+        advancedForm.addRow(_("Checkpoint every:"), self.checkpointSpin)
+        self.advancedEdits = {}
+        for name, (kind, default, help_text) in ADVANCED_OPTIONS.items():
+            spin = qt.QDoubleSpinBox() if kind is float else qt.QSpinBox()
+            if kind is float:
+                spin.decimals = 4
+                spin.setRange(0.0, 100.0)
+            else:
+                spin.setRange(1, 64)
+            spin.setValue(default)
+            spin.setToolTip(help_text)
+            self.advancedEdits[name] = spin
+            advancedForm.addRow(f"{name}:", spin)
+        self.pythonEdit = qt.QLineEdit(qtsupport.chosen_python() or "")
+        self.pythonEdit.setToolTip(_("Python that runs training and segmentation; empty = Slicer's own Python. "
+                                     "Use a separate environment for a CUDA build of PyTorch."))
+        advancedForm.addRow(_("Python interpreter:"), self.pythonEdit)
+        self.dependenciesButton = _button(_("Check / install dependencies"), _("Check the packages the backend "
+                                                                               "needs; install after asking"),
+                                          self.onCheckDependencies)
+        advancedForm.addRow(self.dependenciesButton)
+
+    def _buildTraining(self, layout):
+        _box, form = _section(_("Training"), layout)
+        row = qt.QHBoxLayout()
+        self.trainButton = _button(_("Train"), _("Export the cases and start training in the background"),
+                                   self.onTrain)
+        self.cancelButton = _button(_("Cancel"), _("Stop training; the last checkpoint is kept"), self.onCancel)
+        self.resumeButton = _button(_("Resume"), _("Continue the last stopped run from its checkpoint"),
+                                    self.onResume)
+        for b in (self.trainButton, self.cancelButton, self.resumeButton):
+            row.addWidget(b)
+        form.addRow(row)
+        self.progressBar = qt.QProgressBar()
+        form.addRow(self.progressBar)
+        self.statusLabel = qt.QLabel(_("Idle"))
+        form.addRow(self.statusLabel)
+        self.showCurvesButton = _button(_("Show curves"), _("Show the loss and validation-Dice charts"),
+                                        self.onShowCurves)
+        form.addRow(self.showCurvesButton)
+        self.logText = qt.QPlainTextEdit()
+        self.logText.setReadOnly(True)
+        form.addRow(self.logText)
+
+    # --- settings -------------------------------------------------------------------------------------------------
+    def settings(self):
+        """The settings shown in the panel as a TrainingSettings (patch 'auto' -> None)."""
+        patch_text = self.patchEdit.text.strip().lower()
+        patch = None
+        if patch_text and patch_text != "auto":
+            try:
+                patch = tuple(int(v) for v in patch_text.replace(",", " ").replace("x", " ").split())
+            except ValueError:
+                patch = (0, 0, 0)  # reported by TrainingSettings.problems()
+        advanced = {name: spin.value for name, spin in self.advancedEdits.items()
+                    if spin.value != ADVANCED_OPTIONS[name][1]}
+        return TrainingSettings(model_name=self.modelNameEdit.text.strip(), iterations=int(self.iterationsSpin.value),
+                                patch_size=patch, device=self.deviceCombo.currentText,
+                                method=self.methodCombo.currentData() or "micd", filters=int(self.filtersSpin.value),
+                                seed=int(self.seedSpin.value), checkpoint_every=int(self.checkpointSpin.value),
+                                advanced=advanced)
+
+    def showSettings(self, s):
+        self.modelNameEdit.setText(s.model_name)
+        self.iterationsSpin.setValue(s.iterations)
+        self.patchEdit.setText("auto" if s.patch_size is None else " ".join(str(v) for v in s.patch_size))
+        index = self.deviceCombo.findText(s.device)
+        if index < 0:
+            self.deviceCombo.addItem(s.device)
+            index = self.deviceCombo.findText(s.device)
+        self.deviceCombo.setCurrentIndex(index)
+        self.methodCombo.setCurrentIndex(METHODS.index(s.method) if s.method in METHODS else 0)
+        self.filtersSpin.setValue(s.filters)
+        self.seedSpin.setValue(s.seed)
+        self.checkpointSpin.setValue(s.checkpoint_every)
+        for name, spin in self.advancedEdits.items():
+            spin.setValue(s.advanced.get(name, ADVANCED_OPTIONS[name][1]))
+
+    def loadSettings(self):
+        import json
+
+        try:
+            stored = json.loads(qt.QSettings().value(SETTINGS_KEY, "") or "{}")
+        except (TypeError, ValueError):
+            stored = {}
+        self.showSettings(TrainingSettings.from_dict(stored) if isinstance(stored, dict) else TrainingSettings())
+
+    def saveSettings(self):
+        import json
+
+        qt.QSettings().setValue(SETTINGS_KEY, json.dumps(self.settings().to_dict()))
+        qtsupport.set_chosen_python(self.pythonEdit.text)
+
+    # --- labeled and unlabeled data ------------------------------------------------------------------------------
+    def addCase(self, case):
+        if any(isinstance(c, LabeledCase) and c.segmentation is getattr(case, "segmentation", None)
+               for c in self.cases):
+            return
+        self.cases.append(case)
+        self.refreshCases()
+
+    def refreshCases(self):
+        self.casesTable.setRowCount(len(self.cases))
+        for row, case in enumerate(self.cases):
+            if isinstance(case, FileCase):
+                cells = [os.path.basename(case.image), os.path.basename(case.label),
+                         ", ".join(self.file_labels.values())]
+            else:
+                cells = [case.volume.GetName(), case.segmentation.GetName(),
+                         ", ".join(name for _id, name in case.segments())]
+            for column, text in enumerate(cells):
+                self.casesTable.setItem(row, column, qt.QTableWidgetItem(text))
+        self.report = None
+        self.updateButtons()
+
+    def onAddCurrent(self):
+        volume, segmentation = self.volumeSelector.currentNode(), self.segmentationSelector.currentNode()
+        if volume is None or segmentation is None:
+            self.show_error(_("Select a volume and its segmentation first."))
+            return
+        self.addCase(LabeledCase(volume, segmentation))
+
+    def onAutoPair(self):
+        pairs, unpaired = pair_scene_cases(slicer.mrmlScene)
+        for volume, segmentation in pairs:
+            self.addCase(LabeledCase(volume, segmentation))
+        if unpaired:
+            self.appendLog(_("No volume found for: ") + ", ".join(unpaired) + _(" (add them with 'Add current')"))
+
+    def onAddFolder(self):
+        folder = qt.QFileDialog.getExistingDirectory(None, _("Folder of labeled image/label files"))
+        if not folder:
+            return
+        cases, labels, unpaired = self.logic.cases_from_folder(folder)
+        if not cases:
+            self.show_error(_("No image/label pairs found in ") + folder)
+            return
+        self.file_labels.update(labels)
+        for case in cases:
+            self.addCase(case)
+        if unpaired:
+            self.appendLog(_("Images without a label in the folder: ") + ", ".join(unpaired[:10]))
+
+    def onRemoveCase(self):
+        row = self.casesTable.currentRow()
+        if 0 <= row < len(self.cases):
+            del self.cases[row]
+            self.refreshCases()
+
+    def addUnlabeledFolder(self, folder):
+        if folder and folder not in self.unlabeled:
+            self.unlabeled.append(folder)
+        self.refreshUnlabeled()
+
+    def refreshUnlabeled(self):
+        self.unlabeledList.clear()
+        for folder in self.unlabeled:
+            self.unlabeledList.addItem(f"{folder} - {summarize_unlabeled_folder(folder).text()}")
+        self.report = None
+
+    def onAddUnlabeled(self):
+        self.addUnlabeledFolder(qt.QFileDialog.getExistingDirectory(None, _("Folder of unlabeled images")))
+
+    def onRemoveUnlabeled(self):
+        row = self.unlabeledList.currentRow()
+        if 0 <= row < len(self.unlabeled):
+            del self.unlabeled[row]
+            self.refreshUnlabeled()
+
+    # --- checks and training --------------------------------------------------------------------------------------
+    def onCheck(self):
+        self.report = self.logic.check(self.cases, self.unlabeled, self.settings(), file_labels=self.file_labels)
+        labels = ", ".join(f"{v}={n}" for v, n in sorted(self.report.labels.items()))
+        self.checksLabel.setText((_("Label values: ") + labels + "\n" if labels else "") + self.report.text())
+        self.updateButtons()
+        return self.report
+
+    def onCheckDependencies(self):
+        self.saveSettings()
+        self.logic.launcher = qtsupport.launcher_from_settings()
+        if self.dependency_check():
+            self.appendLog(_("The backend is ready in ") + self.logic.launcher.python)
+
+    def onTrain(self):
+        self.saveSettings()
+        report = self.onCheck()
+        if not report.ok:
+            self.show_error(_("Training cannot start:\n") + "\n".join(report.errors))
+            return
+        if not self.dependency_check():
+            return
+        settings = self.settings()
+        self.logText.clear()
+        self.curves = self._newCurves(settings.model_name)
+        try:
+            self.job = self.logic.train(self.cases, self.unlabeled, settings, file_labels=self.file_labels,
+                                        **self._callbacks())
+        except Exception as e:  # noqa: BLE001 - shown to the user
+            self.show_error(_("Could not start training: ") + str(e))
+            self.job = None
+        self.updateButtons()
+
+    def _newCurves(self, name):
+        if self.curves is not None:
+            self.curves.remove()
+        try:
+            return TrainingCurves(slicer.mrmlScene, name)
+        except Exception:  # noqa: BLE001 - charts are optional (e.g. a scene without plot support)
+            return None
+
+    def _callbacks(self):
+        return {"on_event": self.onEvent, "on_log": self.appendLog, "on_finished": self.onFinished,
+                "curves": self.curves}
+
+    def onCancel(self):
+        if self.job is not None and not self.job.finished:
+            self.job.request_cancel()
+            self.statusLabel.setText(_("Cancelling (saving a checkpoint)..."))
+        self.updateButtons()
+
+    def onResume(self):
+        runs = self.logic.resumable_runs()
+        if not runs:
+            self.show_error(_("There is no stopped run to resume."))
+            return
+        if not self.dependency_check():
+            return
+        self.curves = self._newCurves(os.path.basename(runs[0]))
+        self.job = self.logic.resume(runs[0], **self._callbacks())
+        self._replayHistory(self.job)
+        self.updateButtons()
+
+    def _replayHistory(self, job):
+        """Show the curves and progress of the iterations before a resume (the resumed job reads only new ones)."""
+        from MICDCommon.events import EventTail
+
+        for event in EventTail(os.path.join(job.run_dir, "events.jsonl")).read_new():
+            if event.get("event") in ("start", "iteration", "validation", "checkpoint"):
+                job.progress.update(event)
+                if self.curves is not None:
+                    self.curves.add_event(event)
+
+    def onShowCurves(self):
+        if self.curves is None:
+            return
+        plots = getattr(getattr(slicer, "modules", None), "plots", None)
+        if plots is not None:
+            plots.logic().ShowChartInLayout(self.curves.loss.chart_node)
+
+    def onEvent(self, event):
+        progress = self.job.progress if self.job is not None else TrainingProgress()
+        self.progressBar.setMaximum(1000)
+        self.progressBar.setValue(int(1000 * progress.fraction))
+        self.statusLabel.setText(progress.status_text())
+
+    def onFinished(self, job):
+        self.statusLabel.setText(f"{job.state}: {job.message}" if job.message else job.state)
+        self.updateButtons()
+
+    def appendLog(self, text):
+        self.logText.appendPlainText(str(text))
+
+    def updateButtons(self):
+        running = self.job is not None and not self.job.finished
+        self.trainButton.setEnabled(not running and bool(self.cases))
+        self.trainButton.setToolTip(_("Export the cases and start training in the background") if self.cases
+                                    else _("Add at least one labeled case first"))
+        self.cancelButton.setEnabled(running)
+        self.resumeButton.setEnabled(not running)
+
+    # --- module life cycle -----------------------------------------------------------------------------------------
+    def enter(self):
+        """On showing the panel: reattach to a run that is still going (or ended unseen); mention resumable ones."""
+        if self.job is not None and not self.job.finished:
+            return
+        attach = self.logic.runs_to_attach()
+        if attach:
+            self.curves = self._newCurves(os.path.basename(attach[0]))
+            self.job = self.logic.attach(attach[0], **self._callbacks())
+            self.appendLog(_("Reattached to the training in ") + attach[0])
+        else:
+            resumable = self.logic.resumable_runs()
+            if resumable:
+                self.statusLabel.setText(_("A run stopped before finishing: ") + os.path.basename(resumable[0]) +
+                                         _(". Press Resume to continue it."))
+        self.updateButtons()
+
+    def cleanup(self):
+        """The module is closing: the training process keeps running; it is reattached on return."""
+        self.saveSettings()

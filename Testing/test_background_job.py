@@ -1,0 +1,130 @@
+"""A real background job: `micd train` on real hippocampus cases exported from the scene, followed through its
+events, reattached from a new runner, cancelled (whole tree, checkpoint kept), resumed; a short run that succeeds
+registers its model (and, when `micd predict` is available, segments a volume with it)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from MICDCommon import CANCELLED, SUCCEEDED, BackendLauncher, BackgroundJob, processes
+from MICDSegmentationLib.Logic import SegmentationLogic
+from MICDTrainingLib.Logic import TrainingLogic
+from scene_helpers import load_case
+
+TINY = dict(patch_size=(16, 32, 16), filters=4, device="cpu", checkpoint_every=5, threads=1)
+
+
+def wait_until(condition, job, timeout=120, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job.poll()
+        if condition():
+            return
+        if job.finished:
+            raise AssertionError(f"job ended ({job.state}) before {what}: {getattr(job, 'message', '')}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def launcher():
+    return BackendLauncher(python=sys.executable, threads=1)
+
+
+@pytest.fixture
+def unlabeled_folder(tmp_path, hippocampus_cases):
+    folder = tmp_path / "unlabeled"
+    folder.mkdir()
+    for image, _label in hippocampus_cases[10:13]:
+        os.symlink(image, folder / image.name)
+    return folder
+
+
+def test_tree_cancel_kills_grandchildren(tmp_path):
+    script = textwrap.dedent("""
+        import subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        print("grandchild", child.pid, flush=True)
+        time.sleep(120)
+    """)
+    job = BackgroundJob.start([sys.executable, "-c", script], str(tmp_path / "run"), kind="test")
+    lines = []
+    job.on_log = lines.append
+    wait_until(lambda: any(line.startswith("grandchild") for line in lines), job, 30, "the grandchild")
+    grandchild = int(next(line for line in lines if line.startswith("grandchild")).split()[1])
+    assert processes.is_alive(grandchild)
+    assert job.cancel(grace_s=5) == CANCELLED
+    time.sleep(0.2)
+    assert not processes.is_alive(job.pid) and not processes.is_alive(grandchild)
+
+
+def test_real_training_reattach_cancel_resume(scene, launcher, unlabeled_folder, hippocampus_cases):
+    cases = [load_case(scene, image, label) for image, label in hippocampus_cases[:4]]
+    log = []
+    logic = TrainingLogic(launcher=launcher)
+    job = logic.train(cases, [str(unlabeled_folder)], model_name="Hippo run", iterations=5000, on_log=log.append,
+                      **TINY)
+    wait_until(lambda: job.progress.last_checkpoint is not None and job.progress.iteration >= 6, job, 120,
+               "a checkpoint")
+    assert job.progress.start["labeled"] + job.progress.start["validation"] == 4
+    assert job.progress.start["unlabeled"] == 3
+    assert job.progress.loss_history and "total" in job.progress.loss_history[-1][1]
+    assert "Iteration" in job.progress.status_text() and any("Started micd training" in line for line in log)
+    run_dir, pid = job.run_dir, job.job.pid
+
+    # a new logic and runner (as after a module reload or a Slicer restart) finds the job and keeps reading it
+    other = TrainingLogic(launcher=launcher)
+    assert run_dir in other.runs_to_attach()
+    attached = other.attach(run_dir)
+    attached.poll()
+    assert attached.progress.start is not None  # replayed from the beginning
+    seen = job.progress.iteration
+    wait_until(lambda: attached.progress.iteration >= seen + 3, attached, 60, "new iterations after reattaching")
+    tree = [pid] + processes.descendants(pid)
+
+    assert attached.cancel() == CANCELLED
+    assert not any(processes.is_alive(p) for p in tree) and not processes.group_members(pid)
+    assert os.path.isfile(os.path.join(run_dir, "checkpoints", "last.pt"))
+    assert attached.job.events[-1]["event"] == "error" and attached.job.events[-1]["kind"] == "cancelled"
+    assert "checkpoint of iteration" in attached.message
+    job.poll()  # the first runner (the process's parent) sees the end too
+    assert job.state == CANCELLED and job.job.returncode == 3
+
+    assert run_dir in other.resumable_runs()
+    stopped_at = attached.job.events[-1].get("iter") or attached.progress.last_checkpoint[1]
+    resumed = other.resume(run_dir)
+    wait_until(lambda: resumed.progress.iteration > stopped_at, resumed, 120, "iterations after resuming")
+    assert resumed.progress.start["resumed"] is True
+    assert resumed.cancel() == CANCELLED
+
+
+def _predict_available():
+    result = subprocess.run([sys.executable, "-m", "micd", "predict", "--help"], capture_output=True, text=True)
+    return result.returncode == 0
+
+
+def test_short_training_registers_model_then_segments(scene, launcher, unlabeled_folder, hippocampus_cases):
+    cases = [load_case(scene, image, label, colors={1: (1.0, 0.5, 0.0)}) for image, label in hippocampus_cases[:3]]
+    logic = TrainingLogic(launcher=launcher)
+    job = logic.train(cases, [str(unlabeled_folder)], model_name="Hippo quick", iterations=10, wait=True, **TINY)
+    assert job.state == SUCCEEDED
+    assert job.model is not None and job.model.name == "Hippo quick"
+    assert job.model.labels == {1: "anterior", 2: "posterior"}
+    assert job.model.colors[1] == (1.0, 0.5, 0.0)  # the clinician's segment colour travels with the model
+    assert [m.name for m in logic.registry.models()] == ["Hippo quick"]
+    assert logic.runs_to_attach() == [] and logic.resumable_runs() == []
+
+    if not _predict_available():
+        pytest.skip("`micd predict` is not in this backend yet")
+    volume = cases[0][0]
+    segmentation_logic = SegmentationLogic(launcher=launcher, registry=logic.registry)
+    result = segmentation_logic.segment(volume, "Hippo quick", wait=True, device="cpu", timeout=120)
+    node = result.segmentation
+    assert node.GetName() == f"{volume.GetName()} segmentation"
+    seg = node.GetSegmentation()
+    assert sorted(seg.GetNthSegment(i).GetName() for i in range(seg.GetNumberOfSegments())) == ["anterior",
+                                                                                                 "posterior"]
