@@ -56,7 +56,10 @@ class MICDTrainingWidget(ScriptedLoadableModuleWidget):
         self.panel.enter()
 
     def cleanup(self):
+        """Module reload or Slicer exit: stop polling here (a running job goes on and is reattached later)."""
         self.panel.cleanup()
+        if getattr(self.logic, "job_poller", None) is not None:
+            self.logic.job_poller.stop()
 
     def onReload(self):
         """Reload the Lib and shared packages too (Slicer's Reload only re-imports this file)."""

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from MICDCommon import CANCELLED, SUCCEEDED, BackendLauncher, BackgroundJob, processes
+from MICDCommon import CANCELLED, SUCCEEDED, BackendLauncher, BackgroundJob, processes, sceneio
 from MICDSegmentationLib.Logic import SegmentationLogic
 from MICDTrainingLib.Logic import TrainingLogic
 from scene_helpers import load_case
@@ -110,8 +110,10 @@ def _predict_available():
 def test_short_training_registers_model_then_segments(scene, launcher, unlabeled_folder, hippocampus_cases):
     cases = [load_case(scene, image, label, colors={1: (1.0, 0.5, 0.0)}) for image, label in hippocampus_cases[:3]]
     logic = TrainingLogic(launcher=launcher)
-    job = logic.train(cases, [str(unlabeled_folder)], model_name="Hippo quick", iterations=10, wait=True, **TINY)
-    assert job.state == SUCCEEDED
+    job = logic.train(cases, [str(unlabeled_folder)], model_name="Hippo quick", iterations=10, **TINY)
+    twin = TrainingLogic(launcher=launcher).attach(job.run_dir)  # e.g. a panel from before a module reload
+    assert job.wait(timeout=120) == SUCCEEDED and twin.wait(timeout=30) == SUCCEEDED
+    assert twin.model.path == job.model.path  # registered once, whoever saw the end first
     assert job.model is not None and job.model.name == "Hippo quick"
     assert job.model.labels == {1: "anterior", 2: "posterior"}
     assert job.model.colors[1] == (1.0, 0.5, 0.0)  # the clinician's segment colour travels with the model
@@ -122,8 +124,13 @@ def test_short_training_registers_model_then_segments(scene, launcher, unlabeled
         pytest.skip("`micd predict` is not in this backend yet")
     volume = cases[0][0]
     segmentation_logic = SegmentationLogic(launcher=launcher, registry=logic.registry)
-    result = segmentation_logic.segment(volume, "Hippo quick", wait=True, device="cpu", timeout=120)
+    log = []
+    result = segmentation_logic.segment(volume, "Hippo quick", wait=True, device="cpu", uncertainty=True, timeout=120,
+                                        on_log=log.append)
     node = result.segmentation
+    assert any(line.startswith("Segmenting on cpu") for line in log), log
+    assert result.uncertainty is not None and result.uncertainty.GetName() == f"{volume.GetName()} uncertainty"
+    assert sceneio.same_grid(result.uncertainty, volume)
     assert node.GetName() == f"{volume.GetName()} segmentation"
     seg = node.GetSegmentation()
     assert sorted(seg.GetNthSegment(i).GetName() for i in range(seg.GetNumberOfSegments())) == ["anterior",

@@ -84,6 +84,12 @@ def describe_event(event):
     if kind == "retry":
         return (f"Out of memory: retrying with patch {event.get('patch_size')} and batch {event.get('batch_size')} "
                 f"({event.get('reason', '')})")
+    if kind == "plan":  # micd predict: how the volume will be processed
+        plan = event.get("plan") or {}
+        return (f"Segmenting on {event.get('device', '?')}: grid {event.get('grid_shape')}, window {event.get('roi')}"
+                + (f"; {plan['reason']}" if plan.get("reason") else ""))
+    if kind == "prediction":
+        return f"Prediction written in {event.get('seconds', 0):.1f} s, labels found: {event.get('labels_found')}"
     if kind == "done":
         best = event.get("best_mean_dice")
         return "Finished" + (f": best validation mean Dice {best:.3f}" if isinstance(best, (int, float)) else "")

@@ -207,6 +207,10 @@ class BackgroundJob:
         else:
             self.state = LOST
         self.record.status, self.record.returncode, self.record.ended = self.state, self.returncode, time.time()
+        try:  # keep notes another runner of the same job wrote meanwhile (e.g. where it registered the model)
+            self.record.info = {**self.record.info, **JobRecord.load(self.run_dir).info}
+        except JobError:
+            pass
         try:
             self.record.save()
         except OSError:

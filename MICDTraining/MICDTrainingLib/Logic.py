@@ -108,6 +108,10 @@ class TrainingJob:
 
     def _register(self):
         info = self.job.record.info
+        try:  # another runner (e.g. a panel from before a module reload) may have registered it already
+            info["registered_model"] = JobRecord.load(self.run_dir).info.get("registered_model")
+        except Exception:  # noqa: BLE001 - record unreadable: register from this runner's copy
+            pass
         if info.get("registered_model") and os.path.isdir(info["registered_model"]):
             self.model = self.registry.get(info["registered_model"])
             self.message = f"Model '{self.model.name}' is ready in MICD Segmentation."

@@ -184,6 +184,7 @@ class TrainingWidget:
         form.addRow(self.showCurvesButton)
         self.logText = qt.QPlainTextEdit()
         self.logText.setReadOnly(True)
+        self.logText.setMaximumBlockCount(LOG_LINE_LIMIT)
         form.addRow(self.logText)
 
     # --- settings -------------------------------------------------------------------------------------------------
@@ -324,6 +325,23 @@ class TrainingWidget:
         self.logic.launcher = qtsupport.launcher_from_settings()
         if self.dependency_check():
             self.appendLog(_("The backend is ready in ") + self.logic.launcher.python)
+            self.showDevices()
+
+    def showDevices(self):
+        """Offer auto, each GPU the chosen Python sees, and cpu (imports torch there: a few seconds)."""
+        from MICDCommon.dependencies import DependencyError, probe
+
+        try:
+            report = probe(self.logic.launcher, check_gpus=True)
+        except DependencyError as e:
+            self.appendLog(str(e))
+            return
+        current = self.deviceCombo.currentText
+        self.deviceCombo.clear()
+        self.deviceCombo.addItems(report.device_choices())
+        index = self.deviceCombo.findText(current)
+        self.deviceCombo.setCurrentIndex(max(index, 0))
+        self.appendLog(report.describe())
 
     def onTrain(self):
         self.saveSettings()
