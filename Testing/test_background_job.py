@@ -135,3 +135,26 @@ def test_short_training_registers_model_then_segments(scene, launcher, unlabeled
     seg = node.GetSegmentation()
     assert sorted(seg.GetNthSegment(i).GetName() for i in range(seg.GetNumberOfSegments())) == ["anterior",
                                                                                                  "posterior"]
+
+
+def test_reused_pid_is_not_taken_for_the_job():
+    marker = processes.start_marker(os.getpid())
+    assert processes.is_same_process(os.getpid(), marker)
+    assert not processes.is_same_process(os.getpid(), marker.split(":")[0] + ":1")
+
+
+def test_event_tail_waits_for_complete_lines(tmp_path):
+    from MICDCommon.events import EventTail, TrainingProgress
+
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"event": "start", "iterations": 10}\n{"event": "iteration", "iter": 3, "tot')
+    tail, progress = EventTail(str(path)), TrainingProgress()
+    events = tail.read_new()
+    assert [e["event"] for e in events] == ["start"]
+    with open(path, "a") as f:
+        f.write('al": 10, "eta_s": 70, "loss": {"total": 0.5}}\nnot json\n')
+    events += tail.read_new()
+    for event in events:
+        progress.update(event)
+    assert progress.iteration == 3 and progress.fraction == 0.3
+    assert progress.status_text() == "Iteration 3 / 10 · 1 min 10 s left · loss 0.500"

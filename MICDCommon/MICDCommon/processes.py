@@ -57,20 +57,21 @@ def start_marker(pid):
     """A value that changes when a pid is reused: the process start time, as text (None if unknown)."""
     if psutil is not None:
         try:
-            return f"{psutil.Process(pid).create_time():.2f}"
+            return f"psutil:{psutil.Process(pid).create_time():.2f}"
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             return None
     stat = _proc_stat(pid)
-    return stat[19] if stat is not None and len(stat) > 19 else None
+    return f"proc:{stat[19]}" if stat is not None and len(stat) > 19 else None
 
 
 def _same_start(recorded, current):
-    if recorded is None or current is None:
+    """Markers of the same kind must agree (psutil seconds within 1 s, /proc ticks exactly); markers of different
+    kinds (psutil installed or removed since) or unknown ones cannot tell, so they do not veto."""
+    if not recorded or not current or recorded.split(":")[0] != current.split(":")[0]:
         return True
-    try:
-        return abs(float(recorded) - float(current)) < 1.0
-    except ValueError:
-        return recorded == current
+    if recorded.startswith("psutil:"):
+        return abs(float(recorded[7:]) - float(current[7:])) < 1.0
+    return recorded == current
 
 
 def is_same_process(pid, recorded_marker):
@@ -150,8 +151,11 @@ def request_stop(pid):
 
     Returns the pids signalled, to be killed by `force_kill` if they are still alive after a grace period."""
     pids = [pid] + descendants(pid)
-    if os.name == "nt" and psutil is None:  # pragma: no cover
-        subprocess.run(["taskkill", "/PID", str(pid), "/T"], capture_output=True)
+    if os.name == "nt":  # pragma: no cover - Windows has no SIGTERM: Ctrl+Break reaches the new process group
+        try:
+            os.kill(pid, signal.CTRL_BREAK_EVENT)
+        except OSError:
+            pass
         return pids
     _signal_tree(pid, pids, signal.SIGTERM)
     return pids
