@@ -7,7 +7,7 @@ import os
 import sys
 
 DESCRIPTION = """Compare predicted label maps with reference label maps (two files, or two folders matched by case
-name: every prediction needs a reference; extra references are ignored). Per case and label: Dice, 95%% Hausdorff
+name: every prediction needs a reference; extra references are ignored). Per case and label: Dice, 95% Hausdorff
 distance and average symmetric surface distance in mm (MONAI, with the voxel spacing); then mean and std per label
 and overall. Empty masks: both empty -> Dice 1, distances 0; only one empty -> Dice 0, distances null (undefined,
 left out of the distance means and counted). Prediction and reference must share one grid. Exit code 2 on bad

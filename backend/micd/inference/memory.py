@@ -4,10 +4,10 @@ MONAI's `sliding_window_inference` keeps one full-size buffer of C class channel
 windows run on `sw_device`. For a 512 x 512 x 400 grid and 42 classes that is 17 GB in float32, so we pick, in order:
 
 1. the whole grid, float32, on the compute device; 2. the whole grid, float16, there; 3. (GPU only) the same two on
-the CPU; 4. slabs: the grid is cut along the axis that wastes the least work into slabs (each padded by a margin of a quarter window
-for context), each slab is blended by MONAI in float16 and reduced to labels at once, so only one slab's probabilities
-exist at a time. Slabs give the same Gaussian blending inside each slab; only the window placement near a seam
-differs from a single pass (differences are rare voxels at class boundaries).
+the CPU; 4. slabs: the grid is cut along one axis into slabs, each padded by a margin of a quarter window for
+context (axis and thickness chosen to need the fewest windows in all); each slab is blended by MONAI in float16 and
+reduced to labels at once, so only one slab's probabilities exist at a time. Inside a slab the blending is the same
+as in a single pass; only window placement near a seam differs (rare voxels at class boundaries).
 
 The budgets are `budget_bytes` (CPU: min(2 GiB, 30% of available RAM) unless given; GPU: 70% of free memory minus
 the network's working memory).
@@ -66,8 +66,16 @@ def gpu_budget(device: torch.device, roi: Sequence[int], n_classes: int, filters
     return max(0, int(0.7 * (free - window - 512 * 1024 ** 2)))
 
 
+def n_windows(length: int, roi: int, overlap: float) -> int:
+    """Windows MONAI places along one axis (scan interval = int(roi * (1 - overlap)), at least 1)."""
+    if length <= roi:
+        return 1
+    step = max(1, int(roi * (1 - overlap)))
+    return math.ceil((length - roi) / step) + 1
+
+
 def plan_accumulation(shape: Sequence[int], n_classes: int, roi: Sequence[int], compute: torch.device,
-                      cpu_bytes: int, gpu_bytes: Optional[int] = None) -> AccumulationPlan:
+                      cpu_bytes: int, gpu_bytes: Optional[int] = None, overlap: float = 0.25) -> AccumulationPlan:
     """Choose buffer device, dtype and slab size for a grid of `shape` (z, y, x) and `n_classes` channels."""
     voxels = math.prod(shape)
     places = [(str(compute), gpu_bytes if compute.type == "cuda" else cpu_bytes)]
@@ -81,23 +89,26 @@ def plan_accumulation(shape: Sequence[int], n_classes: int, roi: Sequence[int], 
                                         f"whole grid fits in the {dev} budget as {dtype}")
     for dev, budget in places:
         best = None
-        for axis in range(3):  # the axis whose slabs waste the least recomputation in the margins
+        for axis in range(3):  # the axis and slab thickness that need the fewest windows in all
             cross = voxels // shape[axis]
             margin = roi[axis] // 4
             per_plane = cross * bytes_per_voxel(n_classes, 2)
-            planes = (budget or 0) // per_plane
-            keep = min(int(shape[axis]), planes - 2 * margin)
-            if keep < 1 or planes < min(roi[axis], shape[axis]):
-                continue
-            n = math.ceil(shape[axis] / keep)
-            work = n * (keep + 2 * margin) * cross
-            if best is None or work < best[0]:
-                best = (work, axis, keep, margin, n, (keep + 2 * margin) * per_plane)
+            planes = min((budget or 0) // per_plane, int(shape[axis]) + 2 * margin)
+            others = math.prod(n_windows(shape[a], roi[a], overlap) for a in range(3) if a != axis)
+            for total in range(min(roi[axis], int(shape[axis])), planes + 1):
+                keep = min(int(shape[axis]), total - 2 * margin)
+                if keep < 1:
+                    continue
+                n = math.ceil(shape[axis] / keep)
+                windows = n * n_windows(min(total, int(shape[axis])), roi[axis], overlap) * others
+                if best is None or windows < best[0]:
+                    best = (windows, axis, keep, margin, n, total * per_plane)
         if best:
-            _, axis, keep, margin, n, need = best
+            windows, axis, keep, margin, n, need = best
             return AccumulationPlan(str(compute), dev, "float16", axis, keep, margin, n, need, budget or 0,
                                     f"whole grid needs {voxels * bytes_per_voxel(n_classes, 2) / GIB:.2f} GiB even "
-                                    f"in float16; {n} slabs of {keep}+2x{margin} planes along axis {axis} on {dev}")
+                                    f"in float16; {n} slabs of {keep}+2x{margin} planes along axis {axis} on {dev} "
+                                    f"({windows} windows)")
     axis = min(range(3), key=lambda a: (voxels // shape[a]) * roi[a])
     margin = roi[axis] // 4
     keep = max(1, roi[axis] - 2 * margin)

@@ -60,7 +60,8 @@ def predict_image(image: sitk.Image, package: ModelPackage, options: Optional[Pr
     del ref  # keep the geometry only; the resampled float image is no longer needed
     gpu_bytes = (gpu_budget(device, roi, n_classes, package.network_config.filters, sw_batch)
                  if device.type == "cuda" else None)
-    plan = plan_accumulation(array.shape, n_classes, roi, device, cpu_budget(opts.max_buffer_gib), gpu_bytes)
+    plan = plan_accumulation(array.shape, n_classes, roi, device, cpu_budget(opts.max_buffer_gib), gpu_bytes,
+                              opts.overlap)
     info = {"branches": names, "tta": bool(opts.tta), "device": str(device), "grid_shape": list(array.shape),
             "input_size": list(image.GetSize()), "roi": roi, "overlap": opts.overlap, "sw_batch_size": sw_batch,
             "classes": n_classes, "plan": plan.to_dict()}

@@ -1,0 +1,167 @@
+"""`micd predict`, the inference layer and `micd.api.predict`: geometry, formats, branches, slabs, uncertainty."""
+
+import json
+import os
+
+import nrrd
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import HIPPO, TINY, run_micd, write_dataset
+from inference_helpers import LABELS, assert_same_geometry, make_model, oblique_image
+from micd import api
+from micd.cli import main
+from micd.inference.memory import GIB, AccumulationPlan, plan_accumulation
+from micd.inference.sliding import segment_grid
+from micd.model_package import load_model_package
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_model(tmp_path_factory.mktemp("model") / "model", teachers=True)
+
+
+def predict(*args):
+    return main(["predict", "--device", "cpu", "--num-threads", "1", *map(str, args)])
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_output_keeps_oblique_anisotropic_offset_geometry(model_dir, tmp_path, suffix, capsys):
+    img = oblique_image()
+    src, out, unc = tmp_path / f"in{suffix}", tmp_path / f"out{suffix}", tmp_path / f"unc{suffix}"
+    sitk.WriteImage(img, str(src))
+    assert predict("--model", model_dir, "--input", src, "--output", out, "--uncertainty", unc) == 0
+    lab = sitk.ReadImage(str(out))
+    assert_same_geometry(lab, img)
+    assert set(np.unique(sitk.GetArrayFromImage(lab))) <= {0, 1, 2}
+    u = sitk.ReadImage(str(unc))
+    assert_same_geometry(u, img)
+    ua = sitk.GetArrayFromImage(u)
+    assert u.GetPixelID() == sitk.sitkFloat32 and ua.min() >= 0 and ua.max() <= 1 and ua.max() > 0
+    lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    assert [l["event"] for l in lines] == ["plan", "prediction", "done"]
+    assert lines[0]["plan"]["buffer_device"] == "cpu" and lines[0]["plan"]["n_slabs"] == 1
+
+
+def test_seg_nrrd_has_segment_names_and_colours(model_dir, tmp_path):
+    import slicerio
+
+    src = os.path.join(HIPPO, "imagesTr", "hippocampus_001.nii.gz")
+    if not os.path.exists(src):
+        pytest.skip("shared data missing")
+    out = tmp_path / "h.seg.nrrd"
+    assert predict("--model", model_dir, "--input", src, "--output", out, "--tta") == 0
+    seg = slicerio.read_segmentation(str(out))
+    by_name = {s["name"]: s for s in seg["segments"]}
+    assert set(by_name) == set(LABELS.values())
+    assert by_name["hippocampus_anterior"]["labelValue"] == 1
+    np.testing.assert_allclose(by_name["hippocampus_posterior"]["color"], [0.0, 0.5, 1.0], atol=1e-5)
+    header = nrrd.read_header(str(out))
+    assert header["Segment0_Name"] == "hippocampus_anterior"
+    assert_same_geometry(sitk.ReadImage(str(out)), sitk.ReadImage(src))
+
+
+def test_folder_input_gives_folder_output(model_dir, tmp_path, capsys):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for i in range(2):
+        sitk.WriteImage(oblique_image((20, 24, 22), seed=i), str(inp / f"case{i}.nii.gz"))
+    assert predict("--model", model_dir, "--input", inp, "--output", tmp_path / "out", "--format", "mha",
+                   "--uncertainty", tmp_path / "unc", "--branches", "student_b") == 0
+    assert sorted(os.listdir(tmp_path / "out")) == ["case0.mha", "case1.mha"]
+    assert sorted(os.listdir(tmp_path / "unc")) == ["case0.mha", "case1.mha"]
+    plans = [json.loads(l) for l in capsys.readouterr().out.splitlines() if '"plan"' in l]
+    assert all(p["branches"] == ["student_b"] for p in plans)
+
+
+def test_branches_and_device_errors_are_one_line(model_dir, tmp_path, capsys):
+    src = tmp_path / "in.nii.gz"
+    sitk.WriteImage(oblique_image((20, 24, 22)), str(src))
+    assert predict("--model", model_dir, "--input", src, "--output", tmp_path / "t.nii.gz", "--branches",
+                   "teachers") == 0
+    assert predict("--model", model_dir, "--input", src, "--output", tmp_path / "x.nii.gz", "--branches",
+                   "student_c") == 2
+    assert "student_c not in this model" in capsys.readouterr().err
+    assert predict("--model", model_dir, "--input", src, "--output", tmp_path / "x.txt") == 2
+    assert "unknown format" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["predict", "--model", str(model_dir), "--input", str(src), "--output",
+                     str(tmp_path / "x.nii.gz"), "--device", "cuda"]) == 2
+        err = capsys.readouterr().err
+        assert "sees no CUDA GPU" in err and len(err.strip().splitlines()) == 1
+
+
+def test_plan_prefers_whole_grid_then_float16_then_slabs():
+    cpu = torch.device("cpu")
+    small = plan_accumulation((40, 50, 40), 3, (16, 32, 16), cpu, 2 * GIB)
+    assert (small.n_slabs, small.dtype) == (1, "float32")
+    big = plan_accumulation((400, 512, 512), 42, (64, 128, 128), cpu, 2 * GIB)
+    assert big.n_slabs > 1 and big.dtype == "float16" and big.buffer_bytes <= 2 * GIB
+    assert big.slab_axis == 0 and big.margin == 16
+    # an 8 GB GPU: whole grid does not fit there nor in the CPU budget -> slabs on the GPU
+    gpu = plan_accumulation((400, 512, 512), 42, (64, 128, 128), torch.device("cuda"), 2 * GIB, int(5.5 * GIB))
+    assert gpu.buffer_device == "cuda" and gpu.n_slabs > 1
+    # few classes: the whole grid fits in CPU RAM but not on the GPU -> buffer on the CPU, windows on the GPU
+    mid = plan_accumulation((400, 512, 512), 3, (64, 128, 128), torch.device("cuda"), 4 * GIB, 1 * GIB)
+    assert (mid.compute_device, mid.buffer_device, mid.n_slabs) == ("cuda", "cpu", 1)
+
+
+def test_slabs_stitch_exactly_for_a_pointwise_predictor():
+    """A predictor without spatial context makes window placement irrelevant: slabs must equal one pass."""
+    rng = np.random.default_rng(0)
+    arr = rng.normal(0, 1, (37, 41, 29)).astype(np.float32)
+
+    def pointwise(x):
+        logits = torch.cat([x, -x, 0.3 * x ** 2], 1).float()
+        return torch.softmax(logits, 1).to(x.dtype)
+
+    reference = pointwise(torch.from_numpy(arr)[None, None]).argmax(1)[0].numpy()
+    for dtype in ("float32", "float16"):
+        whole = AccumulationPlan("cpu", "cpu", dtype, 0, 37, 0, 1, 0, 0, "")
+        a, ea = segment_grid(arr, pointwise, (16, 16, 16), whole, 3, True)
+        for axis in range(3):
+            slabs = AccumulationPlan("cpu", "cpu", dtype, axis, 7, 4, 0, 0, 0, "")
+            b, eb = segment_grid(arr, pointwise, (16, 16, 16), slabs, 3, True)
+            if dtype == "float32":
+                assert (a == b).all() and (b == reference).all()
+            else:  # float16 rounding may flip near-ties only
+                assert (b != reference).mean() < 1e-3
+            np.testing.assert_allclose(ea, eb, atol=2e-3)
+
+
+def test_api_predict_shape_and_geometry(model_dir):
+    img = oblique_image((21, 33, 27))
+    arr = sitk.GetArrayFromImage(img)
+    model = api.load_model(str(model_dir), device="cpu")
+    labels, unc = api.predict(arr, img.GetSpacing(), img.GetOrigin(), np.array(img.GetDirection()).reshape(3, 3),
+                              model, device="cpu", return_uncertainty=True, tta=True)
+    assert labels.shape == arr.shape == unc.shape and labels.dtype == np.uint8
+    assert set(np.unique(labels)) <= {0, 1, 2}
+    # same as the file-based command on the same image
+    single = api.predict(arr, img.GetSpacing(), img.GetOrigin(), img.GetDirection(), str(model_dir), device="cpu",
+                         branches="student_a")
+    assert single.shape == arr.shape
+
+
+def test_trained_model_predicts_its_labels(tmp_path, shared_data):
+    """Train 10 iterations on real hippocampus cases, predict a held-out case, evaluate it."""
+    ds = write_dataset(tmp_path, n_lab=2, n_unlab=2, n_val=1)
+    run = tmp_path / "run"
+    p = run_micd("train", "--dataset", ds, "--out", str(run), "--iterations", "10", "--seed", "0", *TINY)
+    assert p.returncode == 0, p.stdout[-1500:] + p.stderr[-1500:]
+    model = load_model_package(str(run / "model"))
+    held_out = sorted(os.listdir(os.path.join(HIPPO, "imagesTr")))[-1]
+    src = os.path.join(HIPPO, "imagesTr", held_out)
+    out = tmp_path / "pred.nii.gz"
+    assert predict("--model", run / "model", "--input", src, "--output", out) == 0
+    pred = sitk.ReadImage(str(out))
+    assert_same_geometry(pred, sitk.ReadImage(src))
+    assert set(np.unique(sitk.GetArrayFromImage(pred))) - {0} <= set(model.labels)
+    assert main(["evaluate", "--pred", str(out), "--label", os.path.join(HIPPO, "labelsTr", held_out),
+                 "--json", str(tmp_path / "ev.json"), "--labels", str(run / "model")]) == 0
+    result = json.load(open(tmp_path / "ev.json"))
+    assert set(result["per_label"]) == set(LABELS.values())
