@@ -1,4 +1,4 @@
-"""SIGTERM/SIGINT turn into a polite request: the loop finishes the iteration, saves a checkpoint and exits 3."""
+"""SIGTERM/SIGINT (and SIGBREAK on Windows) turn into a polite request: the loop finishes the iteration, saves a checkpoint and exits 3."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ class CancelFlag:
         self._previous = {}
 
     def install(self) -> "CancelFlag":
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
+        # SIGBREAK is what a Windows parent can send (Ctrl+Break) to ask for the same polite stop.
+        for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGBREAK", None)):
+            if sig is not None:
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
