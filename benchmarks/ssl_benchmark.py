@@ -111,7 +111,8 @@ def run_one(method: str, k: int, seed: int, cfg: dict, split: dict, hip: str, wo
              cfg["threads"])
     ev_path = os.path.join(d, "evaluation.json")
     if not os.path.exists(ev_path):
-        micd(["evaluate", "--pred", preds, "--label", test_labs, "--json", ev_path], log, cfg["threads"])
+        micd(["evaluate", "--pred", preds, "--label", test_labs, "--json", ev_path, "--labels", model], log,
+             cfg["threads"])
     events = [json.loads(l) for l in open(os.path.join(run, "events.jsonl")) if l.strip()]
     start = [e for e in events if e["event"] == "start"][-1]
     spi = [e["sec_per_iter"] for e in events if e["event"] == "iteration"]
@@ -133,7 +134,7 @@ def per_case_scores(ev: dict) -> Dict[str, Dict[str, Dict[str, float]]]:
     """{case: {label: {"dice":…, "hd95":…}}} from a `micd evaluate` JSON."""
     out: Dict[str, Dict[str, Dict[str, float]]] = {}
     for case in ev["cases"]:
-        out[case["case"]] = {lab: {"dice": v.get("dice"), "hd95": v.get("hd95")} for lab, v in case["labels"].items()}
+        out[case["case"]] = {lab: {"dice": v.get("dice"), "hd95": v.get("hd95")} for lab, v in case["metrics"].items()}
     return out
 
 
