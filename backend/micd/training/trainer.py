@@ -325,6 +325,9 @@ class Trainer:
                     "numpy": np.random.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             "best": dict(self.best), "world_size": self.ctx.world_size, "options": self.o.to_dict(),
+            "wall_s": getattr(self, "wall_before", 0.0) + (time.time() - self.t0 if hasattr(self, "t0") else 0.0),
+            "cpu_s": getattr(self, "cpu_before", 0.0) + (time.process_time() - self.cpu0 if hasattr(self, "cpu0")
+                                                          else 0.0),
             "version": __version__,
         }
 
@@ -399,7 +402,9 @@ class Trainer:
         self._start_event()
         self.t0 = time.time()
         self.cpu0 = time.process_time()
-        self.wall_before = float((self.resume_state or {}).get("wall_s", 0.0)) if self.resume_state else 0.0
+        # Time spent before a resume, so that provenance reports the whole run's training time.
+        self.wall_before = float((self.resume_state or {}).get("wall_s", 0.0))
+        self.cpu_before = float((self.resume_state or {}).get("cpu_s", 0.0))
         self.resume_state = None
         it = self.start_iter
         recent: List[float] = []
@@ -495,7 +500,6 @@ class Trainer:
             D.barrier(self.ctx)
             return
         final_state = self._state(it)
-        final_state["wall_s"] = self.wall_before + time.time() - self.t0
         atomic_save(final_state, os.path.join(self.ckpt_dir, LAST))
         self._emit("checkpoint", path=os.path.join(self.ckpt_dir, LAST), iter=it, kind="last")
         nets = self.method.export_networks()
@@ -521,7 +525,7 @@ class Trainer:
                 "dataset": os.path.abspath(self.o.dataset), "counts": self.data.spec_counts,
                 "seed": self.o.seed, "iterations": it, "device": str(self.device),
                 "world_size": self.ctx.world_size,
-                "wall_s": round(final_state["wall_s"], 1), "cpu_s": round(time.process_time() - self.cpu0, 1),
+                "wall_s": round(final_state["wall_s"], 1), "cpu_s": round(final_state["cpu_s"], 1),
                 "micd_version": __version__, "torch_version": torch.__version__,
                 "python": platform.python_version(), "host": platform.node(),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
