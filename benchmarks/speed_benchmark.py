@@ -1,0 +1,209 @@
+"""Speed and memory benchmark: training seconds per iteration of every method, and `micd predict` against a plain
+`monai.inferers.sliding_window_inference` call with the same network, windows and overlap, in the same run.
+
+Each measurement runs in its own process, one at a time (two torch processes on 2 cores slow each other 5-6x); wall
+time, CPU time and the peak resident memory of that process (from `os.wait4`) are recorded. Results go to
+benchmarks/results/speed/<name>.json and speed.md; a finished measurement is skipped when the script runs again
+(`--force` repeats it).
+
+  training: 2 labeled + 2 unlabeled patches of 32 x 64 x 64, students of width 16 (the issue's reference setting;
+            the only other public MICD implementation takes 4.6 s per iteration on these 2 cores), with and without
+            bf16 autocast; median of the timed iterations after two warm-up iterations.
+  ct:       the shared abdominal CT (122 x 101 x 30 at 3 mm, 41 labels), model of width 16, 118 output channels.
+  big:      a synthetic 512 x 512 x 400 volume at 1 mm with the same 118-channel model (no resampling), to show the
+            memory bound; the plain MONAI call is run under a 12 GiB address-space limit and may fail, which is
+            recorded as such.
+The inference models have random weights: speed and memory do not depend on the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+METHODS = ["supervised", "mean-teacher", "cps", "dhc", "micd"]
+
+TRAIN_SNIPPET = r"""
+import json, sys, time, torch
+from micd.methods import MethodConfig, build_method
+from micd.nets import NetworkConfig
+method, amp, iters = sys.argv[1], sys.argv[2], int(sys.argv[3])
+torch.manual_seed(0); torch.set_num_threads(2)
+m = build_method(method, NetworkConfig(out_channels=3, filters=16), 3, MethodConfig())
+opt = torch.optim.SGD(m.students.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+g = torch.Generator().manual_seed(0)
+x_l, x_u = torch.randn(2, 1, 32, 64, 64), torch.randn(2, 1, 32, 64, 64)
+y_l = (x_l[:, 0] > 0.5).long() + (x_l[:, 0] > 1.5).long()
+walls, cpus = [], []
+for i in range(iters + 2):
+    t, c = time.perf_counter(), time.process_time()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
+        terms = m.step(x_l, y_l, x_u if m.uses_unlabeled else None, 0.1, g)
+    opt.zero_grad(); terms["total"].backward(); opt.step(); m.after_step()
+    if i >= 2:
+        walls.append(time.perf_counter() - t); cpus.append(time.process_time() - c)
+walls.sort(); cpus.sort()
+print(json.dumps({"sec_per_iter": walls[len(walls) // 2], "cpu_sec_per_iter": cpus[len(cpus) // 2],
+                  "loss_terms": sorted(terms)}))
+"""
+
+BASELINE_SNIPPET = r"""
+import json, sys, time, numpy as np, SimpleITK as sitk, torch
+from monai.inferers import sliding_window_inference
+from micd.model_package import load_model_package
+from micd.data.preprocess import preprocess_image
+from micd.nets.vnet import LogitsOnly
+model_dir, image, out, overlap = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+torch.set_num_threads(2)
+pkg = load_model_package(model_dir)
+img = sitk.ReadImage(image)
+arr, ref = preprocess_image(img, pkg.plan)
+net = LogitsOnly(pkg.networks["student_a"]).eval()
+with torch.no_grad():
+    prob = sliding_window_inference(torch.from_numpy(arr)[None, None], tuple(pkg.patch_size), 2, net,
+                                    overlap=overlap, mode="gaussian")
+lab = prob.argmax(1)[0].numpy().astype(np.uint8)
+o = sitk.GetImageFromArray(lab); o.CopyInformation(ref)
+sitk.WriteImage(sitk.Resample(o, img, sitk.Transform(), sitk.sitkNearestNeighbor, 0), out)
+print(json.dumps({"ok": True}))
+"""
+
+
+def run_measured(cmd, env=None, limit_bytes=None) -> dict:
+    """Run one command alone; return its wall and CPU seconds, peak RSS (MiB, from os.wait4: this child only),
+    exit code and last stdout line. `limit_bytes` caps its address space."""
+    def preexec():
+        if limit_bytes:
+            resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+    t0 = time.time()
+    with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
+        p = subprocess.Popen(cmd, stdout=fo, stderr=fe, env=env, preexec_fn=preexec, text=True)
+        _, status, ru = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        fo.seek(0), fe.seek(0)
+        out, err = fo.read(), fe.read()
+    last = [l for l in out.splitlines() if l.strip()][-1:] or [""]
+    return {"wall_s": round(time.time() - t0, 2), "cpu_s": round(ru.ru_utime + ru.ru_stime, 2),
+            "peak_rss_mib": round(ru.ru_maxrss / 1024, 1), "returncode": p.returncode,
+            "stdout_last": last[0][:2000], "stderr_tail": err[-600:] if p.returncode else ""}
+
+
+def make_model(folder: str, spacing, n_out: int, patch, filters: int) -> str:
+    from micd.data.preprocess import PreprocessPlan
+    from micd.model_package import save_model_package
+    from micd.nets.vnet import NetworkConfig, build_network
+
+    if os.path.isfile(os.path.join(folder, "model.json")):
+        return folder
+    cfg = NetworkConfig(out_channels=n_out, filters=filters)
+    meta = {"labels": {str(i): f"label_{i}" for i in range(1, n_out)}, "network": cfg.to_dict(),
+            "preprocessing": PreprocessPlan(target_spacing=tuple(spacing), modality="CT").to_dict(),
+            "patch_size": list(patch), "method": "speed-benchmark (random weights)", "provenance": {},
+            "metrics": {}, "default_ensemble": ["student_a", "student_b"]}
+    return save_model_package(folder, meta, {"student_a": build_network(cfg), "student_b": build_network(cfg, "xavier")})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", nargs="+", default=["training", "ct", "big"], choices=["training", "ct", "big"])
+    ap.add_argument("--shared", default=os.path.join(ROOT, "..", "shared"))
+    ap.add_argument("--results", default=os.path.join(HERE, "results", "speed"))
+    ap.add_argument("--work", default=os.path.join(HERE, "runs", "speed"))
+    ap.add_argument("--iterations", type=int, default=5)
+    ap.add_argument("--force", action="store_true")
+    a = ap.parse_args()
+    os.makedirs(a.results, exist_ok=True)
+    os.makedirs(a.work, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    py = sys.executable
+    host = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version()}
+
+    def record(name: str, fn) -> dict:
+        path = os.path.join(a.results, name + ".json")
+        if os.path.exists(path) and not a.force:
+            return json.load(open(path))
+        r = fn()
+        r.update(name=name, host=host, measured=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        json.dump(r, open(path, "w"), indent=1)
+        print(name, json.dumps({k: r.get(k) for k in ("sec_per_iter", "wall_s", "peak_rss_mib", "returncode")}),
+              flush=True)
+        return r
+
+    if "training" in a.parts:
+        from micd.training.devices import cpu_has_fast_bf16
+        for method in METHODS:
+            for amp in (["off", "bf16"] if cpu_has_fast_bf16() else ["off"]):
+                def train(method=method, amp=amp):
+                    r = run_measured([py, "-c", TRAIN_SNIPPET, method, amp, str(a.iterations)], env)
+                    r.update(json.loads(r["stdout_last"]) if r["returncode"] == 0 else {})
+                    r.update(kind="training", method=method, amp=amp, patch=[32, 64, 64], filters=16, batch="2+2")
+                    return r
+                record(f"train-{method}-{amp}", train)
+
+    def inference_pair(tag: str, image: str, model: str, limit_gb: float):
+        out_dir = os.path.join(a.work, tag)
+        os.makedirs(out_dir, exist_ok=True)
+        for branches in ("student_a", "students"):
+            def ours(branches=branches):
+                r = run_measured([py, "-m", "micd", "predict", "--model", model, "--input", image, "--output",
+                                  os.path.join(out_dir, f"micd_{branches}.nii.gz"), "--device", "cpu",
+                                  "--branches", branches, "--num-threads", "2"], env)
+                r.update(kind="inference", tool="micd predict", branches=branches, image=image)
+                return r
+            record(f"{tag}-micd-predict-{branches}", ours)
+
+        def plain():
+            r = run_measured([py, "-c", BASELINE_SNIPPET, model, image, os.path.join(out_dir, "monai.nii.gz"),
+                              "0.25"], env, limit_bytes=int(limit_gb * 1024 ** 3))
+            r.update(kind="inference", tool="monai sliding_window_inference", branches="student_a", image=image,
+                     address_space_limit_gib=limit_gb)
+            return r
+        record(f"{tag}-plain-monai", plain)
+
+    if "ct" in a.parts:
+        ct = os.path.join(a.shared, "data", "ct_abdomen_example", "ct.nii.gz")
+        model = make_model(os.path.join(a.work, "model_ct"), (1.5, 1.5, 3.0), 118, (32, 128, 128), 16)
+        inference_pair("ct", ct, model, 20)
+    if "big" in a.parts:
+        big = os.path.join(a.work, "synthetic_512x512x400.nrrd")
+        if not os.path.exists(big):
+            import numpy as np
+            import SimpleITK as sitk
+            arr = (np.random.default_rng(0).normal(0, 300, (400, 512, 512))).astype(np.int16)
+            img = sitk.GetImageFromArray(arr)
+            img.SetSpacing((1.0, 1.0, 1.0))
+            sitk.WriteImage(img, big, useCompression=False)
+            del arr
+        model = make_model(os.path.join(a.work, "model_big"), (1.0, 1.0, 1.0), 118, (64, 128, 128), 8)
+        inference_pair("big", big, model, 12)
+
+    rows = [json.load(open(os.path.join(a.results, f))) for f in sorted(os.listdir(a.results)) if f.endswith(".json")]
+    lines = ["# Speed and memory (generated by `benchmarks/speed_benchmark.py`; do not edit)", "",
+             "## Training: seconds per iteration (2 + 2 patches of 32x64x64, width 16, 2 CPU threads)", "",
+             "| method | autocast | s/iter (wall, median) | CPU s/iter | loss terms |", "|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("kind") == "training":
+            lines.append(f"| {r['method']} | {r['amp']} | {r.get('sec_per_iter', float('nan')):.2f} | "
+                         f"{r.get('cpu_sec_per_iter', float('nan')):.2f} | {', '.join(r.get('loss_terms', []))} |")
+    lines += ["", "## Inference (CPU, 2 threads, overlap 0.25, Gaussian blending)", "",
+              "| case | tool | networks | wall s | CPU s | peak RSS MiB | exit |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("kind") == "inference":
+            lines.append(f"| {r['name'].split('-')[0]} | {r['tool']} | {r['branches']} | {r['wall_s']} | "
+                         f"{r['cpu_s']} | {r['peak_rss_mib']} | {r['returncode']} |")
+    with open(os.path.join(a.results, "speed.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
