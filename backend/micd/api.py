@@ -5,7 +5,8 @@ Arrays are in SimpleITK/numpy order **(z, y, x)** (slice, row, column), which is
 ITK report them, in mm, LPS physical space; `direction` is the 3x3 direction matrix, row-major (9 numbers or a 3x3
 array; columns are the x, y, z axis directions). From Slicer (RAS), flip the first two rows of IJKToRAS to LPS.
 
-`micd.api.train(...)` is to be added by the training module (see the marked place at the end).
+`micd.api.train(...)` runs `micd train` in a child process (so a console or GUI stays in charge: signals, memory,
+cancel) and returns the model folder.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import SimpleITK as sitk
 
 from micd.model_package import ModelPackage, export_zip, import_zip, load_model_package  # noqa: F401 (re-export)
 
-__all__ = ["load_model", "predict", "evaluate", "export_zip", "import_zip"]
+__all__ = ["train", "TrainingFailed", "load_model", "predict", "evaluate", "export_zip", "import_zip"]
 
 
 def load_model(model_dir: str, device: str = "auto") -> ModelPackage:
@@ -72,4 +73,59 @@ def evaluate(pred_array: np.ndarray, label_array: np.ndarray, spacing: Sequence[
 
 
 # --- training -------------------------------------------------------------------------------------------------------
-# `train(...)` is added here by the training module's owner; it is deliberately not defined in this file yet.
+class TrainingFailed(RuntimeError):
+    """`micd train` ended without a model; `event` is its `error` event (kind, message, hint) when it wrote one."""
+
+    def __init__(self, message: str, event: Optional[dict] = None, returncode: Optional[int] = None):
+        super().__init__(message)
+        self.event = event or {}
+        self.returncode = returncode
+
+
+def train_command(dataset: str, out: str, **options) -> list:
+    """The `micd train` argument list for keyword options named like the long flags (patch_size=(16, 32, 16),
+    resume=True, ...); None and False leave a flag out."""
+    args = ["train", "--dataset", str(dataset), "--out", str(out)]
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            args.append(flag)
+        elif isinstance(value, (list, tuple)):
+            args += [flag, *map(str, value)]
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def train(dataset: str, out: str, method: str = "micd", on_event=None, python: Optional[str] = None,
+          **options) -> str:
+    """Train with `micd train` in a child process and return the path of the model folder.
+
+    `on_event(dict)` receives every progress event as it arrives (see `micd.events`). Options are the long flags of
+    `micd train` as keywords, e.g. `train("ds.json", "run", iterations=2000, patch_size=(32, 64, 64), device="cuda")`.
+    Raises `TrainingFailed` (with the error event) when the run ends without a model.
+    """
+    import json
+    import subprocess
+    import sys
+
+    cmd = [python or sys.executable, "-m", "micd", *train_command(dataset, out, method=method, **options)]
+    error, done = None, None
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
+        for line in proc.stdout:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if event.get("event") == "error":
+                error = event
+            elif event.get("event") == "done":
+                done = event
+            if on_event is not None:
+                on_event(event)
+    if done is None:
+        msg = error["message"] if error else f"micd train exited with code {proc.returncode}"
+        raise TrainingFailed(msg, error, proc.returncode)
+    return done["model"]

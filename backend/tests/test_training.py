@@ -140,3 +140,17 @@ def test_bad_dataset_reports_every_problem_with_exit_2(tmp_path, shared_data):
     files = " ".join(pr["file"] for pr in err["problems"])
     assert ".missing" in files and os.path.basename(ds["labeled"][1]["label"]) in files
     assert len(err["problems"]) >= 2
+
+
+def test_api_train_streams_events_and_returns_model(tmp_path, shared_data):
+    from micd import api
+
+    ds = write_dataset(tmp_path, n_lab=2, n_unlab=2, n_val=0)
+    seen = []
+    model = api.train(ds, os.path.join(tmp_path, "run"), iterations=3, patch_size=(16, 32, 16), filters=4,
+                      device="cpu", num_threads=1, on_event=seen.append)
+    assert os.path.isfile(os.path.join(model, "model.json"))
+    assert [e["event"] for e in seen][0] == "start" and seen[-1]["event"] == "done"
+    with pytest.raises(api.TrainingFailed) as err:
+        api.train(ds + ".missing", os.path.join(tmp_path, "bad"), iterations=3, device="cpu")
+    assert err.value.event["kind"] == "data" and err.value.returncode == 2
