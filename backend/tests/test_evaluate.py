@@ -39,7 +39,7 @@ def test_label_against_itself_is_perfect(tmp_path, shared_data):
         assert s["dice"]["mean"] == 1.0 and s["hd95"]["mean"] == 0.0 and s["asd"]["mean"] == 0.0
     assert r["overall"]["dice"]["mean"] == 1.0
     assert os.path.exists(tmp_path / "ev.csv") and os.path.exists(tmp_path / "ev.md")
-    assert "| **overall** | 1.0000" in open(tmp_path / "ev.md").read()
+    assert "| **overall** | 1.0000" in open(tmp_path / "ev.md", encoding="utf-8").read()
 
 
 def test_documented_empty_cases(tmp_path):

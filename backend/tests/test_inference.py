@@ -165,3 +165,28 @@ def test_trained_model_predicts_its_labels(tmp_path, shared_data):
                  "--json", str(tmp_path / "ev.json"), "--labels", str(run / "model")]) == 0
     result = json.load(open(tmp_path / "ev.json"))
     assert set(result["per_label"]) == set(LABELS.values())
+
+
+def test_dicom_series_folder_is_one_input(model_dir, tmp_path):
+    from micd.data.io import read_image
+
+    img = sitk.Cast(oblique_image((12, 24, 22)) * 10, sitk.sitkInt16)
+    folder = tmp_path / "series"
+    folder.mkdir()
+    d = img.GetDirection()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(img.GetDepth()):
+        s = img[:, :, k]
+        for tag, value in (("0008|0060", "MR"), ("0020|000d", "1.2.826.0.1.3680043.2.1125.1"),
+                           ("0020|000e", "1.2.826.0.1.3680043.2.1125.1.2"), ("0020|0013", str(k + 1)),
+                           ("0020|0037", "\\".join(f"{v:.6f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))),
+                           ("0020|0032", "\\".join(f"{v:.6f}" for v in img.TransformIndexToPhysicalPoint((0, 0, k)))),
+                           ("0018|0050", f"{img.GetSpacing()[2]:.6f}")):
+            s.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.Execute(s)
+    series = read_image(str(folder))
+    out = tmp_path / "dicom_seg.nrrd"
+    assert predict("--model", model_dir, "--input", folder, "--output", out) == 0
+    assert_same_geometry(sitk.ReadImage(str(out)), series)

@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     write_json(result, args.json)
     write_csv(result, csv_path)
     write_markdown(result, md_path)
-    sys.stdout.write(markdown(result))
+    enc = sys.stdout.encoding or "utf-8"  # a C-locale pipe cannot print the ± sign
+    sys.stdout.write(markdown(result).encode(enc, "replace").decode(enc))
     print(f"wrote {args.json}, {csv_path}, {md_path}")
     return 0
