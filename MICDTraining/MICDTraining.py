@@ -130,7 +130,8 @@ class MICDTrainingTest(ScriptedLoadableModuleTest):
         self.assertTrue(report.ok, report.text())
         out = tempfile.mkdtemp()
         export_dataset(cases, [], out, report=report)
-        dataset = json.load(open(os.path.join(out, "dataset.json")))
+        with open(os.path.join(out, "dataset.json"), encoding="utf-8") as f:
+            dataset = json.load(f)
         self.assertEqual(dataset["labels"], {"1": "core", "2": "shell"})
         self.delayDisplay("Export from the scene passed")
 

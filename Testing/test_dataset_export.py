@@ -40,7 +40,7 @@ def test_export_keeps_geometry_and_gives_each_name_one_value(scene, tmp_path, hi
     assert report.colors[1] == (1.0, 0.0, 0.0)
 
     exported = export_dataset([case_a, case_b], [str(tmp_path)], tmp_path / "out", report=report)
-    dataset = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    dataset = json.loads((tmp_path / "out" / "dataset.json").read_text(encoding="utf-8"))
     assert dataset["labels"] == {"1": "anterior", "2": "posterior"}
     assert dataset["unlabeled"] == [str(tmp_path)]
     assert len(dataset["labeled"]) == 2 and exported.cases[1]["source"] == "swapped / swapped segmentation"

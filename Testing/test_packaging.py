@@ -32,17 +32,17 @@ def shipped_files(folder):
 
 @pytest.mark.parametrize("folder", FOLDERS)
 def test_every_file_is_listed_and_every_listed_file_exists(folder):
-    listed = listed_files((ROOT / folder / "CMakeLists.txt").read_text())
+    listed = listed_files((ROOT / folder / "CMakeLists.txt").read_text(encoding="utf-8"))
     assert listed, f"{folder}/CMakeLists.txt lists nothing"
     missing = [f for f in shipped_files(folder) if f not in listed]
     assert not missing, f"{folder}/CMakeLists.txt does not list {missing}"
     absent = [f for f in listed if not (ROOT / folder / f).is_file()]
     assert not absent, f"{folder}/CMakeLists.txt lists files that do not exist: {absent}"
-    assert "slicerMacroBuildScriptedModule" in (ROOT / folder / "CMakeLists.txt").read_text()
+    assert "slicerMacroBuildScriptedModule" in (ROOT / folder / "CMakeLists.txt").read_text(encoding="utf-8")
 
 
 def test_top_level_cmake_adds_every_folder_and_has_metadata():
-    text = (ROOT / "CMakeLists.txt").read_text()
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     for folder in FOLDERS:
         assert f"add_subdirectory({folder})" in text
     for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL",
@@ -53,7 +53,7 @@ def test_top_level_cmake_adds_every_folder_and_has_metadata():
 
 
 def _imported_modules(path):
-    tree = ast.parse(path.read_text())
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             yield from (alias.name.split(".")[0] for alias in node.names)

@@ -46,7 +46,7 @@ def _volume_geometry_string(volume):
 
 
 def test_ct_example_41_labels(scene, tmp_path):
-    names = {int(k): v for k, v in json.loads((CT_EXAMPLE / "dataset.json").read_text())["labels"].items()
+    names = {int(k): v for k, v in json.loads((CT_EXAMPLE / "dataset.json").read_text(encoding="utf-8"))["labels"].items()
              if int(k) != 0}
     assert len(names) == 41
     rng = np.random.default_rng(1)

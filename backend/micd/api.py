@@ -113,7 +113,7 @@ def train(dataset: str, out: str, method: str = "micd", on_event=None, python: O
 
     cmd = [python or sys.executable, "-m", "micd", *train_command(dataset, out, method=method, **options)]
     error, done = None, None
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, encoding="utf-8", bufsize=1) as proc:
         for line in proc.stdout:
             try:
                 event = json.loads(line)

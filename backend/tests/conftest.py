@@ -1,46 +1,14 @@
-"""Shared fixtures: the real data in ../shared/data and small dataset files built over it."""
+"""Fixtures for the backend tests (helpers live in realdata.py, so the name does not clash with Testing/)."""
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SHARED = os.environ.get("MICD_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
-HIPPO = os.path.join(SHARED, "data", "hippocampus")
-CT_DIR = os.path.join(SHARED, "data", "ct_abdomen_example")
-LABELS = {"1": "hippocampus_anterior", "2": "hippocampus_posterior"}
-TINY = ["--patch-size", "16", "32", "16", "--filters", "4", "--device", "cpu", "--num-threads", "1"]
-
-
-def hippo_cases(start: int, n: int):
-    names = sorted(os.listdir(os.path.join(HIPPO, "imagesTr")))[start:start + n]
-    return [{"image": os.path.join(HIPPO, "imagesTr", f), "label": os.path.join(HIPPO, "labelsTr", f)} for f in names]
-
-
-def write_dataset(folder, n_lab=3, n_unlab=3, n_val=1, start=0) -> str:
-    cases = hippo_cases(start, n_lab + n_unlab + n_val)
-    d = {"labels": LABELS, "labeled": cases[:n_lab], "unlabeled": [c["image"] for c in cases[n_lab:n_lab + n_unlab]],
-         "validation": cases[n_lab + n_unlab:]}
-    path = os.path.join(str(folder), "dataset.json")
-    with open(path, "w") as f:
-        json.dump(d, f)
-    return path
-
-
-def micd_cmd(*args):
-    return [sys.executable, "-m", "micd", *args]
-
-
-def run_micd(*args, timeout=300, **kw):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run(micd_cmd(*args), capture_output=True, text=True, timeout=timeout, env=env, **kw)
+from realdata import HIPPO, SHARED
 
 
 @pytest.fixture(scope="session")
 def shared_data():
     if not os.path.isdir(HIPPO):
-        pytest.skip(f"shared data not found at {HIPPO}")
+        pytest.fail(f"the shared data is missing: expected {HIPPO} (set MICD_SHARED to the shared folder)")
     return SHARED

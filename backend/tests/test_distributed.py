@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import run_micd, write_dataset
+from realdata import run_micd, write_dataset
 from micd.events import read_events
 
 # Deterministic students (no dropout; per-sample normalisation) so that only the split of the batch differs.

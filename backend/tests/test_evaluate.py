@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import HIPPO
+from realdata import HIPPO
 from micd import api
 from micd.cli import main
 

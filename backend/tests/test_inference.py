@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import HIPPO, TINY, run_micd, write_dataset
+from realdata import HIPPO, TINY, run_micd, write_dataset
 from inference_helpers import LABELS, assert_same_geometry, make_model, oblique_image
 from micd import api
 from micd.cli import main

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import TINY, micd_cmd, run_micd, write_dataset
+from realdata import TINY, micd_cmd, run_micd, write_dataset
 from micd.events import EVENT_KINDS, read_events
 from micd.model_package import load_model_package
 
