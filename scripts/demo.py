@@ -28,7 +28,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--shared", default=os.path.join(ROOT, "..", "shared"))
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "demo"))
-    ap.add_argument("--iterations", type=int, default=600)
+    ap.add_argument("--iterations", type=int, default=400)
     ap.add_argument("--device", default="auto")
     a = ap.parse_args()
     hip = os.path.abspath(os.path.join(a.shared, "data", "hippocampus"))
@@ -61,14 +61,17 @@ def main() -> None:
     preds = os.path.join(a.out, "predictions")
     micd("predict", "--model", os.path.join(run, "model"), "--input", inputs, "--output", preds, "--device", a.device)
     report = os.path.join(a.out, "evaluation.json")
-    micd("evaluate", "--pred", preds, "--label", labels, "--json", report)
+    micd("evaluate", "--pred", preds, "--label", labels, "--json", report, "--labels", os.path.join(run, "model"))
     model = json.load(open(os.path.join(run, "model", "model.json")))
-    print(f"\nvalidation Dice during training (best): {model['metrics'].get('best_mean_dice')}")
-    print(f"held-out test Dice ({len(test)} cases): see {report}")
     with open(report) as f:
         ev = json.load(f)
-    summary = ev.get("summary") or ev.get("mean") or {}
-    print(json.dumps(summary, indent=1)[:2000])
+    print(f"\nbest validation Dice during training: {model['metrics'].get('best_mean_dice'):.3f} "
+          f"(iteration {model['metrics'].get('best_iter')}, {len(ds['validation'])} validation cases)")
+    print(f"Dice on {len(test)} held-out test cases (mean ± std over cases):")
+    for name, m in ev["per_label"].items():
+        print(f"  {name:24s} {m['dice']['mean']:.3f} ± {m['dice']['std']:.3f}   HD95 {m['hd95']['mean']:.2f} mm")
+    print(f"  {'mean':24s} {ev['overall']['dice']['mean']:.3f}")
+    print(f"report: {report} (+ .csv, .md)")
 
 
 if __name__ == "__main__":
