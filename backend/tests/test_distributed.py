@@ -95,3 +95,23 @@ def test_killed_rank_ends_job_with_error_event(ds, tmp_path):
     errors = [e for e in read_events(events) if e["event"] == "error"]
     assert errors, "no error event"
     assert any(1 in e.get("failed_ranks", []) or "rank 1" in e["message"] for e in errors), errors
+
+
+def test_sigterm_cancels_every_rank_with_a_checkpoint(ds, tmp_path):
+    """`micd train --nproc 2` passes SIGTERM to torchrun and its ranks: checkpoint, cancelled event, exit 3."""
+    run = os.path.join(tmp_path, "term")
+    proc = subprocess.Popen([sys.executable, "-m", "micd", "train", "--nproc", "2", "--dataset", ds, "--out", run,
+                             "--iterations", "100000", *EXACT], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    events = os.path.join(run, "events.jsonl")
+    t0 = time.time()
+    while not (os.path.exists(events) and '"iteration"' in open(events).read()):
+        assert time.time() - t0 < 120 and proc.poll() is None, "training did not start"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 3
+    ev = read_events(events)
+    err = [e for e in ev if e["event"] == "error"]
+    assert len(err) == 1 and err[0]["kind"] == "cancelled" and err[0]["world_size"] == 2
+    assert os.path.isfile(err[0]["checkpoint"])
+    assert sorted(f for f in os.listdir(os.path.join(run, "checkpoints"))) == ["last.pt"]

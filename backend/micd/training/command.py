@@ -39,5 +39,6 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_DATA
     if opts.nproc and opts.nproc > 1 and "WORLD_SIZE" not in os.environ:
         from micd.training.distributed import launch_local
-        return launch_local(opts.nproc, sys.argv[1:] if sys.argv[1:2] == ["train"] else ["train", *sys.argv[1:]])
+        return launch_local(opts.nproc, sys.argv[1:] if sys.argv[1:2] == ["train"] else ["train", *sys.argv[1:]],
+                            opts.out)
     return Trainer(opts).run()

@@ -206,8 +206,14 @@ def shutdown(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
-def launch_local(nproc: int, argv: List[str]) -> int:
-    """`micd train --nproc N ...`: re-run this command under torchrun on this machine with N processes."""
+def launch_local(nproc: int, argv: List[str], run_dir: str) -> int:
+    """`micd train --nproc N ...`: re-run this command under torchrun on this machine with N processes.
+
+    SIGTERM/SIGINT are passed on to torchrun (which passes them to every rank), and the exit code follows the
+    single-process convention: 3 when the ranks stopped on a cancel, else torchrun's own code.
+    """
+    import signal
+
     args, skip = [], False
     for a in argv:
         if skip:
@@ -221,4 +227,24 @@ def launch_local(nproc: int, argv: List[str]) -> int:
         args.append(a)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "micd", *args]
-    return subprocess.call(cmd)
+    proc = subprocess.Popen(cmd)
+    forward = lambda signum, frame: proc.send_signal(signum)
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        rc = proc.wait()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    if rc != 0 and _last_error_kind(run_dir) == "cancelled":
+        return 3
+    return rc
+
+
+def _last_error_kind(run_dir: str):
+    from micd.events import read_events
+
+    path = os.path.join(run_dir, "events.jsonl")
+    if not os.path.exists(path):
+        return None
+    errors = [e for e in read_events(path) if e.get("event") == "error"]
+    return errors[-1].get("kind") if errors else None

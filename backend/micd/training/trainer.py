@@ -387,10 +387,21 @@ class Trainer:
                                                      o.batch_unlabeled % self.ctx.world_size):
             raise DataProblem(f"the global batch ({o.batch_labeled} labeled + {o.batch_unlabeled} unlabeled) must "
                               f"divide by the {self.ctx.world_size} ranks", [], "change --batch-labeled/--batch-unlabeled")
+        from micd.data.planning import estimate_training_bytes
+
+        need = estimate_training_bytes(tuple(self.patch), self.net_config.filters, o.batch_labeled + o.batch_unlabeled,
+                                       self.net_config.out_channels, 2 if self.amp else 4)
+        free = free_device_bytes(self.device)
+        if free is not None and need > free:
+            self._emit("warning", message=f"the patch {self.patch} with batch {o.batch_labeled}+{o.batch_unlabeled} "
+                       f"needs about {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB are free on {self.device}; "
+                       "expect an out-of-memory retry with a smaller patch", file="")
         self._emit("start", method=o.method, device=str(self.device), labeled=d.spec_counts["labeled"],
                    unlabeled=d.spec_counts["unlabeled"], validation=d.spec_counts["validation"],
                    iterations=o.iterations, start_iter=self.start_iter, resumed=self.start_iter > 0 or o.resume,
                    patch_size=list(self.patch), patch_plan=self.patch_note,
+                   memory_estimate_gib=round(need / 2 ** 30, 2),
+                   free_memory_gib=None if free is None else round(free / 2 ** 30, 2),
                    batch_size={"labeled": o.batch_labeled, "unlabeled": o.batch_unlabeled},
                    world_size=self.ctx.world_size, ranks=self.ctx.world_size,
                    amp=str(self.amp).replace("torch.", "") if self.amp else "off",
