@@ -114,7 +114,7 @@ def test_soft_dice_loss_values():
     l2 = 1 - (2 / 3 + 1) / (7 / 3 + 1)
     assert soft_dice_loss(uniform, target).item() == pytest.approx((l1 + l2) / 2, rel=1e-5)
     w = torch.tensor([0.0, 1.0, 3.0])
-    assert soft_dice_loss(uniform, target, w).item() == pytest.approx((l1 + 3 * l2) / 4, rel=1e-5)
+    assert soft_dice_loss(uniform, target, w).item() == pytest.approx((1 * l1 + 3 * l2) / 2, rel=1e-5)  # DHC
     assert dice_ce(uniform, target).item() == pytest.approx(math.log(3) + (l1 + l2) / 2, rel=1e-5)
 
 

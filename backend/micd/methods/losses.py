@@ -70,8 +70,9 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, weight: Optional[
     per_class = 1.0 - (2.0 * inter + 1.0) / (psum + gsum + 1.0)
     if weight is None:
         return per_class.mean()
-    fg_weight = weight[1:].float()
-    return (per_class * fg_weight).sum() / fg_weight.sum().clamp_min(1e-8)
+    # As DHC's SoftDiceLoss: each class term times its weight, then the plain mean (weights are ~C in scale, so
+    # the weighted Dice is stronger than the unweighted one; normalising by the weight sum would undo that).
+    return (per_class * weight[1:].float()).mean()
 
 
 def dice_ce(logits: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None,
