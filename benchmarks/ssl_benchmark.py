@@ -12,7 +12,7 @@ prediction and evaluation each resume from what is already on disk. `--report` o
 
 Presets:
   cpu        3 seeds x {2, 5} labeled x 5 methods, 1000 iterations, width 8, patch 32x48x32 (about 2.5 h on 2 cores)
-  cpu-quick  the cpu preset with seed 0 only
+  cpu-quick  the cpu preset with seed 0 only, plus the ablation micd-noweights (MICD without DHC's class weights)
   gpu        the spec's full-size settings: width 32, 6000 iterations, patch 32x64x48, 3 seeds
 """
 
@@ -33,13 +33,16 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 METHODS = ["supervised", "mean-teacher", "cps", "dhc", "micd"]
+# Ablations: a name, the method it runs and the extra `micd train` flags.
+VARIANTS = {"micd-noweights": ("micd", ["--class-weights", "none"])}
+ORDER = METHODS + list(VARIANTS)
 LABEL_NAMES = {"1": "hippocampus_anterior", "2": "hippocampus_posterior"}
 
 PRESETS = {
     "cpu": dict(seeds=[0, 1, 2], labeled=[2, 5], iterations=1000, filters=8, patch=[32, 48, 32], device="cpu",
                 threads=2),
     "cpu-quick": dict(seeds=[0], labeled=[2, 5], iterations=1000, filters=8, patch=[32, 48, 32], device="cpu",
-                      threads=2),
+                      threads=2, ablations=["micd-noweights"]),
     "gpu": dict(seeds=[0, 1, 2], labeled=[2, 5], iterations=6000, filters=32, patch=[32, 64, 48], device="cuda",
                 threads=0),
 }
@@ -91,7 +94,8 @@ def run_one(method: str, k: int, seed: int, cfg: dict, split: dict, hip: str, wo
     timing_file = os.path.join(d, "train_timing.json")
     if not os.path.isfile(os.path.join(model, "model.json")):
         resume = ["--resume"] if os.path.isdir(os.path.join(run, "checkpoints")) else []
-        t = micd(["train", "--dataset", ds_path, "--out", run, "--method", method, "--iterations",
+        base, extra = VARIANTS.get(method, (method, []))
+        t = micd(["train", "--dataset", ds_path, "--out", run, "--method", base, *extra, "--iterations",
                   str(cfg["iterations"]), "--patch-size", *map(str, cfg["patch"]), "--filters", str(cfg["filters"]),
                   "--device", cfg["device"], "--seed", str(seed), "--checkpoint-every", "250", "--val-fraction", "0",
                   "--cache-dir", os.path.join(work, "cache"), "--log-every", "50", "--progress", "none", *resume],
@@ -151,7 +155,7 @@ def summarize(runs: List[dict]) -> dict:
     for r in runs:
         groups.setdefault((r["labeled"], r["method"]), []).append(r)
     rows = []
-    for (k, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], METHODS.index(kv[0][1]))):
+    for (k, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], ORDER.index(kv[0][1]))):
         per_seed_mean, per_label = [], {}
         paired = []
         for r in sorted(rs, key=lambda r: r["seed"]):
@@ -212,7 +216,7 @@ def markdown(summary: dict, preset: str, cfg: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
-    ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    ap.add_argument("--methods", nargs="+", default=METHODS, choices=ORDER)
     ap.add_argument("--shared", default=os.path.join(ROOT, "..", "shared"))
     ap.add_argument("--results", default=os.path.join(HERE, "results"))
     ap.add_argument("--work", default=os.path.join(HERE, "runs"), help="training runs, predictions (not committed)")
@@ -226,18 +230,16 @@ def main() -> None:
     os.makedirs(runs_dir, exist_ok=True)
     work = os.path.join(a.work, a.preset)
     if not a.report:
-        # Train every run first (the long part), then predict and evaluate them all.
-        for seed in cfg["seeds"]:
-            for k in cfg["labeled"]:
-                for method in a.methods:
-                    if not os.path.exists(os.path.join(runs_dir, f"{method}-L{k}-s{seed}.json")):
-                        run_one(method, k, seed, cfg, split, hip, work, runs_dir, a.preset, train_only=True)
-                        print(f"{method:13s} L{k} s{seed}: trained", flush=True)
-        for seed in cfg["seeds"]:
-            for k in cfg["labeled"]:
-                for method in a.methods:
-                    r = run_one(method, k, seed, cfg, split, hip, work, runs_dir, a.preset)
-                    print(f"{method:13s} L{k} s{seed}: recorded ({r['train_wall_s'] or 0:.0f} s wall)", flush=True)
+        # Train every run first (the long part), then predict and evaluate them all; ablations come last.
+        plan = [(seed, k, m) for seed in cfg["seeds"] for k in cfg["labeled"] for m in a.methods]
+        plan += [(seed, k, m) for m in cfg.get("ablations", []) for k in cfg["labeled"] for seed in cfg["seeds"]]
+        for seed, k, method in plan:
+            if not os.path.exists(os.path.join(runs_dir, f"{method}-L{k}-s{seed}.json")):
+                run_one(method, k, seed, cfg, split, hip, work, runs_dir, a.preset, train_only=True)
+                print(f"{method:13s} L{k} s{seed}: trained", flush=True)
+        for seed, k, method in plan:
+            r = run_one(method, k, seed, cfg, split, hip, work, runs_dir, a.preset)
+            print(f"{method:13s} L{k} s{seed}: recorded ({r['train_wall_s'] or 0:.0f} s wall)", flush=True)
     runs = [json.load(open(os.path.join(runs_dir, f))) for f in sorted(os.listdir(runs_dir)) if f.endswith(".json")]
     summary = summarize(runs)
     summary.update(preset=a.preset, config=cfg, runs=len(runs))

@@ -38,6 +38,7 @@ class MethodConfig:
     ema_alpha: float = 0.99          # Eq. 1
     init_a: str = "kaiming"
     init_b: str = "kaiming"          # CPS-style heterogeneity would be "xavier"
+    class_weights: str = "dhc"       # dhc: DiffDW for A, DistDW for B (Eq. 3/6); none: unweighted losses
     diffdw_accumulate: int = 50
     distdw_momentum: float = 0.99
     mt_noise: float = 0.1            # mean teacher: input noise std

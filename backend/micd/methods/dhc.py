@@ -32,6 +32,8 @@ class DHC(Method):
 
     def class_weights(self, za_l, y_l, zb_u):
         """Update and return (W_diff for branch A, W_dist for branch B), on the logits' device."""
+        if self.cfg.class_weights == "none":
+            return None, None
         w_diff = self.diffdw.update(za_l, y_l).to(za_l.device)
         w_dist = self.distdw.update(zb_u).to(za_l.device)
         return w_diff, w_dist

@@ -88,6 +88,8 @@ class TrainOptions:
     cmd_mode: str = opt(MethodConfig.cmd_mode, "CMD (Eq. 5) form", choices=["own_teacher", "cross_teacher",
                                                                             "neg_discrepancy"])
     cmd_weighted: bool = opt(False, "apply W_diff/W_dist to CMD too", action="store_true")
+    class_weights: str = opt(MethodConfig.class_weights, "class weighting of DHC and MICD: dhc (DiffDW for student A, "
+                             "DistDW for B, as the spec) or none (unweighted CE and Dice)", choices=["dhc", "none"])
     ema_alpha: float = opt(MethodConfig.ema_alpha, "EMA decay α of the teachers (Eq. 1)")
     init_a: str = opt(MethodConfig.init_a, "weight init of student A", choices=["kaiming", "xavier"])
     init_b: str = opt(MethodConfig.init_b, "weight init of student B", choices=["kaiming", "xavier"])
