@@ -36,8 +36,8 @@ class MethodConfig:
     cmd_weighted: bool = False       # apply W_diff/W_dist in CMD too
     cmd_margin: float = 0.1          # hinge margin of neg_discrepancy
     ema_alpha: float = 0.99          # Eq. 1
-    init_a: str = "kaiming"
-    init_b: str = "kaiming"          # CPS-style heterogeneity would be "xavier"
+    init_a: Optional[str] = None     # None: the method's own choice (DHC/MICD: Kaiming for both, as DHC; the CPS
+    init_b: Optional[str] = None     # family: Kaiming for A, Xavier for B); "kaiming" or "xavier" overrides it
     class_weights: str = "dhc"       # dhc: DiffDW for A, DistDW for B (Eq. 3/6); none: unweighted losses
     diffdw_accumulate: int = 50
     distdw_momentum: float = 0.99
@@ -89,7 +89,7 @@ class Method(nn.Module):
         self.optimizer_steps = 0
 
     def inits(self) -> Tuple[str, str]:
-        return self.branch_inits
+        return (self.cfg.init_a or self.branch_inits[0], self.cfg.init_b or self.branch_inits[1])
 
     def prepare(self, wrap: Callable[[nn.Module], Callable], reduce: Optional[Reduce] = None,
                 shard: Tuple[int, int] = (0, 1)) -> None:

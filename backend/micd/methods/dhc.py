@@ -14,14 +14,12 @@ from micd.methods.class_weights import DiffDW, DistDW
 
 class DHC(Method):
     name = "dhc"
+    branch_inits = ("kaiming", "kaiming")  # DHC: the branches differ by their class weighting, not their init
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.diffdw = DiffDW(self.num_classes, self.cfg.diffdw_accumulate)
         self.distdw = DistDW(self.num_classes, self.cfg.distdw_momentum)
-
-    def inits(self):
-        return (self.cfg.init_a, self.cfg.init_b)
 
     def prepare(self, wrap, reduce=None, shard=(0, 1)):
         super().prepare(wrap, reduce, shard)

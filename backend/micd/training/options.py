@@ -91,8 +91,9 @@ class TrainOptions:
     class_weights: str = opt(MethodConfig.class_weights, "class weighting of DHC and MICD: dhc (DiffDW for student A, "
                              "DistDW for B, as the spec) or none (unweighted CE and Dice)", choices=["dhc", "none"])
     ema_alpha: float = opt(MethodConfig.ema_alpha, "EMA decay α of the teachers (Eq. 1)")
-    init_a: str = opt(MethodConfig.init_a, "weight init of student A", choices=["kaiming", "xavier"])
-    init_b: str = opt(MethodConfig.init_b, "weight init of student B", choices=["kaiming", "xavier"])
+    init_a: Optional[str] = opt(None, "weight init of student A (default: Kaiming)", choices=["kaiming", "xavier"])
+    init_b: Optional[str] = opt(None, "weight init of student B (default: Kaiming for dhc and micd, as DHC; Xavier "
+                                "for supervised, mean-teacher and cps, as CPS)", choices=["kaiming", "xavier"])
 
     def method_config(self) -> MethodConfig:
         return MethodConfig.from_dict(asdict(self))
