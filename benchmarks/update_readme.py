@@ -1,0 +1,26 @@
+"""Copy the generated benchmark tables into README.md between their markers, so the README's numbers are the
+results files' numbers: <!-- results:ssl --> ... <!-- /results:ssl --> and <!-- results:speed --> ... ."""
+
+import os
+import re
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+README = os.path.join(os.path.dirname(HERE), "README.md")
+SOURCES = {"ssl": os.path.join(HERE, "results", "cpu-quick", "summary.md"),
+           "speed": os.path.join(HERE, "results", "speed", "speed.md")}
+
+
+def main() -> None:
+    text = open(README, encoding="utf-8").read()
+    for key, path in SOURCES.items():
+        if not os.path.exists(path):
+            continue
+        body = open(path, encoding="utf-8").read().split("\n", 1)[1].strip()  # drop the file's own title
+        body = f"<!-- results:{key} (copied from {os.path.relpath(path, os.path.dirname(README))} by " \
+               f"benchmarks/update_readme.py) -->\n{body}\n<!-- /results:{key} -->"
+        text = re.sub(rf"<!-- results:{key}.*?<!-- /results:{key} -->", lambda m: body, text, flags=re.S)
+    open(README, "w", encoding="utf-8").write(text)
+
+
+if __name__ == "__main__":
+    main()
