@@ -146,8 +146,8 @@ def foreground_ratio(ev: dict) -> float:
 
     ratios = []
     for case in ev["cases"]:
-        p = sitk.GetArrayViewFromImage(sitk.ReadImage(case["prediction"]))
-        r = sitk.GetArrayViewFromImage(sitk.ReadImage(case["reference"]))
+        p = sitk.GetArrayFromImage(sitk.ReadImage(case["prediction"]))  # a copy: a view would outlive its image
+        r = sitk.GetArrayFromImage(sitk.ReadImage(case["reference"]))
         ratios.append(float((p > 0).sum()) / max(1.0, float((r > 0).sum())))
     return float(np.mean(ratios))
 
