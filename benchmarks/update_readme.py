@@ -16,6 +16,7 @@ def main() -> None:
         if not os.path.exists(path):
             continue
         body = open(path, encoding="utf-8").read().split("\n", 1)[1].strip()  # drop the file's own title
+        body = re.sub(r"^## ", "#### ", body, flags=re.M)  # its sections sit under a README subsection
         body = f"<!-- results:{key} (copied from {os.path.relpath(path, os.path.dirname(README))} by " \
                f"benchmarks/update_readme.py) -->\n{body}\n<!-- /results:{key} -->"
         text = re.sub(rf"<!-- results:{key}.*?<!-- /results:{key} -->", lambda m: body, text, flags=re.S)
