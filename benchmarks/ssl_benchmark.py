@@ -7,8 +7,8 @@ with 2 labeled cases would have no cases to spare), then `micd predict` and `mic
 
 Every finished run is recorded at once in RESULTS/<preset>/runs/<method>-L<k>-s<seed>.json and skipped when the
 script is started again, so a long benchmark can run in the background and survive interruption. Training,
-prediction and evaluation each resume from what is already on disk. `--report` only rebuilds the summary
-(RESULTS/<preset>/summary.json and summary.md) from the recorded runs.
+prediction and evaluation each resume from what is already on disk. The summary goes to RESULTS/ssl-<preset>.json
+and .md; `--report` only rebuilds it from the recorded runs.
 
 Presets:
   cpu        3 seeds x {2, 5} labeled x 5 methods, 1000 iterations, width 8, patch 32x48x32 (about 2.5 h on 2 cores)
@@ -275,10 +275,10 @@ def main() -> None:
     runs = [json.load(open(os.path.join(runs_dir, f))) for f in sorted(os.listdir(runs_dir)) if f.endswith(".json")]
     summary = summarize(runs)
     summary.update(preset=a.preset, config=cfg, runs=len(runs))
-    json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=1)
-    with open(os.path.join(out, "summary.md"), "w") as f:
+    json.dump(summary, open(os.path.join(a.results, f"ssl-{a.preset}.json"), "w"), indent=1)
+    with open(os.path.join(a.results, f"ssl-{a.preset}.md"), "w") as f:
         f.write(markdown(summary, a.preset, cfg))
-    print(open(os.path.join(out, "summary.md")).read())
+    print(open(os.path.join(a.results, f"ssl-{a.preset}.md")).read())
 
 
 if __name__ == "__main__":
