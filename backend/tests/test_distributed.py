@@ -57,23 +57,17 @@ def test_two_ranks_match_one_process(ds, tmp_path, method, iters, rel):
 
 def test_resume_across_rank_counts(ds, tmp_path):
     common = ["train", "--dataset", ds, "--checkpoint-every", "2", *EXACT]
-    two = os.path.join(tmp_path, "two_then_one")
-    assert torchrun(*common, "--out", two, "--iterations", "3").returncode == 0
-    p = run_micd(*common, "--out", two, "--iterations", "5", "--resume")
-    assert p.returncode == 0, p.stdout[-1500:]
-    ev = read_events(os.path.join(two, "events.jsonl"))
-    starts = [e for e in ev if e["event"] == "start"]
-    assert [s["world_size"] for s in starts] == [2, 1] and starts[1]["start_iter"] == 3
-    assert [e["iter"] for e in ev if e["event"] == "iteration"][-1] == 5 and ev[-1]["event"] == "done"
-
-    one = os.path.join(tmp_path, "one_then_two")
-    assert run_micd(*common, "--out", one, "--iterations", "3").returncode == 0
-    p = torchrun(*common, "--out", one, "--iterations", "5", "--resume")
-    assert p.returncode == 0, p.stderr[-1500:]
-    ev = read_events(os.path.join(one, "events.jsonl"))
-    starts = [e for e in ev if e["event"] == "start"]
-    assert [s["world_size"] for s in starts] == [1, 2] and starts[1]["start_iter"] == 3
-    assert [e["iter"] for e in ev if e["event"] == "iteration"][-1] == 5 and ev[-1]["event"] == "done"
+    one = lambda *a: run_micd(*common, *a)
+    two = lambda *a: torchrun(*common, *a)
+    for name, first, then, ranks in (("two_then_one", two, one, [2, 1]), ("one_then_two", one, two, [1, 2])):
+        run = os.path.join(tmp_path, name)
+        assert first("--out", run, "--iterations", "3").returncode == 0
+        p = then("--out", run, "--iterations", "5", "--resume")
+        assert p.returncode == 0, p.stdout[-1500:] + p.stderr[-1500:]
+        ev = read_events(os.path.join(run, "events.jsonl"))
+        starts = [e for e in ev if e["event"] == "start"]
+        assert [s["world_size"] for s in starts] == ranks and starts[1]["start_iter"] == 3
+        assert [e["iter"] for e in ev if e["event"] == "iteration"][-1] == 5 and ev[-1]["event"] == "done"
 
 
 def test_killed_rank_ends_job_with_error_event(ds, tmp_path):
