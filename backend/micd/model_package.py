@@ -92,15 +92,20 @@ def save_model_package(path: str, meta: dict, networks: Mapping[str, torch.nn.Mo
     save_file(tensors, os.path.join(tmp, WEIGHTS_FILE), metadata={"format": MODEL_FORMAT})
     with open(os.path.join(tmp, MODEL_JSON), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=2)
-    if os.path.isdir(path):
-        old = path + ".old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-        os.replace(tmp, path)
+    return _move_into_place(tmp, path)
+
+
+def _move_into_place(tmp: str, dest: str) -> str:
+    """Rename a finished temporary folder to `dest`; an existing `dest` is moved aside first, then removed."""
+    if os.path.exists(dest):
+        old = tempfile.mkdtemp(prefix=".replaced-", dir=os.path.dirname(os.path.abspath(dest)))
+        os.rmdir(old)
+        os.replace(dest, old)
+        os.replace(tmp, dest)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.replace(tmp, path)
-    return path
+        os.replace(tmp, dest)
+    return dest
 
 
 def read_model_json(path: str) -> dict:
@@ -248,12 +253,4 @@ def import_zip(zip_path: str, dest_dir: str, overwrite: bool = False) -> str:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    if os.path.exists(dest_dir):
-        old = tempfile.mkdtemp(prefix=".replaced-", dir=parent)
-        os.rmdir(old)
-        os.replace(dest_dir, old)
-        os.replace(tmp, dest_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, dest_dir)
-    return dest_dir
+    return _move_into_place(tmp, dest_dir)

@@ -70,17 +70,23 @@ def test_resume_across_rank_counts(ds, tmp_path):
         assert [e["iter"] for e in ev if e["event"] == "iteration"][-1] == 5 and ev[-1]["event"] == "done"
 
 
+def wait_for_training(run, proc):
+    """Wait until the run's first iteration event; return the events file."""
+    events = os.path.join(run, "events.jsonl")
+    t0 = time.time()
+    while not (os.path.exists(events) and '"iteration"' in open(events).read()):
+        assert time.time() - t0 < 120 and proc.poll() is None, "training did not start"
+        time.sleep(0.2)
+    return events
+
+
 def test_killed_rank_ends_job_with_error_event(ds, tmp_path):
     run = os.path.join(tmp_path, "killed")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "micd",
            "train", "--dataset", ds, "--out", run, "--iterations", "100000", *EXACT]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
-    events = os.path.join(run, "events.jsonl")
-    t0 = time.time()
-    while not (os.path.exists(events) and '"iteration"' in open(events).read()):
-        assert time.time() - t0 < 120 and proc.poll() is None, "training did not start"
-        time.sleep(0.2)
+    events = wait_for_training(run, proc)
     pid = json.load(open(os.path.join(run, "ranks", "rank1.json")))["pid"]
     os.kill(pid, signal.SIGKILL)
     t_kill = time.time()
@@ -97,11 +103,7 @@ def test_sigterm_cancels_every_rank_with_a_checkpoint(ds, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "micd", "train", "--nproc", "2", "--dataset", ds, "--out", run,
                              "--iterations", "100000", *EXACT], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
-    events = os.path.join(run, "events.jsonl")
-    t0 = time.time()
-    while not (os.path.exists(events) and '"iteration"' in open(events).read()):
-        assert time.time() - t0 < 120 and proc.poll() is None, "training did not start"
-        time.sleep(0.2)
+    events = wait_for_training(run, proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 3
     ev = read_events(events)
