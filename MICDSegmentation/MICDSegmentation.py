@@ -1,26 +1,14 @@
 """MICD "Segment" module: thin Slicer glue. The panel is MICDSegmentationLib.Widget, the work is
 MICDSegmentationLib.Logic (usable from the Python console), shared pieces are in the MICDCommon package."""
 
-import importlib
 import os
-import sys
 
 import slicer
-from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleTest,
+                                           ScriptedLoadableModuleWidget)
 
-
-def _addSharedPackagePath():
-    """Installed, MICDCommon sits beside this file; in a source checkout it is ../MICDCommon/MICDCommon."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    for folder in (here, os.path.join(os.path.dirname(here), "MICDCommon")):
-        if os.path.isdir(os.path.join(folder, "MICDCommon")) and folder not in sys.path:
-            sys.path.append(folder)
-
-
-_addSharedPackagePath()
-
-from MICDSegmentationLib.Logic import SegmentationLogic  # noqa: E402
+from MICDCommon.slicermodule import PanelHost, module_logic  # importable: MICDCommonModule is a dependency
+from MICDSegmentationLib.Logic import SegmentationLogic
 
 try:
     from slicer.i18n import tr as _
@@ -34,7 +22,7 @@ class MICDSegmentation(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("MICD Segmentation")
         self.parent.categories = ["Segmentation"]
-        self.parent.dependencies = []
+        self.parent.dependencies = ["MICDCommonModule"]
         self.parent.contributors = ["MICD for 3D Slicer contributors"]
         self.parent.helpText = _(
             "Segment the current volume with a model trained in 'Train semi-supervised' (or imported): one "
@@ -42,49 +30,23 @@ class MICDSegmentation(ScriptedLoadableModule):
         self.parent.acknowledgementText = _("Uses PyTorch and MONAI through the bundled micd backend.")
 
 
-class MICDSegmentationWidget(ScriptedLoadableModuleWidget):
-    def setup(self):
-        ScriptedLoadableModuleWidget.setup(self)
+class MICDSegmentationWidget(PanelHost, ScriptedLoadableModuleWidget):
+    packages = ("MICDSegmentationLib",)
+
+    def createLogic(self):
+        return MICDSegmentationLogic()
+
+    def createPanel(self, logic):
         from MICDSegmentationLib.Widget import SegmentationWidget
 
-        self.logic = MICDSegmentationLogic()
-        self.panel = SegmentationWidget(self.logic)
-        self.layout.addWidget(self.panel.widget)
-
-    def enter(self):
-        self.panel.enter()
-
-    def cleanup(self):
-        """Module reload or Slicer exit: stop polling here (a running job goes on and is reattached later)."""
-        self.panel.cleanup()
-        if getattr(self.logic, "job_poller", None) is not None:
-            self.logic.job_poller.stop()
-
-    def onReload(self):
-        """Reload the Lib and shared packages too (Slicer's Reload only re-imports this file)."""
-        for name in sorted(sys.modules):
-            if name.startswith(("MICDSegmentationLib.", "MICDCommon.")):
-                importlib.reload(sys.modules[name])
-        ScriptedLoadableModuleWidget.onReload(self)
+        return SegmentationWidget(logic)
 
 
-class MICDSegmentationLogic(ScriptedLoadableModuleLogic, SegmentationLogic):
+class MICDSegmentationLogic(module_logic(SegmentationLogic, poll_ms=300)):
     """Console API, e.g.:
     job = MICDSegmentationLogic().segment(getNode("CT"), "Liver", wait=True)
     job.segmentation  # the new segmentation node
     """
-
-    def __init__(self, **kwargs):
-        ScriptedLoadableModuleLogic.__init__(self)
-        if "launcher" not in kwargs or "job_poller" not in kwargs:
-            try:
-                from MICDCommon import qtsupport
-
-                kwargs.setdefault("launcher", qtsupport.launcher_from_settings())
-                kwargs.setdefault("job_poller", qtsupport.QtJobPoller(interval_ms=300))
-            except ImportError:  # no Qt: callers poll (job.poll()) or wait
-                pass
-        SegmentationLogic.__init__(self, **kwargs)
 
 
 class MICDSegmentationTest(ScriptedLoadableModuleTest):

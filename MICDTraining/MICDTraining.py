@@ -1,26 +1,14 @@
 """MICD "Train semi-supervised" module: thin Slicer glue. The panel is MICDTrainingLib.Widget, the work is
 MICDTrainingLib.Logic (usable from the Python console), shared pieces are in the MICDCommon package."""
 
-import importlib
 import os
-import sys
 
 import slicer
-from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleTest,
+                                           ScriptedLoadableModuleWidget)
 
-
-def _addSharedPackagePath():
-    """Installed, MICDCommon sits beside this file; in a source checkout it is ../MICDCommon/MICDCommon."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    for folder in (here, os.path.join(os.path.dirname(here), "MICDCommon")):
-        if os.path.isdir(os.path.join(folder, "MICDCommon")) and folder not in sys.path:
-            sys.path.append(folder)
-
-
-_addSharedPackagePath()
-
-from MICDTrainingLib.Logic import TrainingLogic  # noqa: E402
+from MICDCommon.slicermodule import PanelHost, module_logic  # importable: MICDCommonModule is a dependency
+from MICDTrainingLib.Logic import TrainingLogic
 
 try:
     from slicer.i18n import tr as _
@@ -34,7 +22,7 @@ class MICDTraining(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Train semi-supervised")
         self.parent.categories = ["Segmentation"]
-        self.parent.dependencies = []
+        self.parent.dependencies = ["MICDCommonModule"]
         self.parent.contributors = ["MICD for 3D Slicer contributors"]
         self.parent.helpText = _(
             "Train a 3D segmentation model from a few segmented volumes and folders of unlabeled scans, with MICD "
@@ -43,50 +31,24 @@ class MICDTraining(ScriptedLoadableModule):
         self.parent.acknowledgementText = _("Uses PyTorch and MONAI through the bundled micd backend.")
 
 
-class MICDTrainingWidget(ScriptedLoadableModuleWidget):
-    def setup(self):
-        ScriptedLoadableModuleWidget.setup(self)
+class MICDTrainingWidget(PanelHost, ScriptedLoadableModuleWidget):
+    packages = ("MICDTrainingLib",)
+
+    def createLogic(self):
+        return MICDTrainingLogic()
+
+    def createPanel(self, logic):
         from MICDTrainingLib.Widget import TrainingWidget
 
-        self.logic = MICDTrainingLogic()
-        self.panel = TrainingWidget(self.logic)
-        self.layout.addWidget(self.panel.widget)
-
-    def enter(self):
-        self.panel.enter()
-
-    def cleanup(self):
-        """Module reload or Slicer exit: stop polling here (a running job goes on and is reattached later)."""
-        self.panel.cleanup()
-        if getattr(self.logic, "job_poller", None) is not None:
-            self.logic.job_poller.stop()
-
-    def onReload(self):
-        """Reload the Lib and shared packages too (Slicer's Reload only re-imports this file)."""
-        for name in sorted(sys.modules):
-            if name.startswith(("MICDTrainingLib.", "MICDCommon.")):
-                importlib.reload(sys.modules[name])
-        ScriptedLoadableModuleWidget.onReload(self)
+        return TrainingWidget(logic)
 
 
-class MICDTrainingLogic(ScriptedLoadableModuleLogic, TrainingLogic):
+class MICDTrainingLogic(module_logic(TrainingLogic, poll_ms=1000)):
     """Console API, e.g.:
     job = MICDTrainingLogic().train(labeled=[(volume, segmentation)], unlabeled=["/data/unlabeled"],
                                     model_name="Liver", iterations=2000, wait=True)
     job.model  # the registered model, ready in MICD Segmentation
     """
-
-    def __init__(self, **kwargs):
-        ScriptedLoadableModuleLogic.__init__(self)
-        if "launcher" not in kwargs or "job_poller" not in kwargs:
-            try:
-                from MICDCommon import qtsupport
-
-                kwargs.setdefault("launcher", qtsupport.launcher_from_settings())
-                kwargs.setdefault("job_poller", qtsupport.QtJobPoller())
-            except ImportError:  # no Qt: callers poll (job.poll()) or wait
-                pass
-        TrainingLogic.__init__(self, **kwargs)
 
 
 class MICDTrainingTest(ScriptedLoadableModuleTest):

@@ -1,23 +1,28 @@
-"""Headless test set-up on PyPI slicer-core: module folders on sys.path, stand-ins for qt/ctk and the few
-application-level pieces slicer-core lacks (slicer.modules, ScriptedLoadableModule, node combo boxes), and a fresh
-MRML scene with the Colors/Volumes/Segmentations/SubjectHierarchy logics per test."""
+"""Headless Slicer for the tests (slicer_harness.py): PyPI slicer-core, `qt` with PythonQt's rules over real PyQt5
+widgets, strict ctk/application stand-ins, Slicer's ScriptedLoadableModule; a fresh MRML scene with the Colors,
+Volumes, Segmentations and SubjectHierarchy logics per test. After each test: no slot may have raised, every dialog
+must have had the main window as parent, and every queued dialog answer must have been used."""
 
 import os
 import pathlib
 import sys
+import tempfile
 import types
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-for folder in ("MICDCommon", "MICDTraining", "MICDSegmentation", "Testing"):
-    sys.path.insert(0, str(ROOT / folder))
+sys.path.insert(0, str(ROOT / "Testing"))
 
 import slicer  # noqa: E402
 
-import qt_standin  # noqa: E402
+import slicer_harness  # noqa: E402
 
-qt_standin.install()
+MAIN_WINDOW = slicer_harness.install(tempfile.mkdtemp(prefix="micd-qsettings-"))
+
+import pythonqt  # noqa: E402
+import qt  # noqa: E402
+from dialogs import DIALOGS  # noqa: E402
 
 DATA = pathlib.Path(os.environ.get("SHARED", ROOT.parent / "shared")) / "data"
 if not DATA.is_dir():
@@ -54,6 +59,18 @@ def scene():
     yield scene
     scene.Clear(True)
     del keep_alive
+
+
+@pytest.fixture(autouse=True)
+def slicer_session():
+    """Empty settings and dialog records; afterwards the PythonQt-level checks above."""
+    qt.QSettings().clear()
+    DIALOGS.reset()
+    yield DIALOGS
+    pythonqt.raise_slot_errors()
+    orphans = [d for d in DIALOGS.shown if d.parent != MAIN_WINDOW]
+    assert not orphans, f"dialogs without the main window as parent: {orphans}"
+    assert not DIALOGS.unused_answers, f"answers queued for dialogs that never opened: {DIALOGS.unused_answers}"
 
 
 @pytest.fixture(autouse=True)

@@ -1,13 +1,20 @@
-"""The module files import and their panels build under the qt/ctk stand-in; the buttons call the logic (mocked);
-the self-test classes for real Slicer exist."""
+"""The module files load as Slicer loads them and their panels run on real Qt widgets with PythonQt's rules
+(slicer_harness.py): every button is clicked, every dialog answered through the harness; the logic is a mock
+except where the Slicer side itself is under test (settings, dependency install, curves)."""
 
-import importlib
+import subprocess
+import sys
+import unittest
 from unittest import mock
 
 import pytest
 import qt
 import slicer
 
+import slicer_harness
+from conftest import MAIN_WINDOW
+from dialogs import DIALOGS
+from MICDCommon import dependencies, qtsupport
 from MICDCommon.registry import ModelInfo
 from MICDTrainingLib.DatasetExport import DatasetReport
 from MICDTrainingLib.Parameters import TrainingSettings
@@ -15,29 +22,38 @@ from scene_helpers import load_case, load_volume
 
 
 @pytest.mark.parametrize("name", ["MICDTraining", "MICDSegmentation"])
-def test_module_files_import_and_build(scene, name):
-    module = importlib.import_module(name)
-    info = module.__dict__[name](qt.QWidget())
-    assert info.parent.title and info.parent.categories == ["Segmentation"]
-    widget = module.__dict__[name + "Widget"](qt.QWidget())
-    widget.setup()
-    assert widget.panel.widget is not None
-    assert isinstance(widget.logic, module.__dict__[name + "Logic"])
-    test_class = module.__dict__[name + "Test"]
-    assert issubclass(test_class, slicer.ScriptedLoadableModule.ScriptedLoadableModuleTest)
-    assert callable(test_class.runTest) and [m for m in dir(test_class) if m.startswith("test_")]
+def test_module_files_load_as_in_slicer(scene, name):
+    common = slicer_harness.load_module("MICDCommonModule")
+    assert common.parent.hidden and common.widget is None
+    loaded = slicer_harness.load_module(name)
+    assert loaded.parent.title and loaded.parent.categories == ["Segmentation"]
+    assert loaded.parent.dependencies == ["MICDCommonModule"]
+    assert loaded.parent.icon is not None and not loaded.parent.icon.isNull()
+    widget = loaded.widget
+    assert isinstance(widget.logic, getattr(loaded.python, name + "Logic"))
+    assert widget.layout.count() == 1 and widget.layout.itemAt(0).widget() == widget.panel.widget
+    assert issubclass(getattr(loaded.python, name + "Test"), unittest.TestCase)
+    with mock.patch.object(widget.panel, "cleanup") as cleanup:
+        loaded.unload()  # Slicer's module manager: the widget's cleanup runs
+    cleanup.assert_called_once_with()
 
 
-def test_console_logic_classes_have_the_api(scene):
+def test_logic_classes_initialise_each_base_once(scene):
     from MICDSegmentation import MICDSegmentationLogic
     from MICDTraining import MICDTrainingLogic
+    from MICDTrainingLib.Logic import TrainingLogic
 
+    with mock.patch.object(TrainingLogic, "__init__", autospec=True, return_value=None) as core_init:
+        MICDTrainingLogic(runs_root="/runs")
+    assert core_init.call_count == 1 and core_init.call_args[1]["runs_root"] == "/runs"
     training, segmentation = MICDTrainingLogic(), MICDSegmentationLogic()
+    assert training.moduleName == "MICDTraining" and training.getParameterNode().GetAttribute("ModuleName") == \
+        "MICDTraining"
+    assert training.job_poller is not None and segmentation.job_poller is not None
     for method in ("train", "resume", "attach", "check", "runs_to_attach", "resumable_runs"):
         assert callable(getattr(training, method))
     for method in ("segment", "models", "rename_model", "delete_model", "export_model", "import_model"):
         assert callable(getattr(segmentation, method))
-    assert training.job_poller is not None  # a Qt timer polls jobs started without wait in Slicer
 
 
 @pytest.fixture
@@ -50,50 +66,57 @@ def training_panel(scene):
     logic.check.return_value = report
     logic.runs_to_attach.return_value = []
     logic.resumable_runs.return_value = []
-    errors = []
-    panel = TrainingWidget(logic, show_error=errors.append, dependency_check=lambda: True)
-    return panel, logic, errors
+    panel = TrainingWidget(logic, dependency_check=lambda: True)
+    return panel, logic
 
 
 def test_training_buttons_call_the_logic(training_panel, hippocampus_cases, tmp_path):
-    panel, logic, errors = training_panel
+    panel, logic = training_panel
     assert not panel.trainButton.enabled  # nothing to train on yet
     volume, segmentation = load_case(slicer.mrmlScene, *hippocampus_cases[0])
-    panel.volumeSelector.setCurrentNode(volume)
+    assert panel.volumeSelector.currentNode() is volume  # the selectors follow the scene
     panel.segmentationSelector.setCurrentNode(segmentation)
     panel.addCurrentButton.click()
     assert len(panel.cases) == 1 and panel.casesTable.item(0, 2).text() == "anterior, posterior"
     panel.autoPairButton.click()  # the same pair is not added twice
     assert len(panel.cases) == 1
 
-    qt.QFileDialog.next_path = str(tmp_path)
-    panel.addUnlabeledButton.click()
-    assert panel.unlabeled == [str(tmp_path)] and "0 readable image(s)" in panel.unlabeledList.item(0).text()
+    for folder in (tmp_path / "a", tmp_path / "b"):
+        folder.mkdir()
+        DIALOGS.answer(str(folder))
+        panel.addUnlabeledButton.click()
+    assert panel.unlabeled == [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert panel.unlabeledList.count == 2 and "0 readable image(s)" in panel.unlabeledList.item(0).text()
+    panel.unlabeledList.currentRow = 0
+    panel.removeUnlabeledButton.click()
+    assert panel.unlabeled == [str(tmp_path / "b")]
 
     panel.checkButton.click()
     assert logic.check.called and "1=anterior" in panel.checksLabel.text
 
-    panel.modelNameEdit.setText("Hippo")
-    panel.iterationsSpin.setValue(300)
-    panel.patchEdit.setText("16 32 16")
+    panel.modelNameEdit.text = "Hippo"
+    panel.iterationsSpin.value = 300
+    panel.patchEdit.text = "16 32 16"
+    panel.methodCombo.currentIndex = panel.methodCombo.findData("cps")
     job = mock.MagicMock(finished=False)
     logic.train.return_value = job
     panel.trainButton.click()
     args, kwargs = logic.train.call_args
-    assert args[0][0].volume is volume and args[1] == [str(tmp_path)]
+    assert args[0][0].volume is volume and args[1] == [str(tmp_path / "b")]
     settings = args[2]
-    assert (settings.model_name, settings.iterations, settings.patch_size) == ("Hippo", 300, (16, 32, 16))
+    assert (settings.model_name, settings.iterations, settings.patch_size, settings.method) == \
+        ("Hippo", 300, (16, 32, 16), "cps")
     assert kwargs["on_event"] == panel.onEvent and kwargs["on_finished"] == panel.onFinished
     assert panel.cancelButton.enabled and not panel.trainButton.enabled
 
     panel.cancelButton.click()
     job.request_cancel.assert_called_once()
-    assert errors == []
+    assert [d.kind for d in DIALOGS.shown] == ["QFileDialog.getExistingDirectory"] * 2
 
 
 def test_training_panel_reports_bad_settings_and_reattaches(training_panel):
-    panel, logic, errors = training_panel
-    panel.patchEdit.setText("15 15")
+    panel, logic = training_panel
+    panel.patchEdit.text = "15 15"
     assert panel.settings().problems()  # surfaced through logic.check in the real logic
     logic.runs_to_attach.return_value = ["/runs/Hippo-1"]
     panel.enter()
@@ -102,7 +125,7 @@ def test_training_panel_reports_bad_settings_and_reattaches(training_panel):
 
 
 def test_training_settings_round_trip(training_panel):
-    panel, _logic, _errors = training_panel
+    panel, _logic = training_panel
     settings = TrainingSettings(model_name="Liver", iterations=1234, patch_size=(32, 64, 64), device="cpu",
                                 method="cps", filters=8, seed=3, checkpoint_every=50, advanced={"lr": 0.01})
     panel.showSettings(settings)
@@ -110,28 +133,53 @@ def test_training_settings_round_trip(training_panel):
     assert settings.cli_args()[:2] == ["--method", "cps"] and "--lr" in settings.cli_args()
 
 
+def test_training_curves_have_distinct_colours_and_both_charts_show(training_panel):
+    from MICDTrainingLib.Curves import TrainingCurves
+
+    panel, _logic = training_panel
+    blank = panel.curvesView.lossLabel.pixmap.toImage()
+    panel.curves = TrainingCurves(slicer.mrmlScene, "Hippo")
+    for it in range(1, 41):
+        panel.curves.add_event({"event": "iteration", "iter": it, "loss": {"total": 2 / it, "sup": 1 / it,
+                                                                           "consistency": 0.1 + 0.01 * it}})
+        if it % 10 == 0:
+            panel.curves.add_event({"event": "validation", "iter": it, "mean_dice": 0.5 + it / 100,
+                                    "dice": {"anterior": 0.4 + it / 100, "posterior": 0.6 + it / 100}})
+        panel.onEvent({"event": "iteration", "iter": it})
+    for chart in (panel.curves.loss.chart_node, panel.curves.dice.chart_node):
+        colors = [chart.GetNthPlotSeriesNode(i).GetColor() for i in range(chart.GetNumberOfPlotSeriesNodes())]
+        assert len(colors) == 3 and len(set(colors)) == 3
+    for label in (panel.curvesView.lossLabel, panel.curvesView.diceLabel):
+        image = label.pixmap.toImage()
+        assert image.width() > 300 and image != blank
+        drawn = {image.pixelColor(x, y).name() for x in range(0, image.width(), 2) for y in range(0, image.height(), 2)}
+        series = {qt.QColor(*[int(c * 255) for c in rgb]).name() for rgb in colors}
+        assert len(series & drawn) == 3, "each series is drawn in its own colour"
+
+
 @pytest.fixture
 def segmentation_panel(scene, tmp_path):
     from MICDSegmentationLib.Widget import SegmentationWidget
 
     logic = mock.MagicMock(name="SegmentationLogic")
-    model = ModelInfo(str(tmp_path / "Hippo"), {"labels": {"1": "anterior"}, "provenance": {"created": "2026-11-24"},
-                                                "metrics": {"best_mean_dice": 0.81}, "method": "micd"})
-    logic.models.return_value = [model]
+    models = [ModelInfo(str(tmp_path / name), {"labels": {"1": "anterior"}, "provenance": {"created": "2026-11-24"},
+                                               "metrics": {"best_mean_dice": dice}, "method": "micd"})
+              for name, dice in (("Hippo", 0.81), ("Prostate", 0.7))]
+    logic.models.return_value = models
     logic.previous_result.return_value = None
-    errors, replies = [], {"replace": False, "text": "Hippo v2"}
-    panel = SegmentationWidget(logic, show_error=errors.append, dependency_check=lambda: True,
-                               ask_text=lambda *a: replies["text"], ask_replace=lambda node: replies["replace"])
-    return panel, logic, model, errors, replies
+    panel = SegmentationWidget(logic, dependency_check=lambda: True)
+    return panel, logic, models
 
 
 def test_segment_button_calls_the_logic_and_asks_before_replacing(segmentation_panel, hippocampus_cases):
-    panel, logic, model, errors, replies = segmentation_panel
+    panel, logic, (model, other) = segmentation_panel
     assert "Dice 0.810" in panel.provenanceLabel.text
+    panel.modelList.currentRow = 1
+    assert "Dice 0.700" in panel.provenanceLabel.text and panel.selectedModel() is other
+    panel.modelList.currentRow = 0
     volume = load_volume(hippocampus_cases[0][0], "hippo")
-    panel.volumeSelector.setCurrentNode(volume)
-    panel.uncertaintyCheck.setChecked(True)
-    assert panel.segmentButton.enabled
+    assert panel.volumeSelector.currentNode() is volume and panel.segmentButton.enabled
+    panel.uncertaintyCheck.checked = True
     job = mock.MagicMock(finished=False)
     logic.segment.return_value = job
     panel.segmentButton.click()
@@ -145,28 +193,71 @@ def test_segment_button_calls_the_logic_and_asks_before_replacing(segmentation_p
     panel.onFinished(job)
     assert panel.statusLabel.text == "Segmented hippo" and panel.segmentButton.enabled
     logic.previous_result.return_value = mock.MagicMock(GetName=lambda: "hippo segmentation")
-    replies["replace"] = True
+    DIALOGS.answer(qt.QMessageBox.Yes)
     panel.segmentButton.click()
     assert logic.segment.call_args[1]["replace"] is True
+    assert "already holds a MICD result" in DIALOGS.shown[-1].text
     logic.segment.reset_mock()
-    replies["replace"] = None  # the user cancelled the question
+    DIALOGS.answer(qt.QMessageBox.Cancel)
     panel.segmentButton.click()
     assert not logic.segment.called
-    assert errors == []
 
 
 def test_model_buttons_call_the_logic(segmentation_panel, tmp_path):
-    panel, logic, model, errors, _replies = segmentation_panel
+    panel, logic, (model, _other) = segmentation_panel
+    DIALOGS.answer("Hippo v2")
     panel.renameButton.click()
     logic.rename_model.assert_called_once_with(model, "Hippo v2")
-    qt.QMessageBox.answer = qt.QMessageBox.Yes
+    DIALOGS.answer(qt.QMessageBox.Yes)
     panel.deleteButton.click()
     logic.delete_model.assert_called_once_with(model)
-    qt.QFileDialog.next_path = str(tmp_path / "Hippo.zip")
+    DIALOGS.answer(str(tmp_path / "Hippo.zip"), str(tmp_path / "Hippo.zip"), str(tmp_path))
     panel.exportButton.click()
     logic.export_model.assert_called_once_with(model, str(tmp_path / "Hippo.zip"))
     panel.importZipButton.click()
     logic.import_model.assert_called_with(str(tmp_path / "Hippo.zip"))
+    panel.importFolderButton.click()
+    logic.import_model.assert_called_with(str(tmp_path))
     logic.rename_model.side_effect = RuntimeError("name taken")
+    DIALOGS.answer("Hippo v3")
     panel.renameButton.click()
-    assert errors == ["name taken"]
+    assert DIALOGS.shown[-1].kind == "slicer.util.errorDisplay" and DIALOGS.shown[-1].text == "name taken"
+    assert all(d.parent == MAIN_WINDOW for d in DIALOGS.shown)
+
+
+def test_changed_python_applies_to_both_modules_without_reloading(scene, tmp_path):
+    training = slicer_harness.load_module("MICDTraining").widget
+    segmentation = slicer_harness.load_module("MICDSegmentation").widget
+    python = tmp_path / "env" / "bin" / "python"
+    training.panel.pythonEdit.text = str(python)
+    training.panel.pythonEdit.editingFinished.emit()
+    assert training.logic.launcher.python == str(python) == segmentation.logic.launcher.python
+    training.panel.pythonEdit.text = ""
+    training.panel.pythonEdit.editingFinished.emit()
+    assert segmentation.logic.launcher.python == training.logic.launcher.python != str(python)
+
+
+def _missing(*names):
+    packages = {name: "1.0" for name in dependencies.REQUIREMENTS if name not in names}
+    return dependencies.EnvironmentReport({"python": sys.executable, "packages": packages, "micd": "0.1"})
+
+
+def test_failed_install_reaches_the_user_as_a_dialog_with_the_next_step(training_panel, monkeypatch):
+    from MICDTrainingLib.Widget import TrainingWidget
+
+    _panel, logic = training_panel
+    logic.launcher = qtsupport.launcher_from_settings()  # Slicer's own Python: Slicer's pip helper installs
+    qtsupport._READY_PYTHONS.clear()
+    monkeypatch.setattr(dependencies, "probe", lambda *a, **k: _missing("monai"))
+
+    def failing_pip_install(requirements):
+        raise subprocess.CalledProcessError(1, ["PythonSlicer", "-m", "pip", "install", *requirements])
+
+    monkeypatch.setattr(dependencies, "_slicer_pip", lambda: failing_pip_install)
+    panel = TrainingWidget(logic)  # the real dependency step and error display
+    DIALOGS.answer(qt.QMessageBox.Yes)  # "MICD needs these Python packages ... Install now?"
+    panel.dependenciesButton.click()
+    question, error = DIALOGS.shown
+    assert question.kind == "QMessageBox.question" and "monai>=1.3" in question.text
+    assert error.kind == "slicer.util.errorDisplay" and error.parent == MAIN_WINDOW
+    assert "monai>=1.3" in error.text and "What to do" in error.text and "-m pip install" in error.text

@@ -39,13 +39,22 @@ def find_backend_path():
 class BackendLauncher:
     """Command lines and environment for running `micd` with the chosen Python.
 
-    python: interpreter path; None means Slicer's Python. threads: OMP/MKL thread limit for the job (None: leave)."""
+    python: interpreter path, or a function returning it (asked at each use, so a changed setting applies to the
+    next job); None means Slicer's Python. threads: OMP/MKL thread limit for the job (None: leave)."""
 
     def __init__(self, python=None, backend_path=None, threads=None, extra_env=None):
-        self.python = python or slicer_python()
+        self._python = python
         self.backend_path = backend_path if backend_path is not None else find_backend_path()
         self.threads = threads
         self.extra_env = dict(extra_env or {})
+
+    @property
+    def python(self):
+        chosen = self._python() if callable(self._python) else self._python
+        return chosen or slicer_python()
+
+    def with_threads(self, threads):
+        return BackendLauncher(self._python, self.backend_path, threads, self.extra_env)
 
     @property
     def uses_slicer_python(self):

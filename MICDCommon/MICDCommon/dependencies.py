@@ -1,13 +1,17 @@
 """Does the chosen Python have what the backend needs, and installing what is missing after the user agrees.
 
-A short probe script runs in the chosen interpreter and reports package versions and GPUs as JSON. Installation:
-torch through the PyTorch extension's utilities when that extension is present (it picks the CUDA build for the
-driver), other packages with Slicer's pip helpers (`slicer.packaging`, Slicer >= 5.12, else `slicer.util`);
-for a user-chosen interpreter, `python -m pip install` in that interpreter.
+A short probe script runs in the chosen interpreter and reports package versions and GPUs as JSON. Everything is
+installed in subprocesses of that interpreter (PythonSlicer for Slicer's own Python), never imported into Slicer:
+torch with light-the-torch, which picks the build for the graphics driver's CUDA version (MICD_TORCH_BACKEND, e.g.
+`cu128` or `cpu`, overrides it), the other packages with Slicer's `pip_install` (or `python -m pip` for another
+interpreter). A failed install raises DependencyError whose message says what to do next.
 """
 
 import json
+import os
 import subprocess
+
+from . import processes
 
 # distribution name -> (import name, requirement)
 REQUIREMENTS = {
@@ -95,13 +99,12 @@ class EnvironmentReport:
         return "\n".join(lines)
 
 
-def probe(launcher, check_gpus=True, timeout=300, run=subprocess.run):
+def probe(launcher, check_gpus=True, timeout=300, run=None):
     """Run the probe in `launcher.python`; raises DependencyError when the interpreter cannot run at all."""
     names = {dist: module for dist, (module, _req) in REQUIREMENTS.items()}
     script = PROBE_SCRIPT % {"names": names, "gpus": bool(check_gpus)}
     try:
-        result = run([launcher.python, "-c", script], capture_output=True, text=True, timeout=timeout,
-                     env=launcher.environment())
+        result = (run or processes.run)([launcher.python, "-c", script], timeout=timeout, env=launcher.environment())
     except (OSError, subprocess.TimeoutExpired) as e:
         raise DependencyError(f"Could not run the Python interpreter {launcher.python!r} ({e}). Choose a working "
                               "interpreter in the MICD settings, or leave it empty to use Slicer's Python.") from None
@@ -134,38 +137,34 @@ class InstallPlan:
         return "\n".join(lines)
 
 
-def _slicer_packaging():
-    """Slicer's pip helpers: `slicer.packaging` (5.12+) or `slicer.util.pip_install`."""
+TORCH_BACKEND_VARIABLE = "MICD_TORCH_BACKEND"
+LIGHT_THE_TORCH = "light-the-torch>=0.7"
+
+
+def _slicer_pip():
+    """Slicer's pip helper: `slicer.packaging.pip_install` (5.12+) or `slicer.util.pip_install`."""
     import slicer
+
     packaging = getattr(slicer, "packaging", None)
-    if packaging is None:
-        try:
-            import slicer.packaging as packaging
-        except ImportError:
-            import slicer.util as packaging
-    return packaging
+    return getattr(packaging, "pip_install", None) or slicer.util.pip_install
 
 
-def _torch_utils():
-    """The PyTorch extension's logic, or None when that extension is not installed."""
-    try:
-        import PyTorchUtils
-        return PyTorchUtils.PyTorchUtilsLogic()
-    except Exception:  # noqa: BLE001 - extension absent or broken
-        return None
+def _next_step(python, requirements):
+    return ("What to do: check the internet connection (behind a proxy, set HTTPS_PROXY before starting Slicer) and "
+            "press 'Check / install dependencies' again, or install them in a terminal with\n"
+            f'  "{python}" -m pip install ' + " ".join(f'"{r}"' for r in requirements))
 
 
 class DependencyInstaller:
     """Checks the chosen Python and installs what is missing, only after `confirm(message) -> bool` says yes.
 
-    packaging / torch_utils / run are injectable (tests pass fakes); by default they are looked up in Slicer."""
+    pip_install (Slicer's helper, for Slicer's own Python) and run (subprocesses) are injectable; tests pass fakes."""
 
-    def __init__(self, launcher, confirm, packaging=None, torch_utils=None, run=subprocess.run, log=print):
+    def __init__(self, launcher, confirm, pip_install=None, run=None, log=print):
         self.launcher = launcher
         self.confirm = confirm
-        self._packaging = packaging
-        self._torch_utils = torch_utils
-        self.run = run
+        self._pip_install = pip_install
+        self.run = run or processes.run
         self.log = log
 
     def check(self, check_gpus=True):
@@ -184,8 +183,8 @@ class DependencyInstaller:
             report = self.check(check_gpus=False)
             if report.missing:
                 raise DependencyError("Still missing after installing: " + ", ".join(report.missing) + ". See the "
-                                      "log for pip's messages; behind a proxy set HTTPS_PROXY, or install them by "
-                                      "hand in " + report.python)
+                                      "log for pip's messages.\n" + _next_step(report.python, [
+                                          REQUIREMENTS[name][1] for name in report.missing]))
         if not report.backend_found:
             raise DependencyError("The micd backend cannot be imported by " + report.python + " (" +
                                   str(report.data.get("micd_error", "not found")) + "). Reinstall the extension, or "
@@ -193,31 +192,42 @@ class DependencyInstaller:
         return True
 
     def install(self, plan):
-        if self.launcher.uses_slicer_python:
-            self._install_in_slicer(plan)
-        else:
-            self._install_with_pip(([REQUIREMENTS["torch"][1]] if plan.torch else []) + plan.packages)
-
-    def _install_in_slicer(self, plan):
-        packaging = self._packaging or _slicer_packaging()
         if plan.torch:
-            torch_utils = self._torch_utils if self._torch_utils is not None else _torch_utils()
-            if torch_utils is not None:
-                self.log("Installing PyTorch with the PyTorch extension")
-                if torch_utils.installTorch(askConfirmation=False, torchVersionRequirement=">=2.0") is None:
-                    raise DependencyError("The PyTorch extension could not install torch. Open the PyTorch Utils "
-                                          "module, install it there, restart Slicer and try again.")
-            else:
-                self.log("PyTorch extension not found: installing torch with pip (CPU or default CUDA build)")
-                packaging.pip_install(REQUIREMENTS["torch"][1])
+            self.install_torch()
         if plan.packages:
             self.log("Installing " + " ".join(plan.packages))
-            packaging.pip_install(list(plan.packages))  # both Slicer helpers take a list of requirement strings
+            if self.launcher.uses_slicer_python:
+                self._slicer_pip_install(list(plan.packages))
+            else:
+                self._run_pip(["pip", "install", *plan.packages], plan.packages)
 
-    def _install_with_pip(self, requirements):
-        self.log(f"Installing into {self.launcher.python}: " + " ".join(requirements))
-        result = self.run([self.launcher.python, "-m", "pip", "install", *requirements], capture_output=True,
-                          text=True, env=self.launcher.environment())
+    def install_torch(self):
+        """torch for the driver's CUDA version (light-the-torch decides), installed by the chosen Python itself."""
+        requirement = REQUIREMENTS["torch"][1]
+        backend = os.environ.get(TORCH_BACKEND_VARIABLE)
+        self.log("Installing PyTorch with light-the-torch" + (f" ({backend})" if backend else ""))
+        self._run_pip(["pip", "install", LIGHT_THE_TORCH], [LIGHT_THE_TORCH])
+        self._run_pip(["light_the_torch", "install", *([f"--pytorch-computation-backend={backend}"] if backend
+                                                        else []), requirement], [requirement])
+
+    def _slicer_pip_install(self, requirements):
+        try:
+            (self._pip_install or _slicer_pip())(requirements)
+        except (subprocess.CalledProcessError, OSError) as e:
+            raise DependencyError(f"Installing {', '.join(requirements)} failed ({e}).\n" +
+                                  _next_step(self.launcher.python, requirements)) from None
+
+    def _run_pip(self, module_args, requirements):
+        """`python -m MODULE ARGS` in the chosen Python, its output in the log."""
+        command = [self.launcher.python, "-m", *module_args]
+        try:
+            result = self.run(command, env=self.launcher.environment())
+        except (OSError, subprocess.SubprocessError) as e:
+            raise DependencyError(f"Could not run {command[0]} ({e}).\n" +
+                                  _next_step(self.launcher.python, requirements)) from None
+        output = (result.stdout or "") + (result.stderr or "")
+        for line in output.splitlines()[-20:]:
+            self.log(line)
         if result.returncode != 0:
-            raise DependencyError(f"pip failed in {self.launcher.python} (exit code {result.returncode}): "
-                                  f"{(result.stderr or result.stdout or '').strip()[-800:]}")
+            raise DependencyError(f"Installing {', '.join(requirements)} failed (exit code {result.returncode}): "
+                                  f"{output.strip()[-500:]}\n" + _next_step(self.launcher.python, requirements))

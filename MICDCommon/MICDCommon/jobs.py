@@ -15,6 +15,8 @@ from .events import EventTail, LineTail, parse_event
 
 RECORD_FILE = "job.json"
 LOG_FILE = "job.log"
+STOP_FILE = "stop"  # written to ask for a polite stop; the backend watches the path in MICD_STOP_FILE
+STOP_FILE_VARIABLE = "MICD_STOP_FILE"
 
 RUNNING, CANCELLING = "running", "cancelling"
 SUCCEEDED, FAILED, CANCELLED, LOST = "succeeded", "failed", "cancelled", "lost"
@@ -53,6 +55,10 @@ class JobRecord:
     @property
     def path(self):
         return os.path.join(self.run_dir, RECORD_FILE)
+
+    @property
+    def stop_file(self):
+        return os.path.join(self.run_dir, STOP_FILE)
 
     def to_dict(self):
         return {k: getattr(self, k) for k in self.FIELDS}
@@ -108,6 +114,9 @@ class BackgroundJob:
         os.makedirs(run_dir, exist_ok=True)
         record = JobRecord(kind, command, run_dir, events_file=events_file, info=info)
         events_offset, log_offset = _file_size(events_file), _file_size(record.log_file)  # a resume appends
+        if os.path.exists(record.stop_file):  # left by the cancel of the run this one resumes
+            os.remove(record.stop_file)
+        env = dict(os.environ if env is None else env, **{STOP_FILE_VARIABLE: record.stop_file})
         log = open(record.log_file, "ab")
         try:
             popen = subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -239,11 +248,14 @@ class BackgroundJob:
 
     # --- control ------------------------------------------------------------------------------------------------
     def request_cancel(self, grace_s=30.0):
-        """Ask the tree to stop (SIGTERM: the trainer saves a checkpoint); `poll()` kills it after `grace_s`."""
+        """Ask the tree to stop (the stop file, and SIGTERM on POSIX: the trainer saves a checkpoint); `poll()` kills
+        it after `grace_s`."""
         if self.finished:
             return
         self._cancel_requested = True
         self.state = CANCELLING
+        with open(self.record.stop_file, "w", encoding="utf-8") as f:
+            f.write("cancel requested\n")
         self._stop_pids = processes.request_stop(self.pid)
         self._kill_deadline = time.monotonic() + grace_s
 
@@ -268,6 +280,54 @@ class BackgroundJob:
                 idle()
             time.sleep(interval)
         return self.state
+
+
+class JobWrapper:
+    """What a training or segmentation job shares: it wraps a BackgroundJob (`job`) and passes these through."""
+
+    def __init__(self, job):
+        self.job = job
+
+    @property
+    def run_dir(self):
+        return self.job.run_dir
+
+    @property
+    def state(self):
+        return self.job.state
+
+    @property
+    def finished(self):
+        return self.job.finished
+
+    def poll(self):
+        return self.job.poll()
+
+    def wait(self, timeout=None, interval=0.5):
+        return self.job.wait(timeout=timeout, interval=interval, idle=_process_events)
+
+    def request_cancel(self):
+        self.job.request_cancel(grace_s=self.cancel_grace_s)
+
+    def cancel(self):
+        """Stop the job and the processes it started (killing them after the grace period)."""
+        return self.job.cancel(grace_s=self.cancel_grace_s)
+
+    cancel_grace_s = 30.0
+
+
+def _process_events():
+    """Keeps Slicer's window alive while a console call waits (no-op outside the application)."""
+    import slicer
+
+    app = getattr(slicer, "app", None)
+    if app is not None:
+        app.processEvents()
+
+
+def log_excerpt(job, lines=8):
+    tail = job.log_tail(lines)
+    return f"\nLast lines of the log:\n{tail}" if tail else ""
 
 
 def _file_size(path):

@@ -51,19 +51,35 @@ def set_chosen_python(path):
 
 
 def launcher_from_settings():
+    """A launcher that reads the interpreter setting at each use: a change applies to the next job, in both modules,
+    without reloading them."""
     from .backend import BackendLauncher
 
-    return BackendLauncher(python=chosen_python())
+    return BackendLauncher(python=chosen_python)
+
+
+def slicer_collaborators(kwargs, poll_ms=1000):
+    """A Logic's keyword arguments inside Slicer: the launcher follows the settings, a QTimer polls the jobs."""
+    kwargs.setdefault("launcher", launcher_from_settings())
+    kwargs.setdefault("job_poller", QtJobPoller(interval_ms=poll_ms))
+    return kwargs
 
 
 _READY_PYTHONS = set()
+
+
+def main_window():
+    """The parent of every dialog: Slicer's main window (a parentless dialog can open behind it)."""
+    import slicer
+
+    return slicer.util.mainWindow()
 
 
 def confirm(message, title="MICD"):
     """Yes/No question box; True for Yes."""
     import qt
 
-    answer = qt.QMessageBox.question(None, title, message, qt.QMessageBox.Yes | qt.QMessageBox.No)
+    answer = qt.QMessageBox.question(main_window(), title, message, qt.QMessageBox.Yes | qt.QMessageBox.No)
     return answer == qt.QMessageBox.Yes
 
 

@@ -7,9 +7,8 @@ import shutil
 import tempfile
 import time
 
-import slicer
-
 from MICDCommon import SUCCEEDED, BackendLauncher, BackgroundJob, ModelRegistry, describe_event, micd_home, sceneio
+from MICDCommon.jobs import JobWrapper, log_excerpt
 
 from .Parameters import SegmentationSettings
 from .ResultImport import find_previous_result, import_label_file, import_uncertainty, result_name
@@ -19,18 +18,14 @@ class SegmentationError(Exception):
     """Segmentation could not start or failed; the message says why and what to do."""
 
 
-def _idle():
-    app = getattr(slicer, "app", None)
-    if app is not None:
-        app.processEvents()
-
-
-class SegmentationJob:
+class SegmentationJob(JobWrapper):
     """A running `micd predict` and, once it succeeded, the imported result (`segmentation`, `uncertainty`)."""
+
+    cancel_grace_s = 5.0  # prediction keeps nothing worth waiting for
 
     def __init__(self, job, volume, model, target, want_uncertainty, keep_files, on_log=None, on_finished=None,
                  on_event=None):
-        self.job = job
+        super().__init__(job)
         self.volume = volume
         self.model = model
         self.target = target
@@ -44,14 +39,6 @@ class SegmentationJob:
         job.on_event, job.on_log, job.on_finished = self._event, self._log, self._finished
 
     @property
-    def state(self):
-        return self.job.state
-
-    @property
-    def finished(self):
-        return self.job.finished
-
-    @property
     def output_path(self):
         return os.path.join(self.job.run_dir, "prediction.nrrd")
 
@@ -62,18 +49,6 @@ class SegmentationJob:
     @property
     def elapsed_s(self):
         return time.time() - self.started
-
-    def poll(self):
-        return self.job.poll()
-
-    def wait(self, timeout=None, interval=0.2):
-        return self.job.wait(timeout=timeout, interval=interval, idle=_idle)
-
-    def request_cancel(self):
-        self.job.request_cancel(grace_s=5.0)
-
-    def cancel(self):
-        return self.job.cancel(grace_s=5.0)
 
     def _event(self, event):
         text = describe_event(event)
@@ -92,13 +67,13 @@ class SegmentationJob:
                 self._import()
             elif job.state == SUCCEEDED:
                 job.state = "failed"
-                self.message = f"micd predict ended without writing {self.output_path}." + _log_excerpt(job)
+                self.message = f"micd predict ended without writing {self.output_path}." + log_excerpt(job)
             else:
                 error = job.error_event or {}
                 self.message = (error.get("message") or f"Segmentation {job.state} (exit code {job.returncode}).")
                 if error.get("hint"):
                     self.message += f"\nWhat to do: {error['hint']}"
-                self.message += _log_excerpt(job)
+                self.message += log_excerpt(job)
         except Exception as e:  # noqa: BLE001 - reported to the panel / console
             job.state = "failed"
             self.message = f"Could not load the result: {e}"
@@ -118,11 +93,6 @@ class SegmentationJob:
             self.uncertainty = import_uncertainty(self.uncertainty_path, self.volume)
         self.message = (f"Segmented {self.volume.GetName()} with '{self.model.name}' in {self.elapsed_s:.0f} s: "
                         f"{self.segmentation.GetSegmentation().GetNumberOfSegments()} segments.")
-
-
-def _log_excerpt(job):
-    tail = job.log_tail(8)
-    return f"\nLast lines of the log:\n{tail}" if tail else ""
 
 
 class SegmentationLogic:

@@ -64,6 +64,9 @@ def import_label_file(label_path, volume, labels, colors=None, node_name=None, t
         if node.GetDisplayNode() is None:
             node.CreateDefaultDisplayNodes()
         node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        # The label map is in the volume's voxel grid: both go under the volume's transform before the import, which
+        # maps the label map from its own frame into the segmentation's (only the segmentation would shift it).
+        labelmap.SetAndObserveTransformNodeID(volume.GetTransformNodeID())
         node.SetAndObserveTransformNodeID(volume.GetTransformNodeID())
         if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, node):
             raise RuntimeError(f"Slicer could not import the label map {label_path}")

@@ -116,7 +116,7 @@ class SegmentationWidget:
         self.onModelSelected()
 
     def selectedModel(self):
-        row = self.modelList.currentRow()
+        row = self.modelList.currentRow
         return self.models[row] if 0 <= row < len(self.models) else None
 
     def onModelSelected(self):
@@ -147,17 +147,17 @@ class SegmentationWidget:
 
     def onExport(self):
         model = self.selectedModel()
-        path = model and qt.QFileDialog.getSaveFileName(None, _("Export model"), model.folder_name + ".zip",
+        path = model and qt.QFileDialog.getSaveFileName(qtsupport.main_window(), _("Export model"), model.folder_name + ".zip",
                                                         "Zip (*.zip)")
         if path:
             if self._guarded(self.logic.export_model, model, path):
                 self.appendLog(_("Exported to ") + path)
 
     def onImportZip(self):
-        self._import(qt.QFileDialog.getOpenFileName(None, _("Import model zip"), "", "Zip (*.zip)"))
+        self._import(qt.QFileDialog.getOpenFileName(qtsupport.main_window(), _("Import model zip"), "", "Zip (*.zip)"))
 
     def onImportFolder(self):
-        self._import(qt.QFileDialog.getExistingDirectory(None, _("Import model folder")))
+        self._import(qt.QFileDialog.getExistingDirectory(qtsupport.main_window(), _("Import model folder")))
 
     def _import(self, path):
         if path:
@@ -200,14 +200,14 @@ class SegmentationWidget:
     def _askReplace(self, previous):
         """True: replace the earlier result; False: keep it and make a new one; None: do nothing."""
         box = qt.QMessageBox
-        answer = box.question(None, _("Replace result?"), _("'") + previous.GetName() + _("' already holds a MICD "
+        answer = box.question(qtsupport.main_window(), _("Replace result?"), _("'") + previous.GetName() + _("' already holds a MICD "
                               "result for this volume. Replace it? (No keeps it and makes a new segmentation.)"),
                               box.Yes | box.No | box.Cancel)
         return True if answer == box.Yes else False if answer == box.No else None
 
     @staticmethod
     def _askText(title, label, text):
-        return qt.QInputDialog.getText(None, title, label, qt.QLineEdit.Normal, text)
+        return qt.QInputDialog.getText(qtsupport.main_window(), title, label, qt.QLineEdit.Normal, text)
 
     def onTick(self):
         if self.job is not None and self._started is not None and not self.job.finished:

@@ -7,6 +7,13 @@ import slicer
 import vtk
 
 ITERATION = "iteration"
+# One colour per series of a chart, in the order the series appear (the charts in the panel use the same).
+SERIES_COLORS = [(0.12, 0.47, 0.71), (1.0, 0.5, 0.05), (0.17, 0.63, 0.17), (0.84, 0.15, 0.16), (0.58, 0.4, 0.74),
+                 (0.55, 0.34, 0.29), (0.89, 0.47, 0.76), (0.5, 0.5, 0.5), (0.74, 0.74, 0.13), (0.09, 0.75, 0.81)]
+
+
+def series_color(index):
+    return SERIES_COLORS[index % len(SERIES_COLORS)]
 
 
 class CurveTable:
@@ -14,6 +21,7 @@ class CurveTable:
 
     def __init__(self, scene, name, y_title):
         self.scene = scene
+        self.title, self.y_title = name, y_title
         self.table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{name} table")
         self.chart_node = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", name)
         self.chart_node.SetTitle(name)
@@ -37,6 +45,7 @@ class CurveTable:
             series.SetYColumnName(column_name)
             series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
             series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
+            series.SetColor(*series_color(self.chart_node.GetNumberOfPlotSeriesNodes()))
             self.chart_node.AddAndObservePlotSeriesNodeID(series.GetID())
         return array
 
@@ -57,6 +66,15 @@ class CurveTable:
     def column(self, name):
         array = self._columns[name]
         return [array.GetValue(i) for i in range(array.GetNumberOfTuples())]
+
+    def series(self):
+        """{column: [(iteration, value)]} without the rows where the column has no value, in column order."""
+        x = self.column(ITERATION)
+        found = {}
+        for name in self._columns:
+            if name != ITERATION:
+                found[name] = [(i, v) for i, v in zip(x, self.column(name)) if not math.isnan(v)]
+        return found
 
     def remove(self):
         for i in range(self.chart_node.GetNumberOfPlotSeriesNodes()):

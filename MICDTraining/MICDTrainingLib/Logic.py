@@ -6,11 +6,9 @@ Talks to the backend only through its command line, its event stream and its mod
 import os
 import time
 
-import slicer
-
-from MICDCommon import (CANCELLED, CANCELLING, FAILED, LOST, RUNNING, SUCCEEDED, BackendLauncher, BackgroundJob, ModelRegistry, TrainingProgress,
-                        describe_event, find_jobs, micd_home)
-from MICDCommon.jobs import JobRecord
+from MICDCommon import (CANCELLED, CANCELLING, FAILED, LOST, RUNNING, SUCCEEDED, BackendLauncher, BackgroundJob,
+                        ModelRegistry, TrainingProgress, describe_event, find_jobs, micd_home)
+from MICDCommon.jobs import JobRecord, JobWrapper, log_excerpt
 from MICDCommon.registry import safe_name
 
 from .CasePairing import folder_labels, pair_folder_cases, summarize_unlabeled_folder
@@ -22,19 +20,13 @@ class TrainingError(Exception):
     """Training could not start or did not finish; the message says why and what to do."""
 
 
-def _idle():
-    """Keeps Slicer's window alive while a console call waits (no-op outside the application)."""
-    app = getattr(slicer, "app", None)
-    if app is not None:
-        app.processEvents()
-
-
-class TrainingJob:
+class TrainingJob(JobWrapper):
     """A training run as the panel and the console see it: the background job, its accumulated progress, and
-    the registered model once it succeeded. Call `poll()` (a QTimer does in Slicer) or `wait()`."""
+    the registered model once it succeeded. Call `poll()` (a QTimer does in Slicer) or `wait()`; `cancel()` keeps
+    the last checkpoint (see `resume`)."""
 
     def __init__(self, job, registry, on_event=None, on_log=None, on_finished=None, curves=None):
-        self.job = job
+        super().__init__(job)
         self.registry = registry
         self.progress = TrainingProgress()
         self.model = None
@@ -43,36 +35,9 @@ class TrainingJob:
         self._on_event, self._on_log, self._on_finished = on_event, on_log, on_finished
         job.on_event, job.on_log, job.on_finished = self._event, self._log, self._finished
 
-    # state
-    @property
-    def run_dir(self):
-        return self.job.run_dir
-
-    @property
-    def state(self):
-        return self.job.state
-
-    @property
-    def finished(self):
-        return self.job.finished
-
     @property
     def model_name(self):
         return self.job.record.info.get("model_name", os.path.basename(self.run_dir))
-
-    # control
-    def poll(self):
-        return self.job.poll()
-
-    def wait(self, timeout=None, interval=0.5):
-        return self.job.wait(timeout=timeout, interval=interval, idle=_idle)
-
-    def request_cancel(self):
-        self.job.request_cancel()
-
-    def cancel(self):
-        """Stop training and the processes it started; the last checkpoint stays (see `resume`)."""
-        return self.job.cancel()
 
     # callbacks from the job
     def _event(self, event):
@@ -100,7 +65,7 @@ class TrainingJob:
             error = job.error_event or {}
             self.message = (error.get("message") or f"micd train ended with state {job.state} "
                             f"(exit code {job.returncode})") + (f"\nWhat to do: {error['hint']}" if error.get("hint")
-                                                                else "") + _log_excerpt(job)
+                                                                else "") + log_excerpt(job)
         if self._on_log and self.message:
             self._on_log(self.message)
         if self._on_finished:
@@ -126,11 +91,6 @@ class TrainingJob:
         info["registered_model"] = self.model.path
         self.job.record.save()
         self.message = f"Model '{self.model.name}' is ready in MICD Segmentation."
-
-
-def _log_excerpt(job):
-    tail = job.log_tail(8)
-    return f"\nLast lines of the log:\n{tail}" if tail else ""
 
 
 class TrainingLogic:
@@ -209,7 +169,7 @@ class TrainingLogic:
                 "colors": {str(k): list(v) for k, v in report.colors.items()}, "settings": settings.to_dict()}
         launcher = self.launcher
         if settings.threads and not launcher.threads:
-            launcher = BackendLauncher(launcher.python, launcher.backend_path, settings.threads, launcher.extra_env)
+            launcher = launcher.with_threads(settings.threads)
         job = BackgroundJob.start(command, run_dir, kind="train", env=launcher.environment(),
                                   events_file=os.path.join(run_dir, "events.jsonl"), info=info)
         return self._follow(job, wait, timeout, on_event, on_log, on_finished, curves)

@@ -13,6 +13,7 @@ from MICDCommon.events import TrainingProgress
 
 from .CasePairing import pair_scene_cases, summarize_unlabeled_folder
 from .Curves import TrainingCurves
+from .CurvesView import CurvesView
 from .DatasetExport import FileCase, LabeledCase
 from .Parameters import ADVANCED_OPTIONS, METHOD_TITLES, METHODS, TrainingSettings
 
@@ -158,6 +159,7 @@ class TrainingWidget:
         self.pythonEdit = qt.QLineEdit(qtsupport.chosen_python() or "")
         self.pythonEdit.setToolTip(_("Python that runs training and segmentation; empty = Slicer's own Python. "
                                      "Use a separate environment for a CUDA build of PyTorch."))
+        self.pythonEdit.connect("editingFinished()", lambda: qtsupport.set_chosen_python(self.pythonEdit.text))
         advancedForm.addRow(_("Python interpreter:"), self.pythonEdit)
         self.dependenciesButton = _button(_("Check / install dependencies"), _("Check the packages the backend "
                                                                                "needs; install after asking"),
@@ -179,7 +181,10 @@ class TrainingWidget:
         form.addRow(self.progressBar)
         self.statusLabel = qt.QLabel(_("Idle"))
         form.addRow(self.statusLabel)
-        self.showCurvesButton = _button(_("Show curves"), _("Show the loss and validation-Dice charts"),
+        self.curvesView = CurvesView()
+        form.addRow(self.curvesView.widget)
+        self.showCurvesButton = _button(_("Show curves in the view layout"), _("Show the loss chart in Slicer's "
+                                        "plot view (its table and the Dice chart are in the scene)"),
                                         self.onShowCurves)
         form.addRow(self.showCurvesButton)
         self.logText = qt.QPlainTextEdit()
@@ -201,7 +206,7 @@ class TrainingWidget:
                     if spin.value != ADVANCED_OPTIONS[name][1]}
         return TrainingSettings(model_name=self.modelNameEdit.text.strip(), iterations=int(self.iterationsSpin.value),
                                 patch_size=patch, device=self.deviceCombo.currentText,
-                                method=self.methodCombo.currentData() or "micd", filters=int(self.filtersSpin.value),
+                                method=self.methodCombo.currentData or "micd", filters=int(self.filtersSpin.value),
                                 seed=int(self.seedSpin.value), checkpoint_every=int(self.checkpointSpin.value),
                                 advanced=advanced)
 
@@ -273,7 +278,7 @@ class TrainingWidget:
             self.appendLog(_("No volume found for: ") + ", ".join(unpaired) + _(" (add them with 'Add current')"))
 
     def onAddFolder(self):
-        folder = qt.QFileDialog.getExistingDirectory(None, _("Folder of labeled image/label files"))
+        folder = qt.QFileDialog.getExistingDirectory(qtsupport.main_window(), _("Folder of labeled image/label files"))
         if not folder:
             return
         cases, labels, unpaired = self.logic.cases_from_folder(folder)
@@ -304,10 +309,10 @@ class TrainingWidget:
         self.report = None
 
     def onAddUnlabeled(self):
-        self.addUnlabeledFolder(qt.QFileDialog.getExistingDirectory(None, _("Folder of unlabeled images")))
+        self.addUnlabeledFolder(qt.QFileDialog.getExistingDirectory(qtsupport.main_window(), _("Folder of unlabeled images")))
 
     def onRemoveUnlabeled(self):
-        row = self.unlabeledList.currentRow()
+        row = self.unlabeledList.currentRow
         if 0 <= row < len(self.unlabeled):
             del self.unlabeled[row]
             self.refreshUnlabeled()
@@ -322,7 +327,6 @@ class TrainingWidget:
 
     def onCheckDependencies(self):
         self.saveSettings()
-        self.logic.launcher = qtsupport.launcher_from_settings()
         if self.dependency_check():
             self.appendLog(_("The backend is ready in ") + self.logic.launcher.python)
             self.showDevices()
@@ -401,6 +405,7 @@ class TrainingWidget:
                 job.progress.update(event)
                 if self.curves is not None:
                     self.curves.add_event(event)
+        self.curvesView.show(self.curves)
 
     def onShowCurves(self):
         if self.curves is None:
@@ -410,6 +415,8 @@ class TrainingWidget:
             plots.logic().ShowChartInLayout(self.curves.loss.chart_node)
 
     def onEvent(self, event):
+        if event.get("event") in ("iteration", "validation"):
+            self.curvesView.show(self.curves)
         progress = self.job.progress if self.job is not None else TrainingProgress()
         self.progressBar.setMaximum(1000)
         self.progressBar.setValue(int(1000 * progress.fraction))

@@ -1,0 +1,88 @@
+"""The loss and validation-Dice charts inside the panel, drawn with QPainter from the run's curve tables (Curves.py)
+into a QLabel each, so both are in view while training runs, whatever the view layout is. Series colours are those
+of the MRML plot series."""
+
+import qt
+
+from .Curves import series_color
+
+MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 44, 8, 20, 18
+
+
+def _color(rgb):
+    return qt.QColor(int(rgb[0] * 255), int(rgb[1] * 255), int(rgb[2] * 255))
+
+
+def _format(value):
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+
+
+def draw_chart(table, width, height, empty_text):
+    """A QPixmap with the table's series as lines: title, y range, last iteration, and a legend."""
+    pixmap = qt.QPixmap(width, height)
+    pixmap.fill(qt.QColor(255, 255, 255))
+    painter = qt.QPainter(pixmap)
+    painter.setRenderHint(qt.QPainter.Antialiasing)
+    series = {name: points for name, points in (table.series() if table is not None else {}).items() if points}
+    painter.setPen(qt.QColor(40, 40, 40))
+    painter.drawText(MARGIN_LEFT, 14, table.title if table is not None else "")
+    plot = qt.QRectF(MARGIN_LEFT, MARGIN_TOP, width - MARGIN_LEFT - MARGIN_RIGHT, height - MARGIN_TOP - MARGIN_BOTTOM)
+    painter.setPen(qt.QColor(160, 160, 160))
+    painter.drawRect(plot)
+    if not series:
+        painter.drawText(plot, qt.Qt.AlignCenter, empty_text)
+        painter.end()
+        return pixmap
+    xs = [x for points in series.values() for x, _ in points]
+    ys = [y for points in series.values() for _, y in points]
+    x0, x1 = min(xs), max(max(xs), min(xs) + 1)
+    y0, y1 = min(ys), max(ys)
+    if y1 - y0 < 1e-9:
+        y0, y1 = y0 - 0.5, y1 + 0.5
+
+    def point(x, y):
+        return (plot.left() + (x - x0) / (x1 - x0) * plot.width(), plot.bottom() - (y - y0) / (y1 - y0) * plot.height())
+
+    painter.setPen(qt.QColor(90, 90, 90))
+    painter.drawText(2, int(plot.top()) + 10, _format(y1))
+    painter.drawText(2, int(plot.bottom()), _format(y0))
+    painter.drawText(int(plot.right()) - 60, height - 4, f"iteration {int(x1)}")
+    legend_x = int(plot.left()) + 6
+    for index, (name, points) in enumerate(table.series().items()):
+        if not points:
+            continue
+        color = _color(series_color(index))
+        painter.setPen(qt.QPen(color, 2))
+        previous = point(*points[0])
+        for x, y in points[1:]:
+            current = point(x, y)
+            painter.drawLine(qt.QLineF(previous[0], previous[1], current[0], current[1]))
+            previous = current
+        painter.fillRect(legend_x, int(plot.top()) + 6, 10, 10, color)
+        painter.setPen(qt.QColor(40, 40, 40))
+        painter.drawText(legend_x + 13, int(plot.top()) + 15, name)
+        legend_x += 20 + painter.fontMetrics().horizontalAdvance(name)
+    painter.end()
+    return pixmap
+
+
+class CurvesView:
+    """Two charts stacked (loss, then Dice); `show(curves)` redraws them from a TrainingCurves (or None)."""
+
+    def __init__(self, width=420, height=130):
+        self.width, self.height = width, height
+        self.widget = qt.QWidget()
+        layout = qt.QVBoxLayout(self.widget)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.lossLabel = qt.QLabel()
+        self.diceLabel = qt.QLabel()
+        for label in (self.lossLabel, self.diceLabel):
+            label.setMinimumHeight(height)
+            layout.addWidget(label)
+        self.show(None)
+
+    def show(self, curves):
+        self.lossLabel.setPixmap(draw_chart(curves.loss if curves else None, self.width, self.height,
+                                            "Loss per iteration appears here during training"))
+        self.diceLabel.setPixmap(draw_chart(curves.dice if curves else None, self.width, self.height,
+                                            "Validation Dice appears after the first validation"))
