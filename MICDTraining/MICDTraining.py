@@ -106,8 +106,12 @@ class MICDTrainingTest(ScriptedLoadableModuleTest):
         if not probe(logic.launcher, check_gpus=False).ready:
             self.delayDisplay("Backend dependencies not installed: tiny training skipped")
             return
-        cases = [self._syntheticCase(f"case{i}", i) for i in range(3)]
+        from MICDCommon import sceneio
+
+        cases = [self._syntheticCase(f"case{i}", i) for i in range(4)]
         unlabeled = tempfile.mkdtemp()
+        volume, _segmentation = cases.pop()
+        sceneio.write_volume(volume, os.path.join(unlabeled, "unlabeled.nrrd"))
         job = logic.train(cases, [unlabeled], model_name="SelfTest", iterations=4, patch_size=(16, 32, 32),
                           filters=4, device="cpu", checkpoint_every=2, wait=True)
         self.assertEqual(job.state, "succeeded")

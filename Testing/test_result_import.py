@@ -93,3 +93,48 @@ def test_replace_asks_and_missing_labels_become_empty_segments(scene, tmp_path, 
     other = logic.import_result(str(label), volume, "Hippo", replace=False)
     assert other is not first and other.GetName().startswith("hippo segmentation")
     assert scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == 0  # temporary nodes removed
+
+
+def _world_bounds_of_labels(volume, labels_array, transform):
+    """World bounds of the labelled voxels: voxel corners through the volume's IJK->RAS, then its transform."""
+    k, j, i = np.nonzero(labels_array)
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(ijk_to_ras)
+    to_world = vtk.vtkMatrix4x4()
+    transform.GetMatrixTransformToWorld(to_world)
+    matrix = np.array([[to_world.GetElement(r, c) for c in range(4)] for r in range(4)]) @ \
+        np.array([[ijk_to_ras.GetElement(r, c) for c in range(4)] for r in range(4)])
+    corners = [(x, y, z) for x in (i.min() - 0.5, i.max() + 0.5) for y in (j.min() - 0.5, j.max() + 0.5)
+               for z in (k.min() - 0.5, k.max() + 0.5)]
+    world = np.array([matrix @ np.array([*c, 1.0]) for c in corners])[:, :3]
+    return world.min(axis=0), world.max(axis=0)
+
+
+def test_result_lands_in_place_under_a_transformed_volume(scene, tmp_path, hippocampus_cases):
+    image, label = hippocampus_cases[0]
+    registry = ModelRegistry(tmp_path / "models")
+    registry.add_folder(str(make_model_folder(tmp_path / "m", {1: "anterior", 2: "posterior"}, {})), "Hippo")
+    volume = load_volume(image, "hippo")
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "moved")
+    matrix = vtk.vtkMatrix4x4()
+    rotation = vtk.vtkTransform()
+    rotation.RotateZ(30)
+    rotation.Translate(40.0, -25.0, 12.0)
+    matrix.DeepCopy(rotation.GetMatrix())
+    transform.SetMatrixTransformToParent(matrix)
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+
+    node = SegmentationLogic(registry=registry).import_result(str(label), volume, "Hippo")
+    assert node.GetTransformNodeID() == transform.GetID()
+    reference = slicer.util.arrayFromVolume(load_volume(label, "ref", labelmap=True))
+    expected_low, expected_high = _world_bounds_of_labels(volume, reference, transform)
+    bounds = [0.0] * 6
+    node.GetRASBounds(bounds)  # world coordinates: the segmentation's own transform applied
+    spacing = max(volume.GetSpacing())
+    assert np.allclose(bounds[0::2], expected_low, atol=spacing) and np.allclose(bounds[1::2], expected_high,
+                                                                                   atol=spacing), (bounds, expected_low, expected_high)
+    segments = _segments_by_name(node)
+    for value, name in {1: "anterior", 2: "posterior"}.items():
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(node, segments[name], volume)
+        assert int(mask.sum()) == int((reference == value).sum())
+        assert int((mask.astype(bool) & (reference == value)).sum()) == int((reference == value).sum()), name
