@@ -1,18 +1,27 @@
 """Semi-supervised benchmark on the shared hippocampus data: MICD against supervised, mean teacher, CPS and DHC.
 
-Protocol (the papers' one): the recorded split in benchmarks/splits/hippocampus.json (50 test cases; 2 or 5 labeled
-cases taken from a fixed pool; 200 unlabeled cases whose labels are never read), the same networks, patch, batch,
-number of iterations and seeds for every method, no validation set (the model keeps its last weights, as a user
-with 2 labeled cases would have no cases to spare), then `micd predict` and `micd evaluate` on the 50 test cases.
+Protocol: the recorded split in benchmarks/splits/hippocampus.json (50 test cases; 2 or 5 labeled cases taken from
+a fixed pool of 10; 200 unlabeled cases whose labels are never read). The last 5 cases of the pool are a labeled
+validation set, the same for every run: `micd train` validates ten times per run and keeps the best weights
+(RUN/model); the last weights are exported beside them (RUN/model-last) and both are scored on the test cases.
+Every method gets the same networks, patch, batch, iterations and seeds, and, through the trainer's own generator
+for labeled patches, the same labeled patch sequence for a seed. Peers run with their published defaults
+(CPS/DHC: pseudo-labels from the training forward, DHC's class weights); MICD with ours (see micd/methods/micd.py).
 
 Every finished run is recorded at once in RESULTS/<preset>/runs/<method>-L<k>-s<seed>.json and skipped when the
 script is started again, so a long benchmark can run in the background and survive interruption. Training,
 prediction and evaluation each resume from what is already on disk. The summary goes to RESULTS/ssl-<preset>.json
-and .md; `--report` only rebuilds it from the recorded runs.
+and .md; `--report` only rebuilds it from the recorded runs. Order: 2 labeled (all methods, seed by seed), then 5
+labeled, then the ablations, so a partial run already answers the first question.
+
+Per row: mean Dice over seeds; the paired difference to supervised and to the best peer, over test cases x seeds,
+as {"mean", "ci95", "n"} (t interval over the n paired per-case differences); the foreground ratio.
 
 Presets:
-  cpu        3 seeds x {2, 5} labeled x 5 methods, 1000 iterations, width 8, patch 32x48x32 (about 2.5 h on 2 cores)
-  cpu-quick  the cpu preset with seed 0 only, plus the ablation micd-noweights (MICD without DHC's class weights)
+  cpu        3 seeds x {2, 5} labeled x 5 methods + 6 MICD ablations at 2 labeled, 1000 iterations, width 8,
+             patch 32x48x32: about 3 h for the main grid and 4 h for the ablations on 2 cores with bf16 autocast
+  cpu-quick  1 seed, 2 and 5 labeled, 1000 iterations, no validation set (the first, superseded protocol)
+  smoke      1 seed, 2 labeled, 40 iterations at width 4: the script end to end in a few minutes (not a result)
   gpu        the spec's full-size settings: width 32, 6000 iterations, patch 32x64x48, 3 seeds
 """
 
@@ -26,7 +35,7 @@ import resource
 import subprocess
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -34,17 +43,31 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 METHODS = ["supervised", "mean-teacher", "cps", "dhc", "micd"]
 # Ablations: a name, the method it runs and the extra `micd train` flags.
-VARIANTS = {"micd-noweights": ("micd", ["--class-weights", "none"])}
+VARIANTS = {
+    "micd-noweights": ("micd", ["--class-weights", "none"]),
+    "micd-no-mcpc": ("micd", ["--term-weights", "0", "1", "1"]),
+    "micd-no-cfc": ("micd", ["--term-weights", "1", "0", "1"]),
+    "micd-no-cmd": ("micd", ["--term-weights", "1", "1", "0"]),
+    "micd-no-masking": ("micd", ["--mask-ratio", "0"]),
+    "micd-dhc-weights": ("micd", ["--class-weights", "dhc"]),
+    # every issue-9 fix off: the literal transcription (DHC's weights and pseudo-labels, zero fill, 8^3 blocks,
+    # clean and masked inputs in one BatchNorm batch)
+    "micd-literal": ("micd", ["--class-weights", "dhc", "--pseudo-labels", "train_pass", "--mask-fill", "zero",
+                              "--mask-block", "8", "--bn-passes", "joint"]),
+}
+ABLATIONS = ["micd-no-mcpc", "micd-no-cfc", "micd-no-cmd", "micd-no-masking", "micd-dhc-weights", "micd-literal"]
 ORDER = METHODS + list(VARIANTS)
 LABEL_NAMES = {"1": "hippocampus_anterior", "2": "hippocampus_posterior"}
 
 PRESETS = {
     "cpu": dict(seeds=[0, 1, 2], labeled=[2, 5], iterations=1000, filters=8, patch=[32, 48, 32], device="cpu",
-                threads=2),
+                threads=2, validation=5, ablations=ABLATIONS),
     "cpu-quick": dict(seeds=[0], labeled=[2, 5], iterations=1000, filters=8, patch=[32, 48, 32], device="cpu",
-                      threads=2, ablations=["micd-noweights"]),
+                      threads=2, validation=0, ablations=["micd-noweights"]),
+    "smoke": dict(seeds=[0], labeled=[2], iterations=40, filters=4, patch=[16, 32, 16], device="cpu", threads=2,
+                  validation=5, ablations=[]),
     "gpu": dict(seeds=[0, 1, 2], labeled=[2, 5], iterations=6000, filters=32, patch=[32, 64, 48], device="cuda",
-                threads=0),
+                threads=0, validation=5, ablations=ABLATIONS),
 }
 
 
@@ -73,7 +96,7 @@ def link_folder(folder: str, sources: Dict[str, str]) -> str:
 
 
 def run_one(method: str, k: int, seed: int, cfg: dict, split: dict, hip: str, work: str, runs_dir: str,
-            preset: str, train_only: bool = False) -> dict:
+            preset: str) -> dict:
     name = f"{method}-L{k}-s{seed}"
     record = os.path.join(runs_dir, name + ".json")
     if os.path.exists(record):
@@ -83,9 +106,14 @@ def run_one(method: str, k: int, seed: int, cfg: dict, split: dict, hip: str, wo
     log = os.path.join(d, "log.txt")
     img = lambda n: os.path.join(hip, "imagesTr", n)
     lab = lambda n: os.path.join(hip, "labelsTr", n)
+    pool = split["labeled_pool"]
+    n_val = cfg.get("validation", 0)
     ds = {"labels": LABEL_NAMES, "modality": "MR",
-          "labeled": [{"image": img(n), "label": lab(n)} for n in split["labeled_pool"][:k]],
+          "labeled": [{"image": img(n), "label": lab(n)} for n in pool[:k]],
           "unlabeled": [img(n) for n in split["unlabeled"]]}
+    if n_val:
+        assert k <= len(pool) - n_val, "the validation cases must not be training cases"
+        ds["validation"] = [{"image": img(n), "label": lab(n)} for n in pool[len(pool) - n_val:]]
     ds_path = os.path.join(d, "dataset.json")
     json.dump(ds, open(ds_path, "w"), indent=1)
     run = os.path.join(d, "run")
@@ -98,6 +126,7 @@ def run_one(method: str, k: int, seed: int, cfg: dict, split: dict, hip: str, wo
         t = micd(["train", "--dataset", ds_path, "--out", run, "--method", base, *extra, "--iterations",
                   str(cfg["iterations"]), "--patch-size", *map(str, cfg["patch"]), "--filters", str(cfg["filters"]),
                   "--device", cfg["device"], "--seed", str(seed), "--checkpoint-every", "250", "--val-fraction", "0",
+                  *(["--export-last"] if n_val else []),
                   "--cache-dir", os.path.join(work, "cache"), "--log-every", "50", "--progress", "none", *resume],
                  log, cfg["threads"])
         prev = json.load(open(timing_file)) if os.path.exists(timing_file) else {"wall_s": 0.0, "cpu_s": 0.0}
@@ -105,38 +134,55 @@ def run_one(method: str, k: int, seed: int, cfg: dict, split: dict, hip: str, wo
         json.dump(timing, open(timing_file, "w"))
     elif os.path.exists(timing_file):
         timing = json.load(open(timing_file))
-    if train_only:
-        return {"train_wall_s": timing["wall_s"]}
     test_imgs = link_folder(os.path.join(work, "test_images"), {n: img(n) for n in split["test"]})
     test_labs = link_folder(os.path.join(work, "test_labels"), {n: lab(n) for n in split["test"]})
-    preds = os.path.join(d, "predictions")
-    if len([f for f in os.listdir(preds)] if os.path.isdir(preds) else []) < len(split["test"]):
-        micd(["predict", "--model", model, "--input", test_imgs, "--output", preds, "--device", cfg["device"]], log,
-             cfg["threads"])
-    ev_path = os.path.join(d, "evaluation.json")
-    if not os.path.exists(ev_path):
-        micd(["evaluate", "--pred", preds, "--label", test_labs, "--json", ev_path, "--labels", model], log,
-             cfg["threads"])
+    evaluations = {}
+    for which, mdir in (("best", model), ("last", os.path.join(run, "model-last"))):
+        if not os.path.isdir(mdir):
+            continue  # no validation set: RUN/model holds the last weights
+        preds = os.path.join(d, "predictions" if which == "best" else "predictions-last")
+        if len(os.listdir(preds) if os.path.isdir(preds) else []) < len(split["test"]):
+            micd(["predict", "--model", mdir, "--input", test_imgs, "--output", preds, "--device", cfg["device"]],
+                 log, cfg["threads"])
+        ev_path = os.path.join(d, "evaluation.json" if which == "best" else "evaluation-last.json")
+        if not os.path.exists(ev_path):
+            micd(["evaluate", "--pred", preds, "--label", test_labs, "--json", ev_path, "--labels", mdir], log,
+                 cfg["threads"])
+        evaluations[which] = json.load(open(ev_path))
     events = [json.loads(l) for l in open(os.path.join(run, "events.jsonl")) if l.strip()]
     start = [e for e in events if e["event"] == "start"][-1]
     spi = [e["sec_per_iter"] for e in events if e["event"] == "iteration"]
-    prov = json.load(open(os.path.join(model, "model.json")))["provenance"]
-    ev = json.load(open(ev_path))
+    curve = [[e["iter"], round(e["mean_dice"], 4)] for e in events if e["event"] == "validation"]
+    meta = json.load(open(os.path.join(model, "model.json")))
+    prov = meta["provenance"]
+    ev = evaluations["best"]
     result = {"method": method, "labeled": k, "seed": seed, "preset": preset, "iterations": cfg["iterations"],
               "filters": cfg["filters"], "patch_size": cfg["patch"], "device": start["device"], "amp": start["amp"],
-              "unlabeled": len(split["unlabeled"]), "test_cases": len(split["test"]),
+              "unlabeled": len(split["unlabeled"]), "test_cases": len(split["test"]), "validation_cases": n_val,
+              "weights_from": meta.get("weights_from"), "validation_curve": curve,
               # Training-loop time from the model's provenance (summed over resumes); the process times include
               # start-up and preprocessing.
               "train_wall_s": prov.get("wall_s"), "train_cpu_s": prov.get("cpu_s"),
               "process_wall_s": timing["wall_s"], "process_cpu_s": timing["cpu_s"],
               "sec_per_iter_median": float(np.median(spi)) if spi else None,
-              "foreground_ratio": foreground_ratio(ev), "final_class_weights": final_class_weights(run),
-              "evaluation": ev, "host": platform.node(),
-              "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+              "foreground_ratio": foreground_ratio(ev),
+              "final_class_weights": meta.get("metrics", {}).get("final_class_weights"),
+              "evaluation": ev, "evaluation_last": evaluations.get("last"),
+              "foreground_ratio_last": foreground_ratio(evaluations["last"]) if "last" in evaluations else None,
+              "host": platform.node(), "cpu_flags": cpu_flags(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     tmp = record + ".tmp"
     json.dump(result, open(tmp, "w"), indent=1)
     os.replace(tmp, record)  # recorded at once; a restart skips it
     return result
+
+
+def cpu_flags() -> List[str]:
+    """The CPU flags that decide the autocast choice, recorded beside every time."""
+    try:
+        flags = next(l for l in open("/proc/cpuinfo") if l.startswith("flags")).split(":", 1)[1].split()
+    except (OSError, StopIteration):
+        return []
+    return sorted(f for f in flags if f.startswith(("amx", "avx512_bf16", "avx512f", "avx2")))
 
 
 def foreground_ratio(ev: dict) -> float:
@@ -152,18 +198,6 @@ def foreground_ratio(ev: dict) -> float:
     return float(np.mean(ratios))
 
 
-def final_class_weights(run: str):
-    """DiffDW (student A) and DistDW (student B) weights at the end of training, for the methods that use them."""
-    import torch
-
-    state = torch.load(os.path.join(run, "checkpoints", "last.pt"), map_location="cpu", weights_only=False)
-    extra = state.get("method_extra", {})
-    if "diffdw" not in extra:
-        return None
-    return {"w_diff (A)": [round(float(v), 3) for v in extra["diffdw"]["weights"]],
-            "w_dist (B)": [round(float(v), 3) for v in extra["distdw"]["weights"]]}
-
-
 # ------------------------------------------------------------------------------------------------ report
 def per_case_scores(ev: dict) -> Dict[str, Dict[str, Dict[str, float]]]:
     """{case: {label: {"dice":…, "hd95":…}}} from a `micd evaluate` JSON."""
@@ -177,38 +211,71 @@ def case_mean_dice(scores: Dict[str, Dict[str, dict]]) -> Dict[str, float]:
     return {c: float(np.mean([v["dice"] for v in labs.values()])) for c, labs in scores.items()}
 
 
+def paired(a_runs: List[dict], b_runs: List[dict], key: str = "evaluation") -> Optional[dict]:
+    """Mean per-case difference of mean Dice (a − b) over test cases x shared seeds, with a 95 % t interval.
+
+    Cases of one seed share the models, and seeds share the cases, so the interval treats the n pairs as
+    independent: read it as a guide, the per-seed means are in the row too."""
+    from scipy import stats
+
+    by_seed = {r["seed"]: r for r in b_runs}
+    diffs: List[float] = []
+    for r in a_runs:
+        o = by_seed.get(r["seed"])
+        if o is None or r.get(key) is None or o.get(key) is None:
+            continue
+        am, bm = case_mean_dice(per_case_scores(r[key])), case_mean_dice(per_case_scores(o[key]))
+        diffs += [am[c] - bm[c] for c in sorted(set(am) & set(bm))]
+    if len(diffs) < 2:
+        return None
+    d = np.asarray(diffs)
+    half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+    return {"mean": float(d.mean()), "ci95": [float(d.mean() - half), float(d.mean() + half)], "n": int(len(d))}
+
+
+def seed_means(rs: List[dict], key: str = "evaluation") -> List[float]:
+    return [float(np.mean(list(case_mean_dice(per_case_scores(r[key])).values())))
+            for r in sorted(rs, key=lambda r: r["seed"]) if r.get(key) is not None]
+
+
 def summarize(runs: List[dict]) -> dict:
     groups: Dict[tuple, List[dict]] = {}
     for r in runs:
         groups.setdefault((r["labeled"], r["method"]), []).append(r)
+    means = {g: float(np.mean(seed_means(rs))) for g, rs in groups.items()}
     rows = []
     for (k, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], ORDER.index(kv[0][1]))):
-        per_seed_mean, per_label = [], {}
-        paired = []
+        per_label = {}
         for r in sorted(rs, key=lambda r: r["seed"]):
             sc = per_case_scores(r["evaluation"])
-            cm = case_mean_dice(sc)
-            per_seed_mean.append(float(np.mean(list(cm.values()))))
             for lab in LABEL_NAMES.values():
                 d = [c[lab]["dice"] for c in sc.values() if lab in c]
                 h = [c[lab]["hd95"] for c in sc.values() if lab in c and c[lab]["hd95"] is not None]
                 per_label.setdefault(lab, {"dice": [], "hd95": []})
                 per_label[lab]["dice"].append(float(np.mean(d)))
                 per_label[lab]["hd95"].append(float(np.mean(h)) if h else float("nan"))
-            base = [b for b in groups.get((k, "supervised"), []) if b["seed"] == r["seed"]]
-            if base:
-                bm = case_mean_dice(per_case_scores(base[0]["evaluation"]))
-                common = sorted(set(bm) & set(cm))
-                paired.append(float(np.mean([cm[c] - bm[c] for c in common])))
+        per_seed = seed_means(rs)
+        last = seed_means(rs, "evaluation_last")
+        # the strongest other method of the five at this label count (by mean Dice)
+        peers = [m for m in METHODS if m != method and m != "micd" and (k, m) in groups]
+        best_peer = max(peers, key=lambda m: means[(k, m)]) if peers else None
         rows.append({
             "labeled": k, "method": method, "seeds": sorted(r["seed"] for r in rs),
-            "mean_dice": float(np.mean(per_seed_mean)), "std_dice": float(np.std(per_seed_mean)),
-            "per_seed_mean_dice": per_seed_mean,
+            "mean_dice": float(np.mean(per_seed)), "std_dice": float(np.std(per_seed)),
+            "per_seed_mean_dice": per_seed,
+            "mean_dice_last": float(np.mean(last)) if last else None, "per_seed_mean_dice_last": last,
+            "best_iter": [r.get("weights_from") for r in rs],
             "labels": {lab: {"dice": float(np.mean(v["dice"])), "dice_std": float(np.std(v["dice"])),
                              "hd95": float(np.nanmean(v["hd95"])) if not all(np.isnan(v["hd95"])) else None}
                        for lab, v in per_label.items()},
-            "paired_diff_vs_supervised": float(np.mean(paired)) if paired and method != "supervised" else None,
+            "paired_diff_vs_supervised": (paired(rs, groups[(k, "supervised")])
+                                          if method != "supervised" and (k, "supervised") in groups else None),
+            "best_peer": best_peer,
+            "paired_diff_vs_best_peer": paired(rs, groups[(k, best_peer)]) if best_peer else None,
+            "paired_diff_vs_micd": (paired(rs, groups[(k, "micd")])
+                                    if method in VARIANTS and (k, "micd") in groups else None),
             "iterations": rs[0]["iterations"], "device": rs[0]["device"], "amp": rs[0].get("amp"),
+            "cpu_flags": rs[0].get("cpu_flags"),
             "train_wall_s_mean": float(np.mean([r["train_wall_s"] for r in rs if r["train_wall_s"] is not None] or
                                                [float("nan")])),
             "train_cpu_s_mean": float(np.mean([r["train_cpu_s"] for r in rs if r["train_cpu_s"] is not None] or
@@ -218,30 +285,48 @@ def summarize(runs: List[dict]) -> dict:
                                               [float("nan")])),
             "final_class_weights": [r.get("final_class_weights") for r in rs],
         })
-    return {"rows": rows}
+    curves = {f"L{k}-s{r['seed']}": r.get("validation_curve") for (k, m), rs in groups.items() if m == "supervised"
+              for r in rs}
+    return {"rows": rows, "supervised_validation_curves": curves}
 
 
 def markdown(summary: dict, preset: str, cfg: dict) -> str:
     lines = [f"# Semi-supervised benchmark, preset `{preset}`", "",
              f"Hippocampus (shared data), 50 test cases, 200 unlabeled cases, {cfg['iterations']} iterations, "
-             f"VNet width {cfg['filters']}, patch {'x'.join(map(str, cfg['patch']))}, batch 2 labeled + 2 unlabeled. "
-             "Dice and HD95 (mm) on the test cases, mean over seeds (± std over seeds); Δ sup = mean paired "
-             "per-case difference of mean Dice to supervised with the same seed; fg ratio = predicted / reference foreground "
+             f"VNet width {cfg['filters']}, patch {'x'.join(map(str, cfg['patch']))}, batch 2 labeled + 2 unlabeled, "
+             f"{cfg.get('validation', 0)} labeled validation cases. "
+             "Dice and HD95 (mm) on the test cases, mean over seeds (± std over seeds), from the weights the "
+             "validation picked (\"last\": the last weights); Δ sup, Δ best peer = mean paired per-case difference of "
+             "mean Dice over test cases x seeds [95 % t interval]; fg ratio = predicted / reference foreground "
              "voxels (1 is right, above 1 over-segments). Generated by "
              "`benchmarks/ssl_benchmark.py`; do not edit by hand.", "",
-             "| labeled | method | seeds | mean Dice | Δ sup | anterior Dice | posterior Dice | anterior HD95 | "
-             "posterior HD95 | fg ratio | train wall s | train CPU s | s/iter | device |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| labeled | method | seeds | mean Dice | last | Δ sup | Δ best peer | anterior Dice | posterior Dice | "
+             "anterior HD95 | posterior HD95 | fg ratio | train wall s | train CPU s | s/iter |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     f = lambda v, d=3: "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{d}f}"
+
+    def ci(p, name=None):
+        if not p:
+            return ""
+        return f"{p['mean']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]" + (f" ({name})" if name else "")
     for r in summary["rows"]:
         a, p = r["labels"]["hippocampus_anterior"], r["labels"]["hippocampus_posterior"]
-        diff = r["paired_diff_vs_supervised"]
         lines.append(f"| {r['labeled']} | {r['method']} | {len(r['seeds'])} | {f(r['mean_dice'])} ± "
-                     f"{f(r['std_dice'])} | {'' if diff is None else f'{diff:+.3f}'} | {f(a['dice'])} | "
+                     f"{f(r['std_dice'])} | {f(r.get('mean_dice_last'))} | {ci(r['paired_diff_vs_supervised'])} | "
+                     f"{ci(r['paired_diff_vs_best_peer'], r['best_peer'])} | {f(a['dice'])} | "
                      f"{f(p['dice'])} | {f(a['hd95'], 2)} | {f(p['hd95'], 2)} | {f(r['foreground_ratio'], 2)} | "
                      f"{f(r['train_wall_s_mean'], 0)} | "
-                     f"{f(r['train_cpu_s_mean'], 0)} | {f(r['sec_per_iter_median'], 3)} | {r['device']} "
-                     f"({r['amp']}) |")
+                     f"{f(r['train_cpu_s_mean'], 0)} | {f(r['sec_per_iter_median'], 3)} |")
+    first = next((r for r in summary["rows"] if r.get("cpu_flags") is not None), None)
+    if first:
+        lines += ["", f"Device: {first['device']} ({first['amp']}); CPU flags: {' '.join(first['cpu_flags']) or '–'}."]
+    curves = {k: v for k, v in summary.get("supervised_validation_curves", {}).items() if v}
+    if curves:
+        lines += ["", "Supervised validation Dice (5 labeled validation cases) by iteration, to show it has plateaued:",
+                  "", "| run | " + " | ".join(str(i) for i, _ in next(iter(curves.values()))) + " |",
+                  "|---|" + "---|" * len(next(iter(curves.values())))]
+        for k, v in sorted(curves.items()):
+            lines.append(f"| {k} | " + " | ".join(f"{d:.3f}" for _, d in v) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -253,6 +338,7 @@ def main() -> None:
     ap.add_argument("--results", default=os.path.join(HERE, "results"))
     ap.add_argument("--work", default=os.path.join(HERE, "runs"), help="training runs, predictions (not committed)")
     ap.add_argument("--report", action="store_true", help="only rebuild the summary from recorded runs")
+    ap.add_argument("--no-ablations", action="store_true", help="skip the preset's ablation rows")
     a = ap.parse_args()
     cfg = PRESETS[a.preset]
     split = json.load(open(os.path.join(HERE, "splits", "hippocampus.json")))
@@ -262,23 +348,27 @@ def main() -> None:
     os.makedirs(runs_dir, exist_ok=True)
     work = os.path.join(a.work, a.preset)
     if not a.report:
-        # Train every run first (the long part), then predict and evaluate them all; ablations come last.
-        plan = [(seed, k, m) for seed in cfg["seeds"] for k in cfg["labeled"] for m in a.methods]
-        plan += [(seed, k, m) for m in cfg.get("ablations", []) for k in cfg["labeled"] for seed in cfg["seeds"]]
-        for seed, k, method in plan:
-            if not os.path.exists(os.path.join(runs_dir, f"{method}-L{k}-s{seed}.json")):
-                run_one(method, k, seed, cfg, split, hip, work, runs_dir, a.preset, train_only=True)
-                print(f"{method:13s} L{k} s{seed}: trained", flush=True)
+        # Each run is trained, scored and recorded before the next: 2 labeled seed by seed, then 5 labeled, then
+        # the ablations at 2 labeled, so that an interrupted benchmark has already answered the first question.
+        plan = [(seed, k, m) for k in cfg["labeled"] for seed in cfg["seeds"] for m in a.methods]
+        plan += [(seed, min(cfg["labeled"]), m) for seed in cfg["seeds"] for m in cfg.get("ablations", [])
+                 if not a.no_ablations]
         for seed, k, method in plan:
             r = run_one(method, k, seed, cfg, split, hip, work, runs_dir, a.preset)
-            print(f"{method:13s} L{k} s{seed}: recorded ({r['train_wall_s'] or 0:.0f} s wall)", flush=True)
+            print(f"{method:16s} L{k} s{seed}: recorded ({r['train_wall_s'] or 0:.0f} s wall)", flush=True)
+            write_summary(a, cfg, runs_dir)
+    print(write_summary(a, cfg, runs_dir))
+
+
+def write_summary(a, cfg: dict, runs_dir: str) -> str:
     runs = [json.load(open(os.path.join(runs_dir, f))) for f in sorted(os.listdir(runs_dir)) if f.endswith(".json")]
     summary = summarize(runs)
     summary.update(preset=a.preset, config=cfg, runs=len(runs))
     json.dump(summary, open(os.path.join(a.results, f"ssl-{a.preset}.json"), "w"), indent=1)
+    text = markdown(summary, a.preset, cfg)
     with open(os.path.join(a.results, f"ssl-{a.preset}.md"), "w") as f:
-        f.write(markdown(summary, a.preset, cfg))
-    print(open(os.path.join(a.results, f"ssl-{a.preset}.md")).read())
+        f.write(text)
+    return text
 
 
 if __name__ == "__main__":

@@ -8,11 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from micd.methods import METHODS, MethodConfig, build_method, gaussian_rampup
-from micd.methods.class_weights import DiffDW, DistDW, distribution_weights
+from micd.methods.class_weights import DiffDW, DistDW, distribution_weights, floor_background
 from micd.methods.ema import ema_alpha, ema_update, make_teacher
-from micd.methods.losses import dice_ce, feature_distance, soft_dice_loss, weighted_ce
-from micd.methods.masking import block_mask
+from micd.methods.losses import IGNORE, dice_ce, feature_distance, hard_pseudo_labels, soft_dice_loss, weighted_ce
+from micd.methods.masking import apply_mask, block_mask, block_sides
 from micd.nets import NetworkConfig
+from micd.nets.vnet import SplitBatchNorm3d, split_normalization
+from micd.training.schedule import consistency_weight
 
 torch.set_num_threads(1)
 
@@ -145,7 +147,8 @@ def test_micd_terms_match_direct_computation():
     with torch.no_grad():
         za, fa = m.students["student_a"](x)
         zb, fb = m.students["student_b"](x)
-    w_diff, w_dist = m.diffdw.weights, m.distdw.weights
+    # MICD's default class weights: DHC's with the background floored at the foreground mean
+    w_diff, w_dist = floor_background(m.diffdw.weights), floor_background(m.distdw.weights)
     mcpc = weighted_ce(za, zb.argmax(1), w_diff) + weighted_ce(zb, za.argmax(1), w_dist)
     cmd = weighted_ce(za, za.argmax(1)) + weighted_ce(zb, zb.argmax(1))  # teachers == students before any step
     cfc = sum(l * feature_distance(a, b) for l, a, b in zip(cfg.cfc_weights, fa, fb))
@@ -190,3 +193,130 @@ def test_soft_dice_matches_monai():
     target = torch.randint(0, 4, (3, 5, 6, 7), generator=g)
     ref = DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=True, smooth_nr=1.0, smooth_dr=1.0)
     assert soft_dice_loss(logits, target).item() == pytest.approx(ref(logits, target.unsqueeze(1)).item(), rel=1e-5)
+
+
+# ------------------------------------------------------------------ the few-label fixes (issue 9), each an option
+def test_background_floor_removes_the_foreground_bias_only():
+    w = torch.tensor([0.0, 3.0, 1.0])  # DistDW's form: the majority class (background) gets 0
+    f = floor_background(w)
+    assert f.tolist() == [2.0, 3.0, 1.0]  # background at the foreground mean, foreground ratios kept
+    assert floor_background(torch.tensor([5.0, 3.0, 1.0])).tolist() == [5.0, 3.0, 1.0]  # never lowered
+
+
+@pytest.mark.parametrize("mode,expect_bg", [("dhc", 0.0), ("dhc-bgfloor", None), ("none", None)])
+def test_class_weight_modes(mode, expect_bg):
+    m = build_method("dhc", _det_net(), 3, MethodConfig(class_weights=mode))
+    m.init_from_label_counts(np.array([1000.0, 50.0, 10.0]))
+    za = torch.randn(2, 3, 8, 8, 8)
+    w_diff, w_dist = m.class_weights(za, torch.randint(0, 3, (2, 8, 8, 8)), torch.randn(2, 3, 8, 8, 8))
+    if mode == "none":
+        assert w_diff is None and w_dist is None
+        return
+    state_bg = m.distdw.weights[0].item()
+    if mode == "dhc":
+        assert w_dist[0].item() == pytest.approx(state_bg)
+    else:
+        assert w_dist[0].item() == pytest.approx(w_dist[1:].mean().item())
+        assert w_dist[0].item() > state_bg  # the DistDW state itself stays DHC's
+
+
+def test_method_defaults_dhc_faithful_micd_fixed():
+    dhc = build_method("dhc", _det_net(), 3, MethodConfig())
+    micd = build_method("micd", _det_net(), 3, MethodConfig())
+    cps = build_method("cps", _det_net(), 3, MethodConfig())
+    assert (dhc.option("class_weights"), dhc.option("pseudo_labels")) == ("dhc", "train_pass")
+    assert cps.option("pseudo_labels") == "train_pass"
+    assert (micd.option("class_weights"), micd.option("pseudo_labels")) == ("dhc-bgfloor", "teacher")
+    assert build_method("micd", _det_net(), 3, MethodConfig(class_weights="dhc")).option("class_weights") == "dhc"
+
+
+def test_mask_fill_and_block_sides():
+    x = torch.randn(2, 1, 16, 24, 16)
+    m = block_mask(x.shape, 0.5, 0, torch.Generator().manual_seed(0))
+    assert block_sides(0, (32, 48, 32)) == (4, 6, 4) and block_sides(0, (8, 8, 8)) == (2, 2, 2)
+    assert block_sides(8, (32, 48, 32)) == (8, 8, 8)
+    # an eighth of each axis: blocks of 2x3x2 -> the mask is constant on each block
+    blocks = m[:, 0].reshape(2, 8, 2, 8, 3, 8, 2)
+    assert torch.equal(blocks.amin((2, 4, 6)), blocks.amax((2, 4, 6)))
+    filled = apply_mask(x, m, "min")
+    lo = x.amin((1, 2, 3, 4))
+    for i in range(2):
+        dropped = m[i] == 0
+        assert dropped.any() and (~dropped).any()
+        assert torch.all(filled[i][dropped] == lo[i])
+        assert torch.equal(filled[i][~dropped], x[i][~dropped])
+    assert torch.equal(apply_mask(x, m, "zero"), x * m)
+    with pytest.raises(ValueError):
+        apply_mask(x, m, "mean")
+
+
+def test_split_batchnorm_keeps_masked_statistics_out():
+    bn = SplitBatchNorm3d(3).train()
+    clean, masked = torch.randn(2, 3, 4, 4, 4) + 5.0, torch.zeros(2, 3, 4, 4, 4)
+    ref = torch.nn.BatchNorm3d(3).train()
+    with split_normalization(bn, 2):
+        out = bn(torch.cat([clean, masked]))
+    want = ref(clean)
+    assert torch.allclose(out[:2], want, atol=1e-5)
+    assert torch.allclose(bn.running_mean, ref.running_mean) and torch.allclose(bn.running_var, ref.running_var)
+    assert torch.allclose(out[2:], torch.zeros_like(out[2:]), atol=1e-5)  # normalised by its own statistics
+    assert bn.split is None  # restored after the block
+    joint = torch.nn.BatchNorm3d(3).train()
+    joint(torch.cat([clean, masked]))
+    assert not torch.allclose(joint.running_mean, ref.running_mean)  # what 'joint' passes would do
+
+
+def test_micd_separate_passes_leave_running_stats_to_clean_inputs():
+    import copy
+
+    net = NetworkConfig(out_channels=3, filters=4, dropout=0.0)
+    x_l, y_l, x_u = torch.randn(2, 1, 16, 16, 16), torch.randint(0, 3, (2, 16, 16, 16)), torch.randn(2, 1, 16, 16, 16)
+    first_bn = lambda s: [b for b in s.modules() if isinstance(b, torch.nn.BatchNorm3d)][0]
+    got = {}
+    for passes in ("separate", "joint"):
+        torch.manual_seed(0)
+        m = build_method("micd", net, 3, MethodConfig(bn_passes=passes, mask_ratio=0.9, pseudo_labels="no_dropout"))
+        before = copy.deepcopy(m.students["student_a"]).train()
+        m.step(x_l, y_l, x_u, 0.1, torch.Generator().manual_seed(0))
+        got[passes] = first_bn(m.students["student_a"]).running_mean
+    # What the clean inputs alone do to the running statistics: the clean labeled training forward, then the
+    # dropout-off pseudo-label pass on the clean batch.
+    with torch.no_grad():
+        before(x_l)
+        before(torch.cat([x_l, x_u]), turnoff_drop=True)
+    assert torch.allclose(got["separate"], first_bn(before).running_mean, atol=1e-6)
+    assert not torch.allclose(got["joint"], first_bn(before).running_mean, atol=1e-4)
+
+
+def test_pseudo_labels_sources_and_threshold():
+    torch.manual_seed(0)
+    net = NetworkConfig(out_channels=3, filters=4, dropout=0.5, normalization="none")
+    x = torch.randn(2, 1, 16, 16, 16)
+    m = build_method("cps", net, 3, MethodConfig(pseudo_labels="no_dropout"))
+    z_train, _ = m.students["student_a"](x)  # dropout on
+    p = m.pseudo_logits("student_a", x, z_train)
+    with torch.no_grad():
+        clean = m.students["student_a"](x, turnoff_drop=True)[0]
+    assert torch.equal(p, clean) and not torch.equal(p, z_train.detach())
+    assert torch.equal(build_method("cps", net, 3, MethodConfig()).pseudo_logits("student_a", x, z_train),
+                       z_train.detach())
+    with pytest.raises(ValueError, match="no EMA teachers"):
+        build_method("cps", net, 3, MethodConfig(pseudo_labels="teacher")).pseudo_logits("student_a", x, None)
+    t = build_method("micd", net, 3, MethodConfig(pseudo_labels="teacher"))
+    with torch.no_grad():
+        assert torch.equal(t.pseudo_logits("student_b", x, None), t.teachers["teacher_b"](x, turnoff_drop=True)[0])
+    logits = torch.tensor([[[4.0, 0.0]], [[0.0, 0.2]]])[None].permute(0, 1, 3, 2)  # (1, 2 classes, 2 voxels, 1)
+    lab = hard_pseudo_labels(logits, 0.9)
+    assert lab.reshape(-1).tolist() == [0, IGNORE]  # confident voxel kept, the 0.55 one ignored
+    target = lab.clone()
+    ce = weighted_ce(logits, target)
+    assert ce.item() == pytest.approx(F.cross_entropy(logits[:, :, :1], target[:, :1]).item(), rel=1e-6)
+    assert weighted_ce(logits, torch.full_like(target, IGNORE)).item() == 0.0
+
+
+def test_supervised_warmup_then_ramp():
+    assert consistency_weight(0, 1000, 0.1, 1.0, 0.2) == 0.0
+    assert consistency_weight(199, 1000, 0.1, 1.0, 0.2) == 0.0
+    assert consistency_weight(200, 1000, 0.1, 1.0, 0.2) == pytest.approx(0.1 * np.exp(-5.0))
+    assert consistency_weight(1000, 1000, 0.1, 1.0, 0.2) == pytest.approx(0.1)
+    assert consistency_weight(500, 1000, 0.1, 1.0) == pytest.approx(gaussian_rampup(500, 1000, 0.1))

@@ -22,6 +22,8 @@ def segment_grid(array: np.ndarray, predictor: Callable[[torch.Tensor], torch.Te
                  sw_batch_size: int = 2) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """array (z, y, x) float32 on the network grid -> (labels, entropy or None), same shape."""
     shape = array.shape
+    # Windows past the border are padded with the image minimum, as training patches are (cache.pad_value).
+    pad_value = float(array.min()) if array.size else 0.0
     labels = np.zeros(shape, label_dtype(n_classes))
     entropy = np.zeros(shape, np.float32) if want_entropy else None
     ax, keep, margin = plan.slab_axis, plan.slab_length, plan.margin
@@ -32,7 +34,8 @@ def segment_grid(array: np.ndarray, predictor: Callable[[torch.Tensor], torch.Te
         src[ax] = slice(a, b)
         x = torch.from_numpy(np.ascontiguousarray(array[tuple(src)])).to(plan.torch_dtype)[None, None]
         probs = sliding_window_inference(x, tuple(int(r) for r in roi), sw_batch_size, predictor, overlap=overlap,
-                                         mode="gaussian", sw_device=plan.compute_device, device=plan.buffer_device)
+                                         mode="gaussian", sw_device=plan.compute_device, device=plan.buffer_device,
+                                         cval=pad_value)
         del x
         probs = torch.as_tensor(probs)[0]
         inner = [slice(None)] * 4

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from micd.methods.losses import GlobalBatch, dice_ce, weighted_ce
+from micd.methods.losses import GlobalBatch, dice_ce, hard_pseudo_labels, weighted_ce
 from micd.nets.vnet import NetworkConfig, VNet, build_network
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
@@ -23,8 +23,10 @@ class MethodConfig:
     beta_max: float = 0.1            # Eq. 7: weight of the unsupervised terms after ramp-up (DHC's -w 0.1)
     rampup_fraction: float = 1.0     # ramp length as a fraction of all iterations (DHC: the whole run)
     term_weights: Tuple[float, float, float] = (1.0, 1.0, 1.0)  # MCPC, CFC, CMD multipliers inside Eq. 7
+    warmup_fraction: float = 0.0     # β = 0 for this share of the run (supervised warm-up), then the ramp starts
     mask_ratio: float = 0.5          # Eq. 2: r, probability that a block is dropped
-    mask_block: int = 8              # Eq. 2: s, block side in voxels
+    mask_block: int = 0              # Eq. 2: s, block side in voxels; 0: an eighth of each patch axis (MIC's ratio)
+    mask_fill: str = "min"           # min: the patch's minimum (its background, also the padding value) | zero
     mask_shared: bool = True         # one mask per sample for both students
     mask_labeled: bool = True        # mask labeled inputs too (the paper masks both sets)
     mcpc_mode: str = "masked_from_clean"  # | clean_from_masked | masked_from_masked
@@ -38,7 +40,15 @@ class MethodConfig:
     ema_alpha: float = 0.99          # Eq. 1
     init_a: Optional[str] = None     # None: the method's own choice (DHC/MICD: Kaiming for both, as DHC; the CPS
     init_b: Optional[str] = None     # family: Kaiming for A, Xavier for B); "kaiming" or "xavier" overrides it
-    class_weights: str = "dhc"       # dhc: DiffDW for A, DistDW for B (Eq. 3/6); none: unweighted losses
+    class_weights: Optional[str] = None  # None: the method's own (DHC: dhc; MICD: dhc-bgfloor). dhc: DiffDW for A,
+    #                                  DistDW for B exactly as DHC; dhc-bgfloor: the same with the background weight
+    #                                  raised to the foreground mean; none: unweighted losses
+    pseudo_labels: Optional[str] = None  # None: the method's own (CPS/DHC: train_pass; MICD: teacher).
+    #                                  train_pass: argmax of the training forward (dropout on), as CPS/DHC;
+    #                                  no_dropout: a gradient-free pass with dropout off; teacher: the EMA teacher
+    pseudo_threshold: float = 0.0    # ignore pseudo-labelled voxels whose softmax confidence is below this (0: off)
+    bn_passes: str = "separate"      # MICD: separate (clean and masked inputs in their own BatchNorm passes; the
+    #                                  masked pass leaves the running statistics alone) | joint (one pass)
     diffdw_accumulate: int = 50
     distdw_momentum: float = 0.99
     mt_noise: float = 0.1            # mean teacher: input noise std
@@ -74,6 +84,8 @@ class Method(nn.Module):
     name = "base"
     uses_unlabeled = True
     branch_inits: Tuple[str, str] = ("kaiming", "kaiming")
+    # The method's own value of options left at None in MethodConfig (see `option`).
+    own_defaults: Dict[str, object] = {}
 
     def __init__(self, net_config: NetworkConfig, num_classes: int, config: MethodConfig):
         super().__init__()
@@ -87,6 +99,11 @@ class Method(nn.Module):
         self.shard = (0, 1)  # (rank, world size): random draws are made for the global batch, then sliced
         self.batch = GlobalBatch(1)
         self.optimizer_steps = 0
+
+    def option(self, name: str):
+        """A MethodConfig option, or this method's own default where the config leaves it at None."""
+        v = getattr(self.cfg, name)
+        return self.own_defaults.get(name) if v is None else v
 
     def inits(self) -> Tuple[str, str]:
         return (self.cfg.init_a or self.branch_inits[0], self.cfg.init_b or self.branch_inits[1])
@@ -107,6 +124,32 @@ class Method(nn.Module):
 
     def dice_ce(self, logits, target, weight=None) -> torch.Tensor:
         return dice_ce(logits, target, weight, self.batch)
+
+    def pseudo_labels(self, logits: torch.Tensor) -> torch.Tensor:
+        """Hard pseudo-labels with the configured confidence threshold."""
+        return hard_pseudo_labels(logits, self.cfg.pseudo_threshold)
+
+    def pseudo_logits(self, key: str, x: torch.Tensor, train_logits: Optional[torch.Tensor]) -> torch.Tensor:
+        """Detached logits of student `key` on x that pseudo-labels (and class statistics) are taken from.
+
+        train_pass: the training forward's own logits (dropout on), as CPS and DHC; no_dropout: a gradient-free
+        pass of the student with dropout off, so random channel drops do not become false foreground labels;
+        teacher: the student's EMA teacher (dropout off), for methods that have teachers.
+        """
+        source = self.option("pseudo_labels")
+        if source == "train_pass":
+            if train_logits is None:
+                raise ValueError("pseudo_labels=train_pass needs the training forward's logits")
+            return train_logits.detach()
+        with torch.no_grad():
+            if source == "no_dropout":
+                return self.students[key](x, turnoff_drop=True)[0]
+            if source == "teacher":
+                teachers = getattr(self, "teachers", None)
+                if teachers is None:
+                    raise ValueError(f"pseudo_labels=teacher: method {self.name} has no EMA teachers")
+                return teachers[key.replace("student", "teacher")](x, turnoff_drop=True)[0]
+        raise ValueError(f"pseudo_labels must be train_pass, no_dropout or teacher, got {source!r}")
 
     def global_draw(self, draw: Callable[[int], torch.Tensor], n_local: int) -> torch.Tensor:
         """Draw random tensors for the whole global batch (same generator state on every rank) and keep this rank's
@@ -134,6 +177,20 @@ class Method(nn.Module):
 
     def extra_state(self) -> dict:
         return {"optimizer_steps": self.optimizer_steps}
+
+    def snapshot(self) -> dict:
+        """What a forward pass changes besides the parameters (class-weight statistics, BatchNorm running
+        statistics), so that a skipped step can be undone by `restore`."""
+        import copy
+
+        return {"extra": copy.deepcopy(self.extra_state()),
+                "buffers": [b.detach().clone() for b in self.buffers()]}
+
+    def restore(self, snap: dict) -> None:
+        self.load_extra_state(snap["extra"])
+        with torch.no_grad():
+            for b, saved in zip(self.buffers(), snap["buffers"]):
+                b.copy_(saved)
 
     def load_extra_state(self, state: dict) -> None:
         self.optimizer_steps = int(state.get("optimizer_steps", 0))

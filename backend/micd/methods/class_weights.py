@@ -31,6 +31,21 @@ def distribution_weights(counts: torch.Tensor) -> torch.Tensor:
     return (w * counts.numel()).float()
 
 
+def floor_background(weights: torch.Tensor) -> torch.Tensor:
+    """Raise the background weight (class 0) to the mean foreground weight.
+
+    With weighted CE the decision between background and class c moves to p_c > 1 / (1 + w_c / w_0): DistDW's
+    w_0 = 0 (and DiffDW's w_0 ≈ 0.4 against ≈ 3) makes calling background foreground free, so under cross
+    supervision every foreground pseudo-label is learnt and no background one. With 1-3 foreground classes that is
+    the whole task. Flooring w_0 keeps DHC's reweighting among the foreground classes and removes the bias.
+    """
+    if weights.numel() < 2:
+        return weights
+    out = weights.clone()
+    out[0] = torch.maximum(out[0], out[1:].mean())
+    return out
+
+
 class DistDW:
     """Distribution-aware debiased weighting: weights from class frequencies of branch B's pseudo-labels."""
 

@@ -13,12 +13,14 @@ from micd.methods.base import Method
 class CPS(Method):
     name = "cps"
     branch_inits = ("kaiming", "xavier")
+    own_defaults = {"pseudo_labels": "train_pass"}  # CPS's code: argmax of the same training forward
 
     def step(self, x_l, y_l, x_u, beta, generator) -> Dict[str, torch.Tensor]:
         x = torch.cat([x_l, x_u])
         n_l = x_l.shape[0]
         za, _ = self.runners["student_a"](x)
         zb, _ = self.runners["student_b"](x)
+        pa, pb = self.pseudo_logits("student_a", x, za), self.pseudo_logits("student_b", x, zb)
         sup = self.dice_ce(za[:n_l], y_l) + self.dice_ce(zb[:n_l], y_l)
-        cps = self.ce(za, zb.detach().argmax(1)) + self.ce(zb, za.detach().argmax(1))
+        cps = self.ce(za, self.pseudo_labels(pb)) + self.ce(zb, self.pseudo_labels(pa))
         return {"sup": sup, "cps": cps, "total": sup + beta * cps}

@@ -9,17 +9,22 @@ import numpy as np
 import torch
 
 from micd.methods.base import Method
-from micd.methods.class_weights import DiffDW, DistDW
+from micd.methods.class_weights import DiffDW, DistDW, floor_background
+
+CLASS_WEIGHTS = ("dhc", "dhc-bgfloor", "none")
 
 
 class DHC(Method):
     name = "dhc"
     branch_inits = ("kaiming", "kaiming")  # DHC: the branches differ by their class weighting, not their init
+    own_defaults = {"class_weights": "dhc", "pseudo_labels": "train_pass"}  # DHC's code exactly
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.diffdw = DiffDW(self.num_classes, self.cfg.diffdw_accumulate)
         self.distdw = DistDW(self.num_classes, self.cfg.distdw_momentum)
+        if self.option("class_weights") not in CLASS_WEIGHTS:
+            raise ValueError(f"class_weights must be one of {CLASS_WEIGHTS}")
 
     def prepare(self, wrap, reduce=None, shard=(0, 1)):
         super().prepare(wrap, reduce, shard)
@@ -29,11 +34,17 @@ class DHC(Method):
         self.distdw.init_from_counts(counts)
 
     def class_weights(self, za_l, y_l, zb_u):
-        """Update and return (W_diff for branch A, W_dist for branch B), on the logits' device."""
-        if self.cfg.class_weights == "none":
+        """Update and return (W_diff for branch A, W_dist for branch B), on the logits' device.
+
+        The DiffDW/DistDW states always evolve as DHC's; dhc-bgfloor only changes the weights handed to the losses.
+        """
+        mode = self.option("class_weights")
+        if mode == "none":
             return None, None
         w_diff = self.diffdw.update(za_l, y_l).to(za_l.device)
         w_dist = self.distdw.update(zb_u).to(za_l.device)
+        if mode == "dhc-bgfloor":
+            w_diff, w_dist = floor_background(w_diff), floor_background(w_dist)
         return w_diff, w_dist
 
     def step(self, x_l, y_l, x_u, beta, generator) -> Dict[str, torch.Tensor]:
@@ -41,9 +52,10 @@ class DHC(Method):
         n_l = x_l.shape[0]
         za, _ = self.runners["student_a"](x)
         zb, _ = self.runners["student_b"](x)
-        w_diff, w_dist = self.class_weights(za[:n_l], y_l, zb[n_l:])
+        pa, pb = self.pseudo_logits("student_a", x, za), self.pseudo_logits("student_b", x, zb)
+        w_diff, w_dist = self.class_weights(za[:n_l], y_l, pb[n_l:])
         sup = self.dice_ce(za[:n_l], y_l, w_diff) + self.dice_ce(zb[:n_l], y_l, w_dist)
-        cps = self.ce(za, zb.detach().argmax(1), w_diff) + self.ce(zb, za.detach().argmax(1), w_dist)
+        cps = self.ce(za, self.pseudo_labels(pb), w_diff) + self.ce(zb, self.pseudo_labels(pa), w_dist)
         return {"sup": sup, "cps": cps, "total": sup + beta * cps}
 
     def extra_state(self) -> dict:

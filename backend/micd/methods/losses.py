@@ -36,19 +36,35 @@ class GlobalBatch:
 
 
 LOCAL = GlobalBatch(1)
+IGNORE = -100  # target value of voxels left out of a CE (torch's default ignore_index)
+
+
+def hard_pseudo_labels(logits: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+    """Argmax pseudo-labels (N, ...) of detached logits; voxels whose softmax maximum is below `threshold` become
+    IGNORE (FixMatch-style confidence threshold; 0 keeps every voxel, as DHC)."""
+    logits = logits.detach()
+    if threshold <= 0:
+        return logits.argmax(1)
+    conf, lab = torch.softmax(logits.float(), 1).max(1)
+    return torch.where(conf >= threshold, lab, torch.full_like(lab, IGNORE))
 
 
 def weighted_ce(logits: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None,
                 batch: GlobalBatch = LOCAL) -> torch.Tensor:
     """Cross-entropy of logits (N, C, ...) against integer targets (N, ...), with optional per-class weights.
 
-    Like torch's weighted CE (and DHC's), the sum is normalised by the summed weights of the targets.
+    Like torch's weighted CE (and DHC's), the sum is normalised by the summed weights of the targets. Voxels whose
+    target is IGNORE (pseudo-labels below the confidence threshold) add nothing to either sum.
     """
     w = None if weight is None else weight.float()
+    target = target.long()
     if batch.world == 1:
-        return F.cross_entropy(logits.float(), target.long(), weight=w)
-    nll = F.cross_entropy(logits.float(), target.long(), reduction="none")
-    wy = torch.ones_like(nll) if w is None else w[target.long()]
+        if bool((target == IGNORE).all()):
+            return logits.float().sum() * 0.0  # every voxel ignored: torch would return nan
+        return F.cross_entropy(logits.float(), target, weight=w, ignore_index=IGNORE)
+    nll = F.cross_entropy(logits.float(), target, reduction="none", ignore_index=IGNORE)
+    valid = target != IGNORE
+    wy = valid.float() if w is None else w[target.clamp_min(0)] * valid
     # Rank loss W·Σ_local / Σ_global: the ranks' average is then the global weighted mean.
     return batch.world * (wy * nll).sum() / batch.sum_const(wy.sum()).clamp_min(1e-8)
 

@@ -7,10 +7,12 @@ features. MONAI's VNet has fixed widths and does not expose decoder features, he
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import List, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -39,9 +41,51 @@ class NetworkConfig:
         return 16
 
 
+class SplitBatchNorm3d(nn.BatchNorm3d):
+    """BatchNorm3d that, while `split` is set, normalises the first `split` samples and the rest of the batch with
+    their own batch statistics and updates the running statistics from the first group only.
+
+    MICD feeds clean and masked inputs through a student in one forward (one DDP forward per backward); mixing
+    them in one BatchNorm batch would blend masked statistics into the normalisation and into the running
+    statistics used at test time and by the teachers. Same parameters and buffers as BatchNorm3d.
+
+    Under autocast it normalises in float32: bf16 BatchNorm backward on the CPU gave non-finite weight gradients in
+    about one step of three at the bottleneck (2x3x2 voxels at a 32x48x32 patch; measured on an AMD EPYC with
+    AVX512-BF16), as the fp32 list of CUDA autocast does for batch_norm.
+    """
+
+    split: Optional[int] = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32 and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return self._normalise(x.float())
+        return self._normalise(x)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.split
+        if n is None or not self.training or not 0 < n < x.shape[0]:
+            return super().forward(x)
+        tail = F.batch_norm(x[n:], None, None, self.weight, self.bias, True, 0.0, self.eps)
+        return torch.cat([super().forward(x[:n]), tail])
+
+
+@contextmanager
+def split_normalization(module: nn.Module, n_first: int) -> Iterator[None]:
+    """Within the block, every SplitBatchNorm3d of `module` normalises samples [:n_first] and [n_first:] apart."""
+    layers = [m for m in module.modules() if isinstance(m, SplitBatchNorm3d)]
+    for m in layers:
+        m.split = n_first
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.split = None
+
+
 def _norm(kind: str, ch: int) -> nn.Module:
     if kind == "batchnorm":
-        return nn.BatchNorm3d(ch)
+        return SplitBatchNorm3d(ch)
     if kind == "instancenorm":
         return nn.InstanceNorm3d(ch, affine=True)
     if kind == "none":
@@ -65,6 +109,24 @@ class _Down(nn.Sequential):
 class _Up(nn.Sequential):
     def __init__(self, cin: int, cout: int, norm: str):
         super().__init__(nn.ConvTranspose3d(cin, cout, 2, stride=2), _norm(norm, cout), nn.ReLU(inplace=True))
+
+
+SMALL_VOXELS = 64  # stages whose input has at most this many voxels run in float32 under autocast
+
+
+def _stage(stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Run a stage; under autocast, in float32 when its input is tiny (the bottleneck, and deeper stages of small
+    patches).
+
+    On a CPU with AVX512-BF16 (AMD EPYC, torch 2.13 / oneDNN) the bf16 backward-weight kernels of 3x3x3
+    convolutions on a few voxels (2x3x2 at the bottleneck of a 32x48x32 patch) returned NaN or garbage in blocks
+    of the gradient in a third of the steps, nondeterministically. Those stages hold a 1/4096th of the voxels, so
+    float32 there costs almost nothing.
+    """
+    if x[0, 0].numel() > SMALL_VOXELS or not torch.is_autocast_enabled(x.device.type):
+        return stage(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return stage(x.float())
 
 
 class VNet(nn.Module):
@@ -98,11 +160,11 @@ class VNet(nn.Module):
         drop = (lambda t: t) if turnoff_drop else self.dropout
         x1 = self.enc1(x)
         x2 = self.enc2(self.down1(x1))
-        x3 = self.enc3(self.down2(x2))
-        x4 = self.enc4(self.down3(x3))
-        x5 = drop(self.enc5(self.down4(x4)))
-        d1 = self.dec6(self.up5(x5) + x4)
-        d2 = self.dec7(self.up6(d1) + x3)
+        x3 = _stage(self.enc3, _stage(self.down2, x2))
+        x4 = _stage(self.enc4, _stage(self.down3, x3))
+        x5 = drop(_stage(self.enc5, _stage(self.down4, x4)))
+        d1 = _stage(self.dec6, _stage(self.up5, x5) + x4)
+        d2 = _stage(self.dec7, _stage(self.up6, d1) + x3)
         d3 = self.dec8(self.up7(d2) + x2)
         d4 = self.dec9(self.up8(d3) + x1)
         return self.head(drop(d4)), [d1, d2, d3, d4]

@@ -63,6 +63,8 @@ class TrainOptions:
     foreground_fraction: float = opt(0.33, "share of labeled patches centred on a foreground voxel")
     val_fraction: float = opt(0.2, "share of labeled cases held out for validation when the dataset gives none "
                           "(at most 20; 0: none, the model keeps the last weights)")
+    export_last: bool = opt(False, "when validation picks the best weights for RUN_DIR/model, also export the last "
+                            "weights to RUN_DIR/model-last (to compare the two)", action="store_true")
     num_threads: int = opt(0, "CPU threads for torch (0: torch's default)")
     log_every: int = opt(1, "emit an iteration event every N iterations (the last one always)")
     nproc: int = opt(0, "launch this many processes on this machine with torchrun (DistributedDataParallel)")
@@ -71,10 +73,26 @@ class TrainOptions:
     # method options (micd-method.md §9); defaults are the spec's recommendations
     beta_max: float = opt(MethodConfig.beta_max, "β_max of the Gaussian ramp-up (Eq. 7)")
     rampup_fraction: float = opt(MethodConfig.rampup_fraction, "ramp-up length as a fraction of --iterations")
+    warmup_fraction: float = opt(MethodConfig.warmup_fraction, "supervised warm-up: β = 0 for this share of "
+                                 "--iterations, then the ramp-up starts")
     term_weights: List[float] = opt(list(MethodConfig.term_weights), "multipliers of MCPC, CFC, CMD inside Eq. 7",
                                     nargs=3, type=float, metavar=("MCPC", "CFC", "CMD"))
     mask_ratio: float = opt(MethodConfig.mask_ratio, "r of Eq. 2: probability that a mask block is dropped")
-    mask_block: int = opt(MethodConfig.mask_block, "s of Eq. 2: side of a mask block in voxels")
+    mask_block: int = opt(MethodConfig.mask_block, "s of Eq. 2: side of a mask block in voxels (0: an eighth of "
+                          "each patch axis, at least 2)")
+    mask_fill: str = opt(MethodConfig.mask_fill, "value of masked blocks: min (the patch's minimum, its background "
+                         "and padding value) or zero (Eq. 2 literally; mean tissue after an MR z-score)",
+                         choices=["min", "zero"])
+    bn_passes: str = opt(MethodConfig.bn_passes, "MICD: normalise clean and masked inputs apart, the masked ones "
+                         "without updating BatchNorm's running statistics (separate), or in one batch (joint)",
+                         choices=["separate", "joint"])
+    pseudo_labels: Optional[str] = opt(None, "where hard pseudo-labels (and DistDW's class statistics) come from: "
+                                       "train_pass (the training forward, dropout on: CPS/DHC, their default), "
+                                       "no_dropout (a gradient-free pass with dropout off) or teacher (the "
+                                       "EMA teachers, dropout off: MICD's default, MICD only)",
+                                       choices=["train_pass", "no_dropout", "teacher"])
+    pseudo_threshold: float = opt(MethodConfig.pseudo_threshold, "ignore pseudo-labelled voxels whose softmax "
+                                  "confidence is below this (0: none, as DHC)")
     mask_shared: bool = opt(True, "one mask per sample for both students (--no-mask-shared: independent masks)",
                             action=argparse.BooleanOptionalAction)
     mask_labeled: bool = opt(True, "mask labeled inputs as well as unlabeled ones", action=argparse.BooleanOptionalAction)
@@ -88,8 +106,11 @@ class TrainOptions:
     cmd_mode: str = opt(MethodConfig.cmd_mode, "CMD (Eq. 5) form", choices=["own_teacher", "cross_teacher",
                                                                             "neg_discrepancy"])
     cmd_weighted: bool = opt(False, "apply W_diff/W_dist to CMD too", action="store_true")
-    class_weights: str = opt(MethodConfig.class_weights, "class weighting of DHC and MICD: dhc (DiffDW for student A, "
-                             "DistDW for B, as the spec) or none (unweighted CE and Dice)", choices=["dhc", "none"])
+    class_weights: Optional[str] = opt(None, "class weighting of DHC and MICD: dhc (DiffDW for student A, DistDW "
+                                       "for B, exactly as DHC: DHC's default), dhc-bgfloor (the same with the "
+                                       "background weight raised to the foreground mean, so weighted CE does not "
+                                       "favour foreground: MICD's default) or none (unweighted CE and Dice)",
+                                       choices=["dhc", "dhc-bgfloor", "none"])
     ema_alpha: float = opt(MethodConfig.ema_alpha, "EMA decay α of the teachers (Eq. 1)")
     init_a: Optional[str] = opt(None, "weight init of student A (default: Kaiming)", choices=["kaiming", "xavier"])
     init_b: Optional[str] = opt(None, "weight init of student B (default: Kaiming for dhc and micd, as DHC; Xavier "

@@ -61,6 +61,9 @@ class RunData:
     spec_counts: Dict[str, int]
 
 
+MAX_NONFINITE_STEPS = 20
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
@@ -295,7 +298,10 @@ class Trainer:
         self.amp = amp_dtype(o.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16 and self.device.type == "cuda")
         self.mask_gen = torch.Generator().manual_seed(o.seed + 1)
+        # Labeled and unlabeled patches come from generators of their own, so every method (whatever it draws for
+        # unlabeled patches, or not) sees the same labeled patch sequence for a seed.
         self.sample_rng = np.random.default_rng(o.seed)
+        self.unlabeled_rng = np.random.default_rng([o.seed, 1])
         self.start_iter = 0
         self.best = {"mean_dice": -1.0, "iter": 0}
         if self.resume_state is not None:
@@ -310,7 +316,7 @@ class Trainer:
 
         self.lab_sampler = PatchSampler(self.data.labeled, tuple(self.patch), self.sample_rng,
                                         foreground_fraction=self.o.foreground_fraction)
-        self.unl_sampler = PatchSampler(self.data.unlabeled, tuple(self.patch), self.sample_rng,
+        self.unl_sampler = PatchSampler(self.data.unlabeled, tuple(self.patch), self.unlabeled_rng,
                                         foreground_fraction=0.0)
 
     # ------------------------------------------------------------------ checkpoints
@@ -321,7 +327,8 @@ class Trainer:
             "model": self.method.state_dict(), "method_extra": self.method.extra_state(),
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "mask": self.mask_gen.get_state(),
-                    "sampler": self.sample_rng.bit_generator.state, "python": random.getstate(),
+                    "sampler": self.sample_rng.bit_generator.state,
+                    "sampler_unlabeled": self.unlabeled_rng.bit_generator.state, "python": random.getstate(),
                     "numpy": np.random.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             "best": dict(self.best), "world_size": self.ctx.world_size, "options": self.o.to_dict(),
@@ -343,6 +350,8 @@ class Trainer:
         torch.set_rng_state(r["torch"])
         self.mask_gen.set_state(r["mask"])
         self.sample_rng.bit_generator.state = r["sampler"]
+        if "sampler_unlabeled" in r:
+            self.unlabeled_rng.bit_generator.state = r["sampler_unlabeled"]
         random.setstate(r["python"])
         np.random.set_state(r["numpy"])
         if r.get("cuda") is not None and torch.cuda.is_available():
@@ -427,7 +436,7 @@ class Trainer:
             lr = learning_rate(o.lr_schedule, o.lr, it, o.iterations, o.poly_power)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
-            beta = consistency_weight(it, o.iterations, o.beta_max, o.rampup_fraction)
+            beta = consistency_weight(it, o.iterations, o.beta_max, o.rampup_fraction, o.warmup_fraction)
             try:
                 losses = self._train_step(beta)
             except RuntimeError as e:
@@ -451,17 +460,41 @@ class Trainer:
         self.final_iter = it
 
     def _train_step(self, beta: float) -> Dict[str, float]:
+        """One optimizer step; a non-finite loss skips the step (as DHC's GradScaler does) with a warning event,
+        and only MAX_NONFINITE_STEPS skipped in a row end the run."""
         x_l, y_l, x_u = self._batch()
+        before = self.method.snapshot()
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
             terms = self.method.step(x_l, y_l, x_u, beta, self.mask_gen)
         self.optimizer.zero_grad(set_to_none=True)
+        # Averaged over ranks before the backward pass, so that every rank skips the same steps.
+        values = D.mean_across_ranks(self.ctx, {k: float(v.detach()) for k, v in terms.items()})
+        if not np.isfinite(values["total"]):
+            return self._skip_step(before, values, "non-finite loss")
         self.scaler.scale(terms["total"]).backward()
+        if not self.scaler.is_enabled() and not self._gradients_finite():
+            # GradScaler skips such steps by itself (fp16 on CUDA); without it (fp32, bf16) skip them here.
+            return self._skip_step(before, values, "non-finite gradients")
+        self.nonfinite_in_row = 0
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.method.after_step()
-        values = D.mean_across_ranks(self.ctx, {k: float(v.detach()) for k, v in terms.items()})
-        if not np.isfinite(values["total"]):
-            raise FloatingPointError(f"the loss became {values['total']} ({values}); lower --lr or --beta-max")
+        return values
+
+    def _gradients_finite(self) -> bool:
+        grads = [p.grad for p in self.method.students.parameters() if p.grad is not None]
+        # One flag per tensor (torch._foreach_norm overflowed to inf on finite bf16-autocast gradients here).
+        return all(bool(torch.isfinite(g).all()) for g in grads)
+
+    def _skip_step(self, before: dict, values: Dict[str, float], what: str) -> Dict[str, float]:
+        """Leave the students, the class-weight and the BatchNorm statistics as they were before this step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.method.restore(before)
+        self.nonfinite_in_row = getattr(self, "nonfinite_in_row", 0) + 1
+        if self.nonfinite_in_row >= MAX_NONFINITE_STEPS:
+            raise FloatingPointError(f"{what} for {self.nonfinite_in_row} steps in a row ({values}); lower --lr "
+                                     "or --beta-max, or try --amp off")
+        self._emit("warning", message=f"{what} ({values}); step skipped", file="")
         return values
 
     def _shrink_after_oom(self) -> None:
@@ -503,6 +536,30 @@ class Trainer:
                          checkpoint=path, iter=it)
         raise Cancelled()
 
+    def _model_meta(self, it: int, final_state: dict, nets: dict, source: str) -> dict:
+        labels = {str(k): v for k, v in sorted(self.data.labels.items())}
+        return {
+            "name": os.path.basename(self.run_dir),
+            "labels": labels, "network": self.net_config.to_dict(), "method": self.o.method,
+            "method_options": self.o.method_config().to_dict(),
+            "preprocessing": self.data.plan.to_dict(), "patch_size": list(self.patch),
+            "default_ensemble": [k for k in nets if k.startswith("student")],
+            "weights_from": source,
+            "metrics": {"best_mean_dice": self.best["mean_dice"] if self.best["mean_dice"] >= 0 else None,
+                        "best_iter": self.best.get("iter"), "dice": self.best.get("dice", {}),
+                        # DiffDW/DistDW at the end of training (DHC, MICD), to see what the weighting did
+                        "final_class_weights": getattr(self.method, "current_weights", None)},
+            "provenance": {
+                "dataset": os.path.abspath(self.o.dataset), "counts": self.data.spec_counts,
+                "seed": self.o.seed, "iterations": it, "device": str(self.device),
+                "world_size": self.ctx.world_size,
+                "wall_s": round(final_state["wall_s"], 1), "cpu_s": round(final_state["cpu_s"], 1),
+                "micd_version": __version__, "torch_version": torch.__version__,
+                "python": platform.python_version(), "host": platform.node(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        }
+
     # ------------------------------------------------------------------ result
     def _finish(self) -> None:
         it = self.final_iter
@@ -516,32 +573,17 @@ class Trainer:
         nets = self.method.export_networks()
         source = "last"
         best_path = os.path.join(self.ckpt_dir, BEST)
-        if self.data.validation and os.path.isfile(best_path):
+        use_best = bool(self.data.validation) and os.path.isfile(best_path)
+        if use_best and self.o.export_last:
+            save_model_package(os.path.join(self.run_dir, "model-last"),
+                               self._model_meta(it, final_state, nets, "last"), nets)
+        if use_best:
             best = load_checkpoint(best_path)
             for k, v in nets.items():
                 v.load_state_dict(best["networks"][k])
             source = f"best validation (iteration {best['iteration']})"
         model_dir = os.path.join(self.run_dir, "model")
-        labels = {str(k): v for k, v in sorted(self.data.labels.items())}
-        meta = {
-            "name": os.path.basename(self.run_dir),
-            "labels": labels, "network": self.net_config.to_dict(), "method": self.o.method,
-            "method_options": self.o.method_config().to_dict(),
-            "preprocessing": self.data.plan.to_dict(), "patch_size": list(self.patch),
-            "default_ensemble": [k for k in nets if k.startswith("student")],
-            "weights_from": source,
-            "metrics": {"best_mean_dice": self.best["mean_dice"] if self.best["mean_dice"] >= 0 else None,
-                        "best_iter": self.best.get("iter"), "dice": self.best.get("dice", {})},
-            "provenance": {
-                "dataset": os.path.abspath(self.o.dataset), "counts": self.data.spec_counts,
-                "seed": self.o.seed, "iterations": it, "device": str(self.device),
-                "world_size": self.ctx.world_size,
-                "wall_s": round(final_state["wall_s"], 1), "cpu_s": round(final_state["cpu_s"], 1),
-                "micd_version": __version__, "torch_version": torch.__version__,
-                "python": platform.python_version(), "host": platform.node(),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            },
-        }
+        meta = self._model_meta(it, final_state, nets, source)
         save_model_package(model_dir, meta, nets)
         self._emit("done", model=model_dir, best_mean_dice=meta["metrics"]["best_mean_dice"], iter=it,
                    wall_s=meta["provenance"]["wall_s"])

@@ -46,7 +46,9 @@ def validate(nets: Sequence[nn.Module], cases: List, labels: Dict[int, str], pat
     try:
         for case in cases:
             x = torch.from_numpy(np.array(case.image, np.float32))[None, None].to(device)
-            prob = sliding_window_inference(x, tuple(patch), 4, model, overlap=0.25, mode="gaussian")
+            # Windows past the border are padded with the image minimum, as training patches are (case.pad_value).
+            prob = sliding_window_inference(x, tuple(patch), 4, model, overlap=0.25, mode="gaussian",
+                                            cval=float(case.pad_value))
             pred = prob.argmax(1)[0].cpu().numpy()
             for c, d in dice_per_class(pred, np.asarray(case.label), list(labels)).items():
                 per_class[c].append(d)
