@@ -84,14 +84,38 @@ class TrainingFailed(RuntimeError):
 
 def train_command(dataset: str, out: str, **options) -> list:
     """The `micd train` argument list for keyword options named like the long flags (patch_size=(16, 32, 16),
-    resume=True, ...); None and False leave a flag out."""
+    resume=True, mask_shared=False, ...).
+
+    Each option is checked against `micd train`'s own options (micd.training.options): an unknown name is a
+    TypeError, not a flag passed on silently. None leaves a flag out; False becomes the `--no-...` form where the
+    flag has one (so it overrides a saved or --config value), and is left out for on-only flags whose default is
+    off; False for an on-only flag that defaults to on cannot be said and is refused.
+    """
+    import argparse
+
+    from micd.training.options import TrainOptions, add_arguments
+
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    actions = {a.dest: a for a in parser._actions}
+    defaults = TrainOptions().to_dict()
     args = ["train", "--dataset", str(dataset), "--out", str(out)]
     for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is None or value is False:
+        if key not in actions or key in ("dataset", "out"):
+            raise TypeError(f"micd train has no option {key!r}; see `micd train --help`")
+        action = actions[key]
+        flag = action.option_strings[0]
+        if value is None:
             continue
-        if value is True:
-            args.append(flag)
+        if isinstance(action, argparse.BooleanOptionalAction):
+            args.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(action, argparse._StoreTrueAction):
+            if value:
+                args.append(flag)
+            elif defaults.get(key):
+                raise ValueError(f"{key}=False: micd train has no flag to turn {flag} off")
+        elif isinstance(value, bool):
+            raise TypeError(f"{key} takes a value, not {value!r}")
         elif isinstance(value, (list, tuple)):
             args += [flag, *map(str, value)]
         else:
