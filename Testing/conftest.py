@@ -7,7 +7,6 @@ import os
 import pathlib
 import sys
 import tempfile
-import types
 
 import pytest
 
@@ -23,6 +22,7 @@ MAIN_WINDOW = slicer_harness.install(tempfile.mkdtemp(prefix="micd-qsettings-"))
 import pythonqt  # noqa: E402
 import qt  # noqa: E402
 from dialogs import DIALOGS  # noqa: E402
+from scene_helpers import new_scene  # noqa: E402
 
 DATA = pathlib.Path(os.environ.get("SHARED", ROOT.parent / "shared")) / "data"
 if not DATA.is_dir():
@@ -31,31 +31,9 @@ HIPPOCAMPUS = DATA / "hippocampus"
 CT_EXAMPLE = DATA / "ct_abdomen_example"
 
 
-def _new_scene():
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    app = slicer.vtkSlicerApplicationLogic()
-    app.SetMRMLScene(scene)
-    colors = app.GetColorLogic()
-    colors.SetMRMLScene(scene)
-    colors.AddDefaultColorNodes()
-    app.SetModuleLogic("Colors", colors)
-    logics = {"segmentations": slicer.vtkSlicerSegmentationsModuleLogic(), "volumes": slicer.vtkSlicerVolumesLogic()}
-    for name, logic in logics.items():
-        logic.SetMRMLScene(scene)
-        logic.SetMRMLApplicationLogic(app)
-        app.SetModuleLogic(name.capitalize(), logic)
-    sh_logic = slicer.vtkSlicerSubjectHierarchyModuleLogic()
-    sh_logic.SetMRMLScene(scene)
-    scene.GetSubjectHierarchyNode()
-    slicer.modules = types.SimpleNamespace(**{n: types.SimpleNamespace(logic=(lambda lg=lg: lg))
-                                              for n, lg in logics.items()})
-    return scene, (app, logics, sh_logic)
-
-
 @pytest.fixture
 def scene():
-    scene, keep_alive = _new_scene()
+    scene, keep_alive = new_scene()
     yield scene
     scene.Clear(True)
     del keep_alive

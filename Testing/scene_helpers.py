@@ -1,8 +1,33 @@
-"""Building test scenes from real data files."""
+"""Building test scenes: a scene with the module logics Slicer would have, and cases from real data files."""
 
 import os
+import types
 
 import slicer
+
+
+def new_scene():
+    """A fresh slicer.mrmlScene with the Colors, Volumes, Segmentations and SubjectHierarchy logics (and
+    slicer.modules.<name>.logic()); returns (scene, objects to keep alive while it is used)."""
+    scene = slicer.vtkMRMLScene()
+    slicer.mrmlScene = scene
+    app = slicer.vtkSlicerApplicationLogic()
+    app.SetMRMLScene(scene)
+    colors = app.GetColorLogic()
+    colors.SetMRMLScene(scene)
+    colors.AddDefaultColorNodes()
+    app.SetModuleLogic("Colors", colors)
+    logics = {"segmentations": slicer.vtkSlicerSegmentationsModuleLogic(), "volumes": slicer.vtkSlicerVolumesLogic()}
+    for name, logic in logics.items():
+        logic.SetMRMLScene(scene)
+        logic.SetMRMLApplicationLogic(app)
+        app.SetModuleLogic(name.capitalize(), logic)
+    sh_logic = slicer.vtkSlicerSubjectHierarchyModuleLogic()
+    sh_logic.SetMRMLScene(scene)
+    scene.GetSubjectHierarchyNode()
+    slicer.modules = types.SimpleNamespace(**{n: types.SimpleNamespace(logic=(lambda lg=lg: lg))
+                                              for n, lg in logics.items()})
+    return scene, (app, logics, sh_logic)
 
 HIPPOCAMPUS_NAMES = {1: "anterior", 2: "posterior"}
 

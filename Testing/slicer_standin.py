@@ -182,6 +182,14 @@ class qMRMLNodeComboBox(qMRMLWidget):
         return self._current.GetID() if self._current is not None else ""
 
     currentNodeID = pyqtProperty(str, _current_id, setCurrentNodeID, notify=currentNodeIDChanged)
+
+    def _size_adjust_policy(self):
+        return self._combo.sizeAdjustPolicy()
+
+    def setSizeAdjustPolicy(self, policy):
+        self._combo.setSizeAdjustPolicy(policy)
+
+    sizeAdjustPolicy = pyqtProperty(QtWidgets.QComboBox.SizeAdjustPolicy, _size_adjust_policy, setSizeAdjustPolicy)
     vars().update(_stored_properties([
         ("nodeTypes", "QStringList", [], "_refresh"),
         ("showHidden", bool, False, "_refresh"),

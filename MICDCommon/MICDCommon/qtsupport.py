@@ -1,6 +1,7 @@
-"""Qt-side helpers shared by both panels (the only Qt-dependent file of this package; `qt` is imported inside the
-functions, so the rest of the package stays usable without Qt): a QTimer that polls background jobs on Slicer's
-main thread, and the settings both modules share (which Python runs the backend)."""
+"""Qt-side helpers shared by both panels (with slicermodule.py the only Qt-dependent files of this package; `qt`
+is imported inside the functions, so the rest of the package stays usable without Qt): a QTimer that polls
+background jobs on Slicer's main thread, the settings both modules share (which Python runs the backend), dialogs,
+and the panels' building blocks (sections, buttons)."""
 
 PYTHON_SETTING = "MICD/PythonInterpreter"
 
@@ -101,3 +102,34 @@ def ensure_backend_ready(launcher, log=print, installer=None, show_error=None):
     else:
         (show_error or log)("The MICD backend needs these packages; nothing was installed.")
     return ready
+
+
+def section(title, parent_layout, collapsed=False):
+    """A collapsible section added to `parent_layout`; returns (the section, its form layout)."""
+    import ctk
+    import qt
+
+    box = ctk.ctkCollapsibleButton()
+    box.text = title
+    box.collapsed = collapsed
+    parent_layout.addWidget(box)
+    return box, qt.QFormLayout(box)
+
+
+def button(text, tooltip, slot):
+    import qt
+
+    widget = qt.QPushButton(text)
+    widget.toolTip = tooltip
+    widget.connect("clicked(bool)", lambda _checked=False: slot())
+    return widget
+
+
+def button_grid(buttons, columns):
+    """Buttons in rows of `columns` (a module panel is narrow: four or five in one row get clipped)."""
+    import qt
+
+    grid = qt.QGridLayout()
+    for index, widget in enumerate(buttons):
+        grid.addWidget(widget, index // columns, index % columns)
+    return grid

@@ -3,7 +3,6 @@ volume, options, and Segment / Cancel with progress. All work is delegated to `L
 
 import time
 
-import ctk
 import qt
 import slicer
 
@@ -16,13 +15,6 @@ try:
 except ImportError:  # headless tests
     def _(text):
         return text
-
-
-def _button(text, tooltip, slot):
-    button = qt.QPushButton(text)
-    button.setToolTip(tooltip)
-    button.connect("clicked(bool)", lambda _checked=False: slot())
-    return button
 
 
 class SegmentationWidget:
@@ -50,36 +42,29 @@ class SegmentationWidget:
         self.updateButtons()
 
     def _buildModels(self, layout):
-        box = ctk.ctkCollapsibleButton()
-        box.text = _("Models")
-        layout.addWidget(box)
-        form = qt.QFormLayout(box)
+        _box, form = qtsupport.section(_("Models"), layout)
         self.modelList = qt.QListWidget()
+        self.modelList.setMaximumHeight(100)
         self.modelList.connect("currentRowChanged(int)", lambda _row: self.onModelSelected())
         form.addRow(self.modelList)
         self.provenanceLabel = qt.QLabel("")
         self.provenanceLabel.wordWrap = True
         form.addRow(self.provenanceLabel)
-        row = qt.QHBoxLayout()
-        self.renameButton = _button(_("Rename..."), _("Give the selected model another name"), self.onRename)
-        self.deleteButton = _button(_("Delete"), _("Delete the selected model from the model folder"), self.onDelete)
-        self.exportButton = _button(_("Export zip..."), _("Save the selected model as a zip to share"), self.onExport)
-        self.importZipButton = _button(_("Import zip..."), _("Add a model from a zip file"), self.onImportZip)
-        self.importFolderButton = _button(_("Import folder..."), _("Add a model folder (model.json + weights)"),
+        self.renameButton = qtsupport.button(_("Rename..."), _("Give the selected model another name"), self.onRename)
+        self.deleteButton = qtsupport.button(_("Delete"), _("Delete the selected model from the model folder"), self.onDelete)
+        self.exportButton = qtsupport.button(_("Export zip..."), _("Save the selected model as a zip to share"), self.onExport)
+        self.importZipButton = qtsupport.button(_("Import zip..."), _("Add a model from a zip file"), self.onImportZip)
+        self.importFolderButton = qtsupport.button(_("Import folder..."), _("Add a model folder (model.json + weights)"),
                                           self.onImportFolder)
-        for b in (self.renameButton, self.deleteButton, self.exportButton, self.importZipButton,
-                  self.importFolderButton):
-            row.addWidget(b)
-        form.addRow(row)
+        form.addRow(qtsupport.button_grid([self.renameButton, self.deleteButton, self.exportButton,
+                                           self.importZipButton, self.importFolderButton], 3))
 
     def _buildSegment(self, layout):
-        box = ctk.ctkCollapsibleButton()
-        box.text = _("Segment")
-        layout.addWidget(box)
-        form = qt.QFormLayout(box)
+        _box, form = qtsupport.section(_("Segment"), layout)
         self.volumeSelector = slicer.qMRMLNodeComboBox()
         self.volumeSelector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
         self.volumeSelector.addEnabled = False
+        self.volumeSelector.sizeAdjustPolicy = qt.QComboBox.AdjustToMinimumContentsLengthWithIcon
         self.volumeSelector.setMRMLScene(slicer.mrmlScene)
         self.volumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda _node: self.updateButtons())
         form.addRow(_("Volume:"), self.volumeSelector)
@@ -90,15 +75,13 @@ class SegmentationWidget:
         form.addRow(self.uncertaintyCheck)
         self.ttaCheck = qt.QCheckBox(_("Test-time augmentation (slower)"))
         form.addRow(self.ttaCheck)
-        row = qt.QHBoxLayout()
-        self.segmentButton = _button(_("Segment"), _("Segment the volume with the selected model"), self.onSegment)
-        self.cancelButton = _button(_("Cancel"), _("Stop the segmentation"), self.onCancel)
-        row.addWidget(self.segmentButton)
-        row.addWidget(self.cancelButton)
-        form.addRow(row)
+        self.segmentButton = qtsupport.button(_("Segment"), _("Segment the volume with the selected model"), self.onSegment)
+        self.cancelButton = qtsupport.button(_("Cancel"), _("Stop the segmentation"), self.onCancel)
+        form.addRow(qtsupport.button_grid([self.segmentButton, self.cancelButton], 2))
         self.progressBar = qt.QProgressBar()
         form.addRow(self.progressBar)
         self.statusLabel = qt.QLabel(_("Idle"))
+        self.statusLabel.wordWrap = True
         form.addRow(self.statusLabel)
         self.logText = qt.QPlainTextEdit()
         self.logText.setReadOnly(True)

@@ -6,7 +6,7 @@ import qt
 
 from .Curves import series_color
 
-MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 44, 8, 20, 18
+MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 54, 8, 36, 18
 
 
 def _color(rgb):
@@ -14,18 +14,18 @@ def _color(rgb):
 
 
 def _format(value):
-    return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    return f"{value:.2g}" if abs(value) < 100 else f"{value:.0f}"
 
 
-def draw_chart(table, width, height, empty_text):
-    """A QPixmap with the table's series as lines: title, y range, last iteration, and a legend."""
+def draw_chart(table, title, width, height, empty_text):
+    """A QPixmap with the table's series as lines: title, legend, y range and last iteration."""
     pixmap = qt.QPixmap(width, height)
     pixmap.fill(qt.QColor(255, 255, 255))
     painter = qt.QPainter(pixmap)
     painter.setRenderHint(qt.QPainter.Antialiasing)
     series = {name: points for name, points in (table.series() if table is not None else {}).items() if points}
     painter.setPen(qt.QColor(40, 40, 40))
-    painter.drawText(MARGIN_LEFT, 14, table.title if table is not None else "")
+    painter.drawText(4, 14, title)
     plot = qt.QRectF(MARGIN_LEFT, MARGIN_TOP, width - MARGIN_LEFT - MARGIN_RIGHT, height - MARGIN_TOP - MARGIN_BOTTOM)
     painter.setPen(qt.QColor(160, 160, 160))
     painter.drawRect(plot)
@@ -44,10 +44,12 @@ def draw_chart(table, width, height, empty_text):
         return (plot.left() + (x - x0) / (x1 - x0) * plot.width(), plot.bottom() - (y - y0) / (y1 - y0) * plot.height())
 
     painter.setPen(qt.QColor(90, 90, 90))
-    painter.drawText(2, int(plot.top()) + 10, _format(y1))
-    painter.drawText(2, int(plot.bottom()), _format(y0))
-    painter.drawText(int(plot.right()) - 60, height - 4, f"iteration {int(x1)}")
-    legend_x = int(plot.left()) + 6
+    for value, y in ((y1, plot.top()), (y0, plot.bottom())):
+        painter.drawText(qt.QRectF(0, y - 8, MARGIN_LEFT - 4, 16), qt.Qt.AlignRight | qt.Qt.AlignVCenter,
+                         _format(value))
+    last = f"iteration {int(x1)}"
+    painter.drawText(int(plot.right()) - painter.fontMetrics().horizontalAdvance(last), height - 4, last)
+    legend_x = 4
     for index, (name, points) in enumerate(table.series().items()):
         if not points:
             continue
@@ -58,9 +60,9 @@ def draw_chart(table, width, height, empty_text):
             current = point(x, y)
             painter.drawLine(qt.QLineF(previous[0], previous[1], current[0], current[1]))
             previous = current
-        painter.fillRect(legend_x, int(plot.top()) + 6, 10, 10, color)
+        painter.fillRect(legend_x, 20, 10, 10, color)
         painter.setPen(qt.QColor(40, 40, 40))
-        painter.drawText(legend_x + 13, int(plot.top()) + 15, name)
+        painter.drawText(legend_x + 13, 30, name)
         legend_x += 20 + painter.fontMetrics().horizontalAdvance(name)
     painter.end()
     return pixmap
@@ -69,7 +71,7 @@ def draw_chart(table, width, height, empty_text):
 class CurvesView:
     """Two charts stacked (loss, then Dice); `show(curves)` redraws them from a TrainingCurves (or None)."""
 
-    def __init__(self, width=420, height=130):
+    def __init__(self, width=380, height=140):
         self.width, self.height = width, height
         self.widget = qt.QWidget()
         layout = qt.QVBoxLayout(self.widget)
@@ -82,7 +84,7 @@ class CurvesView:
         self.show(None)
 
     def show(self, curves):
-        self.lossLabel.setPixmap(draw_chart(curves.loss if curves else None, self.width, self.height,
-                                            "Loss per iteration appears here during training"))
-        self.diceLabel.setPixmap(draw_chart(curves.dice if curves else None, self.width, self.height,
-                                            "Validation Dice appears after the first validation"))
+        self.lossLabel.setPixmap(draw_chart(curves.loss if curves else None, "Loss", self.width, self.height,
+                                            "appears when training starts"))
+        self.diceLabel.setPixmap(draw_chart(curves.dice if curves else None, "Validation Dice", self.width,
+                                            self.height, "appears after the first validation"))

@@ -4,7 +4,6 @@ the logic (`Logic.TrainingLogic`), which the module passes in; tests pass a mock
 
 import os
 
-import ctk
 import qt
 import slicer
 
@@ -25,21 +24,6 @@ except ImportError:  # headless tests
 
 SETTINGS_KEY = "MICD/TrainingSettings"
 LOG_LINE_LIMIT = 2000
-
-
-def _button(text, tooltip, slot):
-    button = qt.QPushButton(text)
-    button.setToolTip(tooltip)
-    button.connect("clicked(bool)", lambda _checked=False: slot())
-    return button
-
-
-def _section(title, parent_layout, collapsed=False):
-    box = ctk.ctkCollapsibleButton()
-    box.text = title
-    box.collapsed = collapsed
-    parent_layout.addWidget(box)
-    return box, qt.QFormLayout(box)
 
 
 class TrainingWidget:
@@ -69,47 +53,49 @@ class TrainingWidget:
 
     # --- building -------------------------------------------------------------------------------------------------
     def _buildCases(self, layout):
-        _box, form = _section(_("Labeled cases"), layout)
+        _box, form = qtsupport.section(_("Labeled cases"), layout)
         self.volumeSelector = slicer.qMRMLNodeComboBox()
         self.volumeSelector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
         self.volumeSelector.addEnabled = False
+        self.volumeSelector.sizeAdjustPolicy = qt.QComboBox.AdjustToMinimumContentsLengthWithIcon
         self.volumeSelector.setMRMLScene(slicer.mrmlScene)
         form.addRow(_("Volume:"), self.volumeSelector)
         self.segmentationSelector = slicer.qMRMLNodeComboBox()
         self.segmentationSelector.nodeTypes = ["vtkMRMLSegmentationNode"]
         self.segmentationSelector.addEnabled = False
+        self.segmentationSelector.sizeAdjustPolicy = qt.QComboBox.AdjustToMinimumContentsLengthWithIcon
         self.segmentationSelector.setMRMLScene(slicer.mrmlScene)
         form.addRow(_("Segmentation:"), self.segmentationSelector)
-        row = qt.QHBoxLayout()
-        self.addCurrentButton = _button(_("Add current"), _("Add the selected volume and segmentation"),
+        self.addCurrentButton = qtsupport.button(_("Add current"), _("Add the selected volume and segmentation"),
                                         self.onAddCurrent)
-        self.autoPairButton = _button(_("Auto-pair scene"), _("Pair every segmentation with its volume (by "
+        self.autoPairButton = qtsupport.button(_("Auto-pair scene"), _("Pair every segmentation with its volume (by "
                                                                 "reference, name or study)"), self.onAutoPair)
-        self.addFolderButton = _button(_("Add folder..."), _("Image/label files: imagesTr+labelsTr, or X.nii.gz "
+        self.addFolderButton = qtsupport.button(_("Add folder..."), _("Image/label files: imagesTr+labelsTr, or X.nii.gz "
                                                              "beside X_seg.nii.gz"), self.onAddFolder)
-        self.removeCaseButton = _button(_("Remove"), _("Remove the selected case"), self.onRemoveCase)
-        for b in (self.addCurrentButton, self.autoPairButton, self.addFolderButton, self.removeCaseButton):
-            row.addWidget(b)
-        form.addRow(row)
+        self.removeCaseButton = qtsupport.button(_("Remove"), _("Remove the selected case"), self.onRemoveCase)
+        form.addRow(qtsupport.button_grid([self.addCurrentButton, self.autoPairButton, self.addFolderButton,
+                                           self.removeCaseButton], 2))
         self.casesTable = qt.QTableWidget(0, 3)
-        self.casesTable.setHorizontalHeaderLabels([_("Volume / image"), _("Segmentation / labels"), _("Segments")])
+        self.casesTable.setHorizontalHeaderLabels([_("Volume"), _("Segmentation"), _("Segments")])
+        self.casesTable.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
+        self.casesTable.setSelectionBehavior(qt.QAbstractItemView.SelectRows)
+        self.casesTable.setEditTriggers(qt.QAbstractItemView.NoEditTriggers)
+        self.casesTable.setMaximumHeight(140)
         form.addRow(self.casesTable)
 
     def _buildUnlabeled(self, layout):
-        _box, form = _section(_("Unlabeled data"), layout)
+        _box, form = qtsupport.section(_("Unlabeled data"), layout)
         self.unlabeledList = qt.QListWidget()
+        self.unlabeledList.setMaximumHeight(90)
         form.addRow(self.unlabeledList)
-        row = qt.QHBoxLayout()
-        self.addUnlabeledButton = _button(_("Add folder..."), _("A folder of unlabeled images (NIfTI, NRRD, MHA, "
+        self.addUnlabeledButton = qtsupport.button(_("Add folder..."), _("A folder of unlabeled images (NIfTI, NRRD, MHA, "
                                                                 "DICOM series)"), self.onAddUnlabeled)
-        self.removeUnlabeledButton = _button(_("Remove"), _("Remove the selected folder"), self.onRemoveUnlabeled)
-        row.addWidget(self.addUnlabeledButton)
-        row.addWidget(self.removeUnlabeledButton)
-        form.addRow(row)
+        self.removeUnlabeledButton = qtsupport.button(_("Remove"), _("Remove the selected folder"), self.onRemoveUnlabeled)
+        form.addRow(qtsupport.button_grid([self.addUnlabeledButton, self.removeUnlabeledButton], 2))
 
     def _buildChecks(self, layout):
-        _box, form = _section(_("Checks"), layout)
-        self.checkButton = _button(_("Check"), _("Check names, label values and geometry before training"),
+        _box, form = qtsupport.section(_("Checks"), layout)
+        self.checkButton = qtsupport.button(_("Check"), _("Check names, label values and geometry before training"),
                                    self.onCheck)
         form.addRow(self.checkButton)
         self.checksLabel = qt.QLabel(_("Add labeled cases, then press Check."))
@@ -117,7 +103,7 @@ class TrainingWidget:
         form.addRow(self.checksLabel)
 
     def _buildSettings(self, layout):
-        _box, form = _section(_("Settings"), layout)
+        _box, form = qtsupport.section(_("Settings"), layout)
         self.modelNameEdit = qt.QLineEdit("MyModel")
         form.addRow(_("Model name:"), self.modelNameEdit)
         self.iterationsSpin = qt.QSpinBox()
@@ -129,7 +115,7 @@ class TrainingWidget:
         self.deviceCombo = qt.QComboBox()
         self.deviceCombo.addItems(["auto", "cpu", "cuda:0"])
         form.addRow(_("Device:"), self.deviceCombo)
-        advanced, advancedForm = _section(_("Advanced"), layout, collapsed=True)
+        advanced, advancedForm = qtsupport.section(_("Advanced"), layout, collapsed=True)
         self.advancedBox = advanced
         self.methodCombo = qt.QComboBox()
         for method in METHODS:
@@ -161,29 +147,27 @@ class TrainingWidget:
                                      "Use a separate environment for a CUDA build of PyTorch."))
         self.pythonEdit.connect("editingFinished()", lambda: qtsupport.set_chosen_python(self.pythonEdit.text))
         advancedForm.addRow(_("Python interpreter:"), self.pythonEdit)
-        self.dependenciesButton = _button(_("Check / install dependencies"), _("Check the packages the backend "
+        self.dependenciesButton = qtsupport.button(_("Check / install dependencies"), _("Check the packages the backend "
                                                                                "needs; install after asking"),
                                           self.onCheckDependencies)
         advancedForm.addRow(self.dependenciesButton)
 
     def _buildTraining(self, layout):
-        _box, form = _section(_("Training"), layout)
-        row = qt.QHBoxLayout()
-        self.trainButton = _button(_("Train"), _("Export the cases and start training in the background"),
+        _box, form = qtsupport.section(_("Training"), layout)
+        self.trainButton = qtsupport.button(_("Train"), _("Export the cases and start training in the background"),
                                    self.onTrain)
-        self.cancelButton = _button(_("Cancel"), _("Stop training; the last checkpoint is kept"), self.onCancel)
-        self.resumeButton = _button(_("Resume"), _("Continue the last stopped run from its checkpoint"),
+        self.cancelButton = qtsupport.button(_("Cancel"), _("Stop training; the last checkpoint is kept"), self.onCancel)
+        self.resumeButton = qtsupport.button(_("Resume"), _("Continue the last stopped run from its checkpoint"),
                                     self.onResume)
-        for b in (self.trainButton, self.cancelButton, self.resumeButton):
-            row.addWidget(b)
-        form.addRow(row)
+        form.addRow(qtsupport.button_grid([self.trainButton, self.cancelButton, self.resumeButton], 3))
         self.progressBar = qt.QProgressBar()
         form.addRow(self.progressBar)
         self.statusLabel = qt.QLabel(_("Idle"))
+        self.statusLabel.wordWrap = True
         form.addRow(self.statusLabel)
         self.curvesView = CurvesView()
         form.addRow(self.curvesView.widget)
-        self.showCurvesButton = _button(_("Show curves in the view layout"), _("Show the loss chart in Slicer's "
+        self.showCurvesButton = qtsupport.button(_("Show curves in the view layout"), _("Show the loss chart in Slicer's "
                                         "plot view (its table and the Dice chart are in the scene)"),
                                         self.onShowCurves)
         form.addRow(self.showCurvesButton)
@@ -305,7 +289,9 @@ class TrainingWidget:
     def refreshUnlabeled(self):
         self.unlabeledList.clear()
         for folder in self.unlabeled:
-            self.unlabeledList.addItem(f"{folder} - {summarize_unlabeled_folder(folder).text()}")
+            name = os.path.basename(os.path.normpath(folder)) or folder
+            self.unlabeledList.addItem(f"{name} - {summarize_unlabeled_folder(folder).text()}")
+            self.unlabeledList.item(self.unlabeledList.count - 1).setToolTip(folder)
         self.report = None
 
     def onAddUnlabeled(self):
