@@ -13,6 +13,7 @@ from micd import __version__
 COMMANDS = {
     "train": "micd.training.command",
     "predict": "micd.inference.command",
+    "suggest": "micd.inference.suggest_command",
     "evaluate": "micd.evaluation.command",
     "info": "micd.info_command",
 }

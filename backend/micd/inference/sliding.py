@@ -19,8 +19,11 @@ from micd.inference.reduce import label_dtype, reduce_probabilities
 @torch.no_grad()
 def segment_grid(array: np.ndarray, predictor: Callable[[torch.Tensor], torch.Tensor], roi: Sequence[int],
                  plan: AccumulationPlan, n_classes: int, want_entropy: bool = False, overlap: float = 0.25,
-                 sw_batch_size: int = 2) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """array (z, y, x) float32 on the network grid -> (labels, entropy or None), same shape."""
+                 sw_batch_size: int = 2, reduce: Optional[Callable] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """array (z, y, x) float32 on the network grid -> (labels, entropy or None), same shape.
+
+    `reduce(probs (C, ...)) -> (labels, entropy or None)` replaces `reduce_probabilities` for each slab's kept part
+    (`micd suggest` reduces two students' stacked probabilities to labels and disagreement statistics)."""
     shape = array.shape
     # Windows past the border are padded with the image minimum, as training patches are (cache.pad_value).
     pad_value = float(array.min()) if array.size else 0.0
@@ -40,8 +43,9 @@ def segment_grid(array: np.ndarray, predictor: Callable[[torch.Tensor], torch.Te
         probs = torch.as_tensor(probs)[0]
         inner = [slice(None)] * 4
         inner[ax + 1] = slice(lo - a, hi - a)
-        lab, ent = reduce_probabilities(probs[tuple(inner)], want_entropy)
-        del probs
+        kept = probs[tuple(inner)]
+        lab, ent = reduce(kept) if reduce is not None else reduce_probabilities(kept, want_entropy)
+        del probs, kept
         dst = [slice(None)] * 3
         dst[ax] = slice(lo, hi)
         labels[tuple(dst)] = lab
