@@ -39,6 +39,11 @@ class TrainOptions:
     seed: int = opt(0, "random seed; with the same seed a CPU run repeats exactly")
     checkpoint_every: int = opt(500, "save RUN_DIR/checkpoints/last.pt every N iterations")
     resume: bool = opt(False, "continue the run in --out from its last checkpoint", action="store_true")
+    init_from: Optional[str] = opt(None, "start the students (and teachers) from this model folder's weights, e.g. "
+                                   "an earlier RUN_DIR/model, after adding labels; the labels and the network "
+                                   "(--filters, --normalization) must match it; everything else is a fresh run "
+                                   "(own --out, schedule, checkpoints); the parent is recorded in the model's "
+                                   "provenance", metavar="MODEL_DIR")
     config: Optional[str] = opt(None, "JSON file of options (keys as the long flags, with - or _); flags override it")
     progress: str = opt("jsonl", "jsonl: one JSON event per line on stdout; bar: a tqdm progress bar on stderr "
                         "(events still go to events.jsonl); none: nothing on stdout", choices=["jsonl", "bar", "none"])
@@ -140,7 +145,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             kwargs.pop("type")
         if isinstance(default, list) and "type" not in kwargs:
             kwargs["type"] = type(default[0])
-        if f.name in ("dataset", "out", "config", "cache_dir") and "type" not in kwargs:
+        if f.name in ("dataset", "out", "config", "cache_dir", "init_from") and "type" not in kwargs:
             kwargs["type"] = str
         shown = " ".join(map(str, default)) if isinstance(default, list) else default
         parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS,

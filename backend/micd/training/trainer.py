@@ -31,6 +31,8 @@ from micd.training.options import TrainOptions
 from micd.training.schedule import consistency_weight, learning_rate
 from micd.training.signals import CancelFlag
 from micd.training.validation import validate
+from micd.training.warm_start import WarmStartError, check_parent
+from micd.training.warm_start import apply as apply_parent
 
 EXIT_OK, EXIT_FAILED, EXIT_DATA, EXIT_CANCELLED = 0, 1, 2, 3
 CONFIG_FILE = "config.json"
@@ -99,6 +101,9 @@ class Trainer:
             return EXIT_OK
         except DataProblem as e:
             self._emit_error("data", str(e), e.hint or "fix the files listed and start again", problems=e.problems)
+            return EXIT_DATA
+        except WarmStartError as e:
+            self._emit_error("data", str(e), e.hint, problems=[{"file": self.o.init_from, "reason": str(e)}])
             return EXIT_DATA
         except DeviceError as e:
             self._emit_error("cuda", str(e), "use --device cpu, or install a CUDA build of torch")
@@ -190,6 +195,8 @@ class Trainer:
         if o.resume and os.path.isfile(last):
             self.resume_state = load_checkpoint(last)
         _seed_everything(o.seed)
+        # --init-from: the parent model and its network are checked before any data is prepared (warm_start.py)
+        self.parent, self.parent_info = check_parent(o, self.resume_state is not None)
         self.data = self._prepare_data()
         if self.ctx.is_main:
             os.makedirs(self.run_dir, exist_ok=True)
@@ -282,6 +289,9 @@ class Trainer:
         if self.resume_state is not None:
             self.net_config = NetworkConfig.from_dict(self.resume_state["network"])
         self.method = build_method(o.method, self.net_config, n_classes, o.method_config())
+        if self.parent is not None:  # --init-from: labels checked, weights copied (training/warm_start.py)
+            self.data.notes += apply_parent(self.method, self.parent, self.data.labels, self.data.plan)
+            self.parent = None
         if o.sync_bn and self.ctx.enabled:
             if self.device.type != "cuda":
                 raise DataProblem("--sync-bn needs CUDA devices (torch's SyncBatchNorm)", [],
@@ -557,6 +567,7 @@ class Trainer:
                 "micd_version": __version__, "torch_version": torch.__version__,
                 "python": platform.python_version(), "host": platform.node(),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "parent_model": getattr(self, "parent_info", None),  # --init-from
             },
         }
 
