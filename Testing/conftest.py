@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT / "Testing"))
 import slicer  # noqa: E402
 
 import slicer_harness  # noqa: E402
+import slicer_standin  # noqa: E402
 
 MAIN_WINDOW = slicer_harness.install(tempfile.mkdtemp(prefix="micd-qsettings-"))
 
@@ -35,6 +36,7 @@ CT_EXAMPLE = DATA / "ct_abdomen_example"
 def scene():
     scene, keep_alive = new_scene()
     yield scene
+    slicer_standin.release_scene(scene)
     scene.Clear(True)
     del keep_alive
 

@@ -12,7 +12,6 @@ import logging
 import weakref
 
 import slicer
-import vtk
 from PyQt5 import QtCore, QtWidgets, sip
 from PyQt5.QtCore import pyqtProperty, pyqtSignal, pyqtSlot
 
@@ -58,6 +57,18 @@ class qMRMLWidget(QtWidgets.QWidget):
         return self._scene
 
 
+_OBSERVING = weakref.WeakSet()  # node combo boxes observing a scene
+
+
+def release_scene(scene):
+    """Before a scene is cleared and dropped: node combo boxes stop observing it (in Slicer the widgets go first;
+    here a failed test keeps its widgets alive in its traceback, and scene events reaching them while the garbage
+    collector tears them down crash the process)."""
+    for combo in list(_OBSERVING):
+        if combo._scene is scene:
+            combo._stop_observing()
+
+
 class qMRMLNodeComboBox(qMRMLWidget):
     currentNodeChanged = pyqtSignal([object], [bool])
     currentNodeIDChanged = pyqtSignal(str)
@@ -82,26 +93,26 @@ class qMRMLNodeComboBox(qMRMLWidget):
     # scene and node list
     @pyqtSlot(object)
     def setMRMLScene(self, scene):
-        for tag in self._observations:
-            self._scene.RemoveObserver(tag)
-        self._observations = []
+        self._stop_observing()
         super().setMRMLScene(scene)
         if scene is not None:
-            this = weakref.ref(self)  # the scene may outlive the widget (and fire while it is garbage-collected)
-
-            scene_alive = [True]  # a scene being destroyed still sends NodeRemoved: leave it alone then
+            this = weakref.ref(self)
 
             def refresh(*_):
                 combo = this()
-                if scene_alive[0] and combo is not None and not sip.isdeleted(combo):
+                if combo is not None and not sip.isdeleted(combo):
                     combo._refresh()
 
-            tags = [scene.AddObserver(e, refresh) for e in (scene.NodeAddedEvent, scene.NodeRemovedEvent,
-                                                           scene.EndCloseEvent)]
-            tags.append(scene.AddObserver(vtk.vtkCommand.DeleteEvent, lambda *_: scene_alive.__setitem__(0, False)))
-            self._observations = tags
-            self.destroyed.connect(lambda *_: [scene.RemoveObserver(t) for t in tags])
+            self._observations = [scene.AddObserver(e, refresh) for e in (scene.NodeAddedEvent,
+                                                                          scene.NodeRemovedEvent, scene.EndCloseEvent)]
+            _OBSERVING.add(self)
         self._refresh()
+
+    def _stop_observing(self):
+        for tag in self._observations:
+            self._scene.RemoveObserver(tag)
+        self._observations = []
+        _OBSERVING.discard(self)
 
     def _matches(self, node):
         types = self._values.get("nodeTypes", [])

@@ -51,6 +51,12 @@ def test_top_level_cmake_adds_every_folder_and_has_metadata():
                 "EXTENSION_DEPENDS", "EXTENSION_CONTRIBUTORS", "EXTENSION_SCREENSHOTURLS"):
         assert f"set({key}" in text
     assert (ROOT / "Resources" / "Icons" / "MICD.png").is_file()
+    screenshots = re.search(r'set\(EXTENSION_SCREENSHOTURLS "([^"]*)"', text).group(1).split()
+    assert screenshots, "no screenshot URLs"
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for url in screenshots:
+        path = url.split("/main/", 1)[1]
+        assert (ROOT / path).is_file() and f"]({path})" in readme, url  # committed and shown in the README
     assert "backend/micd" in text  # the backend ships with the extension
 
 

@@ -10,6 +10,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 .venv/bin/pip install -q -e "backend[test]"
 if [[ "${MICD_SETUP_SLICER:-1}" == 1 ]]; then
-  # Headless Slicer core for the Slicer-side tests (pins its own vtk).
-  .venv/bin/pip install -q slicer-core slicerio psutil
+  # Headless Slicer core for the Slicer-side tests (pins its own vtk), the Qt of Slicer 5.8 for the PythonQt harness
+  # (offscreen), and vermin for the Python 3.9 check.
+  .venv/bin/pip install -q slicer-core slicerio "PyQt5>=5.15,<5.16" vermin
 fi
