@@ -12,6 +12,7 @@ from micd import __version__
 # subcommand -> module exposing `register(subparsers)`; each registers a parser whose `func(args) -> int` runs it.
 COMMANDS = {
     "train": "micd.training.command",
+    "convert-checkpoint": "micd.training.convert",
     "predict": "micd.inference.command",
     "suggest": "micd.inference.suggest_command",
     "evaluate": "micd.evaluation.command",

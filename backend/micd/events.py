@@ -11,8 +11,8 @@ Schema version 1 (`EVENT_SCHEMA_VERSION`). Every object has `"event"`, `"time"` 
 - `checkpoint`: path, iter, kind ("last" or "best")
 - `retry`: reason, patch_size, batch_size (after a CUDA out-of-memory error)
 - `done`: model (path of the exported model folder), best_mean_dice, iter, wall_s
-- `error`: kind (data | oom | cuda | cancelled | internal), message, hint, and optionally problems (list of
-  {file, reason}) and rank
+- `error`: kind (data | oom | cuda | cancelled | internal | disk), message, hint, and optionally problems (list of
+  {file, reason}) and rank. `disk` (exit 1): out of space; also path (the file being written) and free_bytes.
 
 Readers must ignore fields and event kinds they do not know; a change that removes or renames a field bumps the
 version.
@@ -28,7 +28,7 @@ from typing import IO, Any, Callable, Optional
 
 EVENT_SCHEMA_VERSION = 1
 EVENT_KINDS = ("start", "warning", "iteration", "validation", "checkpoint", "retry", "done", "error")
-ERROR_KINDS = ("data", "oom", "cuda", "cancelled", "internal")
+ERROR_KINDS = ("data", "oom", "cuda", "cancelled", "internal", "disk")
 
 
 class EventWriter:

@@ -28,6 +28,7 @@ from typing import Dict, List, Mapping, Optional
 import torch
 
 from micd.data.io import default_color
+from micd.diskfull import disk_guard
 from micd.data.preprocess import PreprocessPlan
 from micd.nets.vnet import NetworkConfig, VNet
 
@@ -76,8 +77,9 @@ class ModelPackage:
 
 
 def save_model_package(path: str, meta: dict, networks: Mapping[str, torch.nn.Module]) -> str:
-    """Write a model folder atomically: build it in a temporary sibling folder, then rename it into place."""
-    from safetensors.torch import save_file
+    """Write a model folder atomically: build it in a temporary sibling folder, then rename it into place.
+    A full disk raises DiskFull and leaves an existing folder at `path` as it was."""
+    from safetensors.torch import save
 
     meta = dict(meta)
     meta.update(format=MODEL_FORMAT, schema_version=MODEL_SCHEMA_VERSION, branches=list(networks))
@@ -87,11 +89,18 @@ def save_model_package(path: str, meta: dict, networks: Mapping[str, torch.nn.Mo
         for k, v in net.state_dict().items():
             tensors[f"{branch}.{k}"] = v.detach().to("cpu").contiguous()
     parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".model-", dir=parent)
-    save_file(tensors, os.path.join(tmp, WEIGHTS_FILE), metadata={"format": MODEL_FORMAT})
-    with open(os.path.join(tmp, MODEL_JSON), "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=2)
+    with disk_guard(path):
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".model-", dir=parent)
+        try:
+            # Python writes the bytes, so that a full disk is an OSError (safetensors' own writer hides the errno)
+            with open(os.path.join(tmp, WEIGHTS_FILE), "wb") as f:
+                f.write(save(tensors, metadata={"format": MODEL_FORMAT}))
+            with open(os.path.join(tmp, MODEL_JSON), "w", encoding="utf-8") as f:
+                json.dump(meta, f, indent=2)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return _move_into_place(tmp, path)
 
 

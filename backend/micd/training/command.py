@@ -11,7 +11,8 @@ from micd.training.options import add_arguments, resolve
 
 DESCRIPTION = """Train a segmentation model with MICD (default) or a peer method on labeled and unlabeled volumes.
 Progress goes to stdout as JSON lines (schema: micd.events) and to RUN_DIR/events.jsonl. Exit codes: 0 done,
-2 bad data or options, 3 cancelled (SIGTERM/SIGINT; a checkpoint is saved first), 1 other failure."""
+2 bad data or options, or the run folder in use by another trainer, 3 cancelled (SIGTERM/SIGINT; a checkpoint is
+saved first), 1 other failure (also a full disk: free space, then --resume)."""
 
 
 def register(sub) -> None:
@@ -23,6 +24,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from micd.events import EventWriter
     from micd.training.trainer import CONFIG_FILE, EXIT_DATA, Trainer
+    from micd.training.runlock import HOLDER_VARIABLE, RunFolderBusy, RunLock
 
     saved = None
     out = getattr(args, "out", None)
@@ -37,8 +39,20 @@ def run(args: argparse.Namespace) -> int:
     if not opts.out:
         EventWriter(None, sys.stdout).error("data", "no --out RUN_DIR given", "pass --out RUN_DIR")
         return EXIT_DATA
-    if opts.nproc and opts.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        from micd.training.distributed import launch_local
-        return launch_local(opts.nproc, sys.argv[1:] if sys.argv[1:2] == ["train"] else ["train", *sys.argv[1:]],
-                            opts.out)
-    return Trainer(opts).run()
+    # One trainer per run folder; under torchrun rank 0 takes the lock, unless `--nproc` below holds it for the ranks.
+    lock = RunLock(opts.out)
+    try:
+        if os.environ.get("RANK", "0") == "0" and HOLDER_VARIABLE not in os.environ:
+            lock.acquire()
+    except RunFolderBusy as e:
+        EventWriter(None, sys.stdout).error("data", str(e), "wait for that run to end, or stop it (Cancel in Slicer, "
+                                            "or end the process), then continue it with --resume")
+        return EXIT_DATA
+    try:
+        if opts.nproc and opts.nproc > 1 and "WORLD_SIZE" not in os.environ:
+            from micd.training.distributed import launch_local
+            argv = sys.argv[1:] if sys.argv[1:2] == ["train"] else ["train", *sys.argv[1:]]
+            return launch_local(opts.nproc, argv, opts.out, lock.fd)
+        return Trainer(opts).run()
+    finally:
+        lock.release()

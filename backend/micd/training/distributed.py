@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -206,7 +206,7 @@ def shutdown(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
-def launch_local(nproc: int, argv: List[str], run_dir: str) -> int:
+def launch_local(nproc: int, argv: List[str], run_dir: str, lock_fd: Optional[int] = None) -> int:
     """`micd train --nproc N ...`: re-run this command under torchrun on this machine with N processes.
 
     SIGTERM/SIGINT are passed on to torchrun (which passes them to every rank), and the exit code follows the
@@ -227,7 +227,10 @@ def launch_local(nproc: int, argv: List[str], run_dir: str) -> int:
         args.append(a)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "micd", *args]
-    proc = subprocess.Popen(cmd)
+    # torchrun inherits the run-folder lock (runlock.py), so that it stays held while the ranks run
+    from micd.training.runlock import HOLDER_VARIABLE
+    keep = (lock_fd,) if lock_fd is not None and os.name != "nt" else ()
+    proc = subprocess.Popen(cmd, pass_fds=keep, env=dict(os.environ, **{HOLDER_VARIABLE: str(os.getpid())}))
     forward = lambda signum, frame: proc.send_signal(signum)
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:

@@ -20,12 +20,14 @@ import numpy as np
 import torch
 
 from micd import __version__
+from micd.diskfull import DiskFull, free_bytes, is_disk_full
 from micd.events import EventWriter
 from micd.methods import build_method
 from micd.model_package import save_model_package
 from micd.nets.vnet import NetworkConfig
 from micd.training import distributed as D
-from micd.training.checkpoint import BEST, LAST, atomic_save, load_checkpoint
+from micd.training.checkpoint import (BEST, LAST, CheckpointError, load_checkpoint, load_latest, numpy_global_state,
+                                      save_checkpoint, set_numpy_global_state)
 from micd.training.devices import DeviceError, amp_dtype, free_device_bytes, is_cuda_error, is_oom, resolve_device
 from micd.training.options import TrainOptions
 from micd.training.schedule import consistency_weight, learning_rate
@@ -108,6 +110,13 @@ class Trainer:
         except DeviceError as e:
             self._emit_error("cuda", str(e), "use --device cpu, or install a CUDA build of torch")
             return EXIT_DATA
+        except CheckpointError as e:
+            self._emit_error("data", str(e), e.hint, problems=[{"file": e.path, "reason": e.reason}])
+            return EXIT_DATA
+        except DiskFull as e:
+            self._emit_error("disk", str(e), "free space on that disk, then continue with the same command and "
+                             "--resume (the last good checkpoint is kept)", path=e.path, free_bytes=e.free_bytes)
+            return EXIT_FAILED
         except Cancelled:
             return EXIT_CANCELLED
         except KeyboardInterrupt:
@@ -115,6 +124,11 @@ class Trainer:
                              "resume from the last checkpoint with --resume")
             return EXIT_CANCELLED
         except Exception as e:  # noqa: BLE001 - every failure must end in an event
+            if is_disk_full(e):  # raised outside a disk_guard (cache, config): the file may be unnamed
+                path = getattr(e, "filename", None) or self.run_dir
+                self._emit_error("disk", str(DiskFull(path, free_bytes(path))), "free space on that disk, then "
+                                 "continue with the same command and --resume", path=path, free_bytes=free_bytes(path))
+                return EXIT_FAILED
             traceback.print_exc(file=sys.stderr)
             if is_oom(e):
                 self._emit_error("oom", f"out of memory: {e}".splitlines()[0],
@@ -191,9 +205,8 @@ class Trainer:
     def _setup(self) -> None:
         o = self.o
         self.resume_state = None
-        last = os.path.join(self.ckpt_dir, LAST)
-        if o.resume and os.path.isfile(last):
-            self.resume_state = load_checkpoint(last)
+        if o.resume:  # last.pt, or previous.pt when last.pt is torn
+            self.resume_state = load_latest(self.ckpt_dir, lambda m, f: self._emit("warning", message=m, file=f))
         _seed_everything(o.seed)
         # --init-from: the parent model and its network are checked before any data is prepared (warm_start.py)
         self.parent, self.parent_info = check_parent(o, self.resume_state is not None)
@@ -339,7 +352,7 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state(), "mask": self.mask_gen.get_state(),
                     "sampler": self.sample_rng.bit_generator.state,
                     "sampler_unlabeled": self.unlabeled_rng.bit_generator.state, "python": random.getstate(),
-                    "numpy": np.random.get_state(),
+                    "numpy": numpy_global_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             "best": dict(self.best), "world_size": self.ctx.world_size, "options": self.o.to_dict(),
             "wall_s": getattr(self, "wall_before", 0.0) + (time.time() - self.t0 if hasattr(self, "t0") else 0.0),
@@ -363,7 +376,7 @@ class Trainer:
         if "sampler_unlabeled" in r:
             self.unlabeled_rng.bit_generator.state = r["sampler_unlabeled"]
         random.setstate(r["python"])
-        np.random.set_state(r["numpy"])
+        set_numpy_global_state(r["numpy"])
         if r.get("cuda") is not None and torch.cuda.is_available():
             try:
                 torch.cuda.set_rng_state_all(r["cuda"])
@@ -374,13 +387,14 @@ class Trainer:
 
     def _save_last(self, it: int) -> None:
         if self.ctx.is_main:
-            path = atomic_save(self._state(it), os.path.join(self.ckpt_dir, LAST))
+            path = save_checkpoint(self._state(it), os.path.join(self.ckpt_dir, LAST), keep_previous=True)
             self._emit("checkpoint", path=path, iter=it, kind="last")
         D.barrier(self.ctx)
 
     def _save_best(self, it: int, metrics: dict) -> None:
         nets = {k: v.state_dict() for k, v in self.method.export_networks().items()}
-        path = atomic_save({"iteration": it, "networks": nets, "metrics": metrics}, os.path.join(self.ckpt_dir, BEST))
+        path = save_checkpoint({"iteration": it, "networks": nets, "metrics": metrics},
+                               os.path.join(self.ckpt_dir, BEST))
         self._emit("checkpoint", path=path, iter=it, kind="best")
 
     # ------------------------------------------------------------------ loop
@@ -538,7 +552,7 @@ class Trainer:
         path = None
         if not before_training and it is not None:
             if self.ctx.is_main:
-                path = atomic_save(self._state(it), os.path.join(self.ckpt_dir, LAST))
+                path = save_checkpoint(self._state(it), os.path.join(self.ckpt_dir, LAST), keep_previous=True)
                 self._emit("checkpoint", path=path, iter=it, kind="last")
         self._emit_error("cancelled", f"stopped by {self.cancel.name}" + (f" at iteration {it}" if it else
                          " before training started"),
@@ -579,7 +593,7 @@ class Trainer:
             D.barrier(self.ctx)
             return
         final_state = self._state(it)
-        atomic_save(final_state, os.path.join(self.ckpt_dir, LAST))
+        save_checkpoint(final_state, os.path.join(self.ckpt_dir, LAST), keep_previous=True)
         self._emit("checkpoint", path=os.path.join(self.ckpt_dir, LAST), iter=it, kind="last")
         nets = self.method.export_networks()
         source = "last"
