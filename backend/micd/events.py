@@ -4,15 +4,28 @@ Schema version 1 (`EVENT_SCHEMA_VERSION`). Every object has `"event"`, `"time"` 
 `"schema"` (the version). Event kinds and their fields:
 
 - `start`: method, device, labeled, unlabeled, validation (case counts), iterations, start_iter, patch_size,
-  batch_size, world_size, plan (how patch/spacing were chosen), resumed (bool), notes (list of strings)
+  batch_size, world_size, plan (how patch/spacing were chosen), resumed (bool), notes (list of strings),
+  precision ("fp32" | "bf16" | "fp16") and precision_reason (why, in words; `amp` stays as before).
+  With `--time-budget` also: time_budget (as given), time_budget_s, eta_s (expected seconds from this event to the
+  end of the export), expected_total_s (from the start of the process), sec_per_iter_expected, and budget_plan
+  {planned_iterations (false when --iterations was given), calibration {warmup_s, step_s, sec_per_iter,
+  validation_s, checkpoint_s, export_s, spent_s, setup_s}, note}. `iterations` is then the planned count.
 - `warning`: message, and optionally file
 - `iteration`: iter, total, loss (dict of every loss term, plus "total"), lr, beta, sec_per_iter, eta_s
 - `validation`: iter, dice (per label name), mean_dice
 - `checkpoint`: path, iter, kind ("last" or "best")
 - `retry`: reason, patch_size, batch_size (after a CUDA out-of-memory error)
 - `done`: model (path of the exported model folder), best_mean_dice, iter, wall_s
-- `error`: kind (data | oom | cuda | cancelled | internal | disk), message, hint, and optionally problems (list of
-  {file, reason}) and rank. `disk` (exit 1): out of space; also path (the file being written) and free_bytes.
+- `error`: kind (data | oom | cuda | cancelled | internal | budget | disk), message, hint, and optionally problems
+  (list of {file, reason}) and rank. `budget` (exit 2): even the shortest run would overrun `--time-budget` by far.
+  `disk` (exit 1): out of space; also path (the file being written) and free_bytes.
+
+`micd predict` prints its own JSON lines on stdout (not written to a file, no `time`/`schema`): `plan` (device,
+grid, buffer plan, precision and precision_reason), `progress` (input, image, images, windows_done, windows_total,
+fraction, elapsed_s, eta_s: at most every 0.5 s and once at 100 %), `prediction` and `done`.
+
+Additions, same version 1: the `start` precision and time-budget fields, error kinds `budget` and `disk`,
+`micd predict` `progress` events.
 
 Readers must ignore fields and event kinds they do not know; a change that removes or renames a field bumps the
 version.
@@ -28,7 +41,7 @@ from typing import IO, Any, Callable, Optional
 
 EVENT_SCHEMA_VERSION = 1
 EVENT_KINDS = ("start", "warning", "iteration", "validation", "checkpoint", "retry", "done", "error")
-ERROR_KINDS = ("data", "oom", "cuda", "cancelled", "internal", "disk")
+ERROR_KINDS = ("data", "oom", "cuda", "cancelled", "internal", "budget", "disk")
 
 
 class EventWriter:

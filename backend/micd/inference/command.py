@@ -14,7 +14,9 @@ DESCRIPTION = """Segment images with a trained model folder. The two students' s
 Output format from the --output suffix (.nii.gz, .nii, .nrrd, .mha, or Slicer .seg.nrrd with the model's segment
 names and colours) or from --format when --output is a folder.
 --uncertainty writes the normalised predictive entropy of the ensemble mean, H(p)/ln(C), a float map in [0, 1]
-(0 = certain). stdout: one JSON line per case ("plan": device, buffer placement, dtype, slabs; then "prediction").
+(0 = certain). stdout: JSON lines per case: "plan" (device, buffer placement, dtype, slabs, windows, precision),
+"progress" (windows_done/windows_total, fraction, elapsed_s, eta_s; image i of images; about every 0.5 s and at
+100 %), then "prediction"; a final "done".
 Exit codes: 0 done, 2 bad model folder, input, options or device (one-line error on stderr), 1 other failure."""
 
 
@@ -81,12 +83,16 @@ def run(args: argparse.Namespace) -> int:
     bar = tqdm(pairs, desc="micd predict", unit="image", file=sys.stderr, disable=not many)
     failed = []
     t0 = time.time()
-    for inp, out in bar:
+    for index, (inp, out) in enumerate(bar, 1):
         def log(info, inp=inp):
             _emit({"event": "plan", "input": inp, **info}, bar if many else None)
+
+        def progress(state, inp=inp, index=index):
+            _emit({"event": "progress", "input": inp, "image": index, "images": len(pairs), **state},
+                  bar if many else None)
         try:
             image = read_image(inp)
-            pred = predict_image(image, package, opts, log)
+            pred = predict_image(image, package, opts, log, progress)
             write_label(pred.labels, out, package.labels, package.colors)
             if pred.uncertainty is not None:
                 write_image(pred.uncertainty, unc[out])

@@ -20,6 +20,7 @@ from micd.data.preprocess import preprocess_image, restore_geometry
 from micd.inference.branches import branch_names
 from micd.inference.ensemble import EnsembleProbabilities
 from micd.inference.memory import cpu_budget, gpu_budget, plan_accumulation
+from micd.inference.progress import CountingPredictor, count_windows
 from micd.inference.sliding import segment_grid
 from micd.model_package import ModelPackage
 from micd.training.devices import resolve_device
@@ -44,8 +45,10 @@ class Prediction:
 
 
 def predict_image(image: sitk.Image, package: ModelPackage, options: Optional[PredictOptions] = None,
-                  log: Optional[Callable[[dict], None]] = None) -> Prediction:
-    """Segment `image` with `package`; `log` receives the chosen plan as a dict before the windows run."""
+                  log: Optional[Callable[[dict], None]] = None,
+                  progress: Optional[Callable[[dict], None]] = None) -> Prediction:
+    """Segment `image` with `package`; `log` receives the chosen plan as a dict before the windows run, `progress`
+    {windows_done, windows_total, fraction, elapsed_s, eta_s} while they run (micd/inference/progress.py)."""
     opts = options or PredictOptions()
     t0 = time.time()
     device = resolve_device(opts.device)
@@ -62,14 +65,22 @@ def predict_image(image: sitk.Image, package: ModelPackage, options: Optional[Pr
                  if device.type == "cuda" else None)
     plan = plan_accumulation(array.shape, n_classes, roi, device, cpu_budget(opts.max_buffer_gib), gpu_bytes,
                               opts.overlap)
+    amp = torch.float16 if device.type == "cuda" else None
+    windows = count_windows(array.shape, roi, plan, opts.overlap)
     info = {"branches": names, "tta": bool(opts.tta), "device": str(device), "grid_shape": list(array.shape),
             "input_size": list(image.GetSize()), "roi": roi, "overlap": opts.overlap, "sw_batch_size": sw_batch,
-            "classes": n_classes, "plan": plan.to_dict()}
+            "classes": n_classes, "plan": plan.to_dict(), "windows": windows,
+            "precision": "fp16" if amp else "fp32",
+            "precision_reason": "fp16 autocast: the default on CUDA" if amp else
+            "fp32: micd predict runs the networks in full precision on the CPU"}
     if log:
         log(info)
-    amp = torch.float16 if device.type == "cuda" else None
     predictor = EnsembleProbabilities(nets, opts.tta, plan.torch_dtype, amp)
-    labels, entropy = segment_grid(array, predictor, roi, plan, n_classes, opts.uncertainty, opts.overlap, sw_batch)
+    counter = CountingPredictor(predictor, windows, progress) if progress else None
+    labels, entropy = segment_grid(array, counter or predictor, roi, plan, n_classes, opts.uncertainty, opts.overlap,
+                                   sw_batch)
+    if counter:
+        counter.finish()
     del array
 
     out = restore_geometry(_on_grid(labels, grid), image)

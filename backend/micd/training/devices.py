@@ -38,6 +38,20 @@ def amp_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
     return torch.bfloat16 if mode == "bf16" else torch.float16
 
 
+def precision_reason(mode: str, device: torch.device) -> tuple:
+    """(precision, why) in words for the `start` event, e.g. ("fp32", "fp32: this CPU has no AMX/AVX512-BF16 ...")."""
+    dtype = amp_dtype(mode, device)
+    name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    if mode != "auto":
+        return name, f"{name}: --amp {mode}" + (" (autocast)" if dtype is not None else "")
+    if device.type == "cuda":
+        return name, "fp16: automatic mixed precision, the default on CUDA (--amp off for fp32)"
+    if dtype is not None:
+        return name, "bf16 autocast: this CPU has AMX/AVX512-BF16, where bf16 is about twice as fast (--amp off for fp32)"
+    return name, ("fp32: this CPU has no AMX/AVX512-BF16, so bf16 autocast would be slower than fp32 here "
+                  "(--amp bf16 forces it)")
+
+
 def cpu_has_fast_bf16() -> bool:
     """True on CPUs with AMX or AVX512-BF16, where bf16 autocast roughly halves a training step."""
     try:

@@ -27,6 +27,10 @@ class TrainOptions:
     out: Optional[str] = opt(None, "run folder: config, events.jsonl, checkpoints and, on success, model/")
     method: str = opt("micd", "training method", choices=["micd", "supervised", "mean-teacher", "cps", "dhc"])
     iterations: int = opt(6000, "number of optimizer steps (the run ends at this iteration count, also after --resume)")
+    time_budget: Optional[str] = opt(None, "wall-clock budget of the whole run, e.g. 90s, 45m, 2h or 1h30m: a few "
+                                     "timed steps on the real data and device fix --iterations so that training, "
+                                     "validation and export end within it (an --iterations given explicitly wins; "
+                                     "--resume keeps the planned count)")
     patch_size: Optional[List[int]] = opt(None, "training patch D H W in voxels of the preprocessed grid (multiples of "
                                           "16); planned from the data and memory when omitted", nargs=3, type=int,
                                           metavar=("D", "H", "W"))
@@ -164,7 +168,13 @@ def resolve(ns: argparse.Namespace, saved: Optional[dict] = None) -> TrainOption
     if cfg_path:
         merged.update(load_config_file(cfg_path))
     merged.update(given)
-    return TrainOptions(**merged)
+    opts = TrainOptions(**merged)
+    if opts.time_budget is not None:
+        from micd.training.budget import parse_duration
+        parse_duration(opts.time_budget)  # ValueError with the accepted forms
+    # --time-budget sets the count unless --iterations was said now (flag or --config), not merely saved by a run
+    opts.iterations_given = "iterations" in given or bool(cfg_path and "iterations" in load_config_file(cfg_path))
+    return opts
 
 
 def load_config_file(path: str) -> dict:

@@ -28,7 +28,8 @@ from micd.nets.vnet import NetworkConfig
 from micd.training import distributed as D
 from micd.training.checkpoint import (BEST, LAST, CheckpointError, load_checkpoint, load_latest, numpy_global_state,
                                       save_checkpoint, set_numpy_global_state)
-from micd.training.devices import DeviceError, amp_dtype, free_device_bytes, is_cuda_error, is_oom, resolve_device
+from micd.training.devices import (DeviceError, amp_dtype, free_device_bytes, is_cuda_error, is_oom,
+                                   precision_reason, resolve_device)
 from micd.training.options import TrainOptions
 from micd.training.schedule import consistency_weight, learning_rate
 from micd.training.signals import CancelFlag
@@ -102,7 +103,8 @@ class Trainer:
             self._finish()
             return EXIT_OK
         except DataProblem as e:
-            self._emit_error("data", str(e), e.hint or "fix the files listed and start again", problems=e.problems)
+            self._emit_error(getattr(e, "kind", "data"), str(e), e.hint or "fix the files listed and start again",
+                             problems=e.problems)
             return EXIT_DATA
         except WarmStartError as e:
             self._emit_error("data", str(e), e.hint, problems=[{"file": self.o.init_from, "reason": str(e)}])
@@ -217,6 +219,8 @@ class Trainer:
                 json.dump(o.to_dict(), f, indent=2)
         self._check_cancel(before_training=True)
         self._build_model()
+        from micd.training.budget import apply_time_budget
+        apply_time_budget(self)  # --time-budget: calibrate and fix the iteration count (micd/training/budget.py)
 
     def _prepare_data(self) -> RunData:
         from micd.data.cache import make_plan, prepare_cases
@@ -438,6 +442,8 @@ class Trainer:
                    batch_size={"labeled": o.batch_labeled, "unlabeled": o.batch_unlabeled},
                    world_size=self.ctx.world_size, ranks=self.ctx.world_size,
                    amp=str(self.amp).replace("torch.", "") if self.amp else "off",
+                   **dict(zip(("precision", "precision_reason"), precision_reason(o.amp, self.device))),
+                   **getattr(self, "budget_fields", {}),
                    spacing=list(d.plan.target_spacing), modality=d.plan.modality, labels=d.labels,
                    notes=d.notes, run_dir=self.run_dir, version=__version__)
 

@@ -1,0 +1,293 @@
+"""`micd train --time-budget 45m`: fix the iteration count from a few timed steps so that the run ends in time.
+
+How the count is planned (`apply_time_budget`, called once the model is built):
+
+1. **Calibration.** One warm-up step and up to three timed steps of the real training step (`Trainer._train_step`,
+   the method's full loss at β_max, on real patches of the run's data, on its device and precision), one validation
+   pass over the first validation case (scaled by voxel count to the whole validation set) and one checkpoint
+   written to disk. The calibration steps leave no trace: the trainer's complete checkpoint state (weights,
+   teachers, class-weight statistics, BatchNorm statistics, optimizer, every RNG) is copied before and restored
+   after them, so a budgeted run whose plan came to N iterations trains exactly as `--iterations N` would (tested).
+2. **The count.** The budget runs from the start of the process. What is left after calibration pays, in this order,
+   for the final checkpoint and the model export, then for N iterations with their validations and periodic
+   checkpoints; N is the largest count whose estimate fits `SAFETY` of that time. Everything that follows the count
+   (poly learning rate, ramp-up, warm-up, validation every N/10, checkpoints) is derived from it as for
+   `--iterations N`. The count is stored as `iterations` in `RUN_DIR/config.json`, so `--resume` keeps it, and the
+   calibration in `RUN_DIR/plan.json`.
+3. **Too small a budget.** When fewer than `MIN_ITERATIONS` fit: if `MIN_ITERATIONS` still end within
+   `OVERRUN_TOLERANCE` x the budget the run does them with a warning; otherwise it stops before training with an
+   `error` event of kind `budget` (exit 2) that says how long the shortest run takes and what to change.
+
+`--iterations` given on the command line or in `--config` wins over the budget: the calibration then only reports the
+ETA (with a warning when it exceeds the budget). On `--resume` the stored count is kept and nothing is calibrated.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import List, Optional
+
+WARMUP_STEPS = 1
+TIMED_STEPS = 3
+CALIBRATION_SHARE = 0.15  # at most this share of the budget goes to timed steps beyond the first
+MIN_ITERATIONS = 10
+OVERRUN_TOLERANCE = 1.25
+SAFETY = 0.9
+PLAN_FILE = "plan.json"
+
+_DURATION = re.compile(r"^(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m(?:in)?)?(?:(?P<s>\d+(?:\.\d+)?)s?)?$")
+
+
+def parse_duration(text) -> float:
+    """Seconds in '90s', '45m', '2h', '1h30m', '1.5h' or a plain number of seconds; ValueError otherwise."""
+    s = str(text).strip().lower().replace(" ", "")
+    m = _DURATION.match(s)
+    if not s or not m or not any(m.groupdict().values()):
+        raise ValueError(f"--time-budget {text!r}: expected a duration such as 90s, 45m, 2h or 1h30m")
+    seconds = sum(float(m.group(k) or 0) * f for k, f in (("h", 3600), ("m", 60), ("s", 1)))
+    if seconds <= 0:
+        raise ValueError(f"--time-budget {text!r}: the budget must be longer than zero")
+    return seconds
+
+
+def process_start_time() -> float:
+    """When this process started (the budget covers start-up and preprocessing too); now when unknown."""
+    try:
+        import psutil
+
+        return float(psutil.Process().create_time())
+    except Exception:  # noqa: BLE001 - psutil missing or no permission
+        return time.time()
+
+
+@dataclass
+class Calibration:
+    warmup_s: List[float]
+    step_s: List[float]
+    sec_per_iter: float
+    validation_s: float  # one validation of the whole validation set (estimated from its first case)
+    checkpoint_s: float  # one checkpoint written to disk
+    export_s: float  # final model folder(s)
+    spent_s: float  # what the calibration itself took
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return {k: ([round(x, 4) for x in v] if isinstance(v, list) else round(v, 4)) for k, v in d.items()}
+
+
+@dataclass
+class RunCosts:
+    """What the loop does as a function of the iteration count (mirrors Trainer._loop)."""
+    validate_every: int  # option value: 0 = ten times per run
+    checkpoint_every: int
+    has_validation: bool
+
+    def validations(self, n: int) -> int:
+        if not self.has_validation or n <= 0:
+            return 0
+        every = self.validate_every if self.validate_every > 0 else max(1, n // 10)
+        return n // every + (1 if n % every else 0)
+
+    def checkpoints(self, n: int) -> int:
+        return max(0, (n - 1) // max(1, self.checkpoint_every))
+
+    def loop_seconds(self, n: int, cal: Calibration) -> float:
+        v = self.validations(n)
+        # every validation may improve the best Dice and write best.pt (the networks only: about half a checkpoint)
+        return n * cal.sec_per_iter + v * (cal.validation_s + 0.5 * cal.checkpoint_s) + \
+            self.checkpoints(n) * cal.checkpoint_s
+
+    def finish_seconds(self, cal: Calibration) -> float:
+        return cal.checkpoint_s + cal.export_s
+
+    def fit(self, available_s: float, cal: Calibration) -> int:
+        """Largest n whose loop fits `available_s` (0 when not even one iteration does)."""
+        if self.loop_seconds(1, cal) > available_s:
+            return 0
+        lo, hi = 1, max(2, int(available_s / max(cal.sec_per_iter, 1e-6)) + 2)
+        while lo + 1 < hi:  # loop_seconds is non-decreasing up to the rounding of validate_every
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if self.loop_seconds(mid, cal) <= available_s else (lo, mid)
+        while lo > 1 and self.loop_seconds(lo, cal) > available_s:
+            lo -= 1
+        return lo
+
+
+@dataclass
+class BudgetPlan:
+    time_budget: str
+    time_budget_s: float
+    iterations: int
+    planned: bool  # False when --iterations was given and only the ETA is reported
+    eta_s: float  # from the start of training to the end of the export
+    expected_total_s: float  # from the start of the process
+    sec_per_iter: float
+    calibration: dict = field(default_factory=dict)
+    note: str = ""
+
+    def start_fields(self) -> dict:
+        return {"time_budget": self.time_budget, "time_budget_s": self.time_budget_s, "eta_s": round(self.eta_s, 1),
+                "expected_total_s": round(self.expected_total_s, 1), "sec_per_iter_expected": round(self.sec_per_iter, 4),
+                "budget_plan": {"planned_iterations": self.planned, "calibration": self.calibration,
+                                "note": self.note}}
+
+
+def calibrate(trainer) -> Calibration:
+    """Time the real step, a validation and a checkpoint, then put every bit of trainer state back."""
+    import numpy as np
+    import torch
+
+    from micd.training import distributed as D
+    from micd.training.validation import validate
+
+    o = trainer.o
+    t_cal = time.time()
+    saved = copy.deepcopy(trainer._state(0))
+    saved_best = copy.deepcopy(trainer.best)
+    nonfinite = getattr(trainer, "nonfinite_in_row", None)
+    for s in trainer.method.students.values():
+        s.train()
+    sync = (lambda: torch.cuda.synchronize(trainer.device)) if trainer.device.type == "cuda" else (lambda: None)
+
+    def step() -> float:
+        t = time.time()
+        trainer._train_step(o.beta_max)
+        sync()
+        return time.time() - t
+
+    warm = [step() for _ in range(WARMUP_STEPS)]
+    # Slow steps on a short budget: fewer timed steps (at least one). The count comes from the warm-up time averaged
+    # over ranks, so that every rank takes the same number of steps (their all-reduces must pair up).
+    first = D.mean_across_ranks(trainer.ctx, {"w": warm[-1]})["w"]
+    n_timed = max(1, min(TIMED_STEPS, int(CALIBRATION_SHARE * parse_duration(o.time_budget) / max(first, 1e-6))))
+    timed = [step() for _ in range(n_timed)]
+    spi = float(np.median(timed))
+
+    val_s = 0.0
+    if trainer.data.validation and trainer.ctx.is_main:
+        first = trainer.data.validation[0]
+        t = time.time()
+        validate(trainer.method.inference_networks(), [first], trainer.data.labels, trainer.patch, trainer.device)
+        sync()
+        one = time.time() - t
+        voxels = [float(np.prod(c.image.shape)) for c in trainer.data.validation]
+        val_s = one * sum(voxels) / max(voxels[0], 1.0)
+    ckpt_s = 0.0
+    if trainer.ctx.is_main:
+        t = time.time()
+        fd, tmp = tempfile.mkstemp(prefix=".calibration-", suffix=".pt", dir=trainer.run_dir)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(trainer._state(0), f)
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            os.unlink(tmp)
+        ckpt_s = time.time() - t
+    export_s = (2.0 if o.export_last else 1.0) * ckpt_s + 0.5  # safetensors of the networks, JSON, rename
+
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer._restore(saved)
+    trainer.best = saved_best
+    if nonfinite is None:
+        if hasattr(trainer, "nonfinite_in_row"):
+            del trainer.nonfinite_in_row
+    else:
+        trainer.nonfinite_in_row = nonfinite
+    D.barrier(trainer.ctx)
+    return Calibration(warm, timed, spi, val_s, ckpt_s, export_s, time.time() - t_cal)
+
+
+def apply_time_budget(trainer) -> None:
+    """With --time-budget: calibrate, fix trainer.o.iterations (unless given) and keep the plan for the start event.
+
+    Sets `trainer.budget_fields` (merged into the `start` event); raises DataProblem(kind="budget") when even the
+    shortest sensible run would overrun the budget by far."""
+    from micd.training import distributed as D
+    from micd.training.trainer import CONFIG_FILE, DataProblem
+
+    o = trainer.o
+    trainer.budget_fields = {}
+    if not o.time_budget:
+        return
+    budget_s = parse_duration(o.time_budget)
+    plan_path = os.path.join(trainer.run_dir, PLAN_FILE)
+    if trainer.resume_state is not None:
+        trainer.budget_fields = _resumed_fields(plan_path, o, int(trainer.resume_state["iteration"]))
+        return
+    given = getattr(o, "iterations_given", False)
+    costs = RunCosts(o.validate_every, o.checkpoint_every, bool(trainer.data.validation))
+    cal = calibrate(trainer)
+    cal = D.broadcast_object(trainer.ctx, cal)
+    t0 = getattr(trainer, "process_t0", None) or process_start_time()
+    elapsed = time.time() - t0
+    available = budget_s - elapsed - costs.finish_seconds(cal)
+    where = (f"{cal.sec_per_iter:.2f} s per iteration on {trainer.device} (patch {'x'.join(map(str, trainer.patch))}, "
+             f"batch {o.batch_labeled}+{o.batch_unlabeled}, {o.filters} filters)")
+    if given:
+        n, note = o.iterations, f"--iterations {o.iterations} given: the budget only sets the ETA"
+    else:
+        n = costs.fit(SAFETY * available, cal)
+        note = f"{n} iterations fit the {o.time_budget} budget at {where}"
+        if n < MIN_ITERATIONS:
+            shortest = elapsed + costs.loop_seconds(MIN_ITERATIONS, cal) + costs.finish_seconds(cal)
+            if shortest > OVERRUN_TOLERANCE * budget_s:
+                raise _budget_error(DataProblem, o, budget_s, shortest, n, where)
+            note = (f"only {n} iterations fit the {o.time_budget} budget at {where}; running the minimum of "
+                    f"{MIN_ITERATIONS}, about {shortest - budget_s:.0f} s over the budget")
+            n = MIN_ITERATIONS
+    eta = costs.loop_seconds(n, cal) + costs.finish_seconds(cal)
+    plan = BudgetPlan(o.time_budget, budget_s, n, not given, eta, elapsed + eta, cal.sec_per_iter,
+                      {**cal.to_dict(), "setup_s": round(elapsed - cal.spent_s, 2)}, note)
+    if given and elapsed + eta > budget_s:
+        trainer._emit("warning", message=f"--iterations {n} will take about {elapsed + eta:.0f} s, over the "
+                      f"{o.time_budget} budget ({where}); leave out --iterations to let the budget set the count",
+                      file="")
+    elif n == MIN_ITERATIONS and not given and plan.expected_total_s > budget_s:
+        trainer._emit("warning", message=note, file="")
+    o.iterations = n
+    if trainer.bar is not None:
+        trainer.bar.total = n
+    if trainer.ctx.is_main:
+        with open(os.path.join(trainer.run_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
+            json.dump(o.to_dict(), f, indent=2)
+        with open(plan_path, "w", encoding="utf-8") as f:
+            json.dump(asdict(plan), f, indent=2)
+    trainer.budget_fields = plan.start_fields()
+
+
+def _budget_error(DataProblem, o, budget_s: float, shortest: float, n: int, where: str):
+    need = math.ceil(shortest / 60.0)
+    err = DataProblem(f"--time-budget {o.time_budget}: only {n} iterations fit at {where}; even {MIN_ITERATIONS} "
+                      f"would take about {shortest:.0f} s, {shortest / budget_s:.1f}x the budget", [],
+                      f"give a longer --time-budget (at least {need} min), a smaller --patch-size, fewer --filters "
+                      "or a smaller batch, or train on a GPU (--device cuda)")
+    err.kind = "budget"
+    return err
+
+
+def _resumed_fields(plan_path: str, o, start_iter: int) -> dict:
+    """On --resume: the stored count stands; the ETA is the remaining iterations at the calibrated speed."""
+    try:
+        with open(plan_path, encoding="utf-8") as f:
+            stored = json.load(f)
+    except (OSError, ValueError):
+        return {"time_budget": o.time_budget, "budget_plan": {"note": "resumed; no stored plan"}}
+    costs = RunCosts(o.validate_every, o.checkpoint_every, True)
+    cal_d = stored.get("calibration", {})
+    cal = Calibration([], [], float(stored.get("sec_per_iter", 0.0)), float(cal_d.get("validation_s", 0.0)),
+                      float(cal_d.get("checkpoint_s", 0.0)), float(cal_d.get("export_s", 0.0)), 0.0)
+    left = costs.loop_seconds(o.iterations, cal) - costs.loop_seconds(start_iter, cal) + costs.finish_seconds(cal)
+    note = f"resumed: the {o.iterations} iterations planned for the {stored.get('time_budget')} budget are kept"
+    if str(stored.get("time_budget")) != str(o.time_budget):
+        note += f" (--time-budget {o.time_budget} now given does not re-plan; pass --iterations to change the count)"
+    return {"time_budget": o.time_budget, "time_budget_s": stored.get("time_budget_s"), "eta_s": round(left, 1),
+            "sec_per_iter_expected": stored.get("sec_per_iter"),
+            "budget_plan": {"planned_iterations": stored.get("planned"), "calibration": cal_d, "note": note}}

@@ -1,0 +1,149 @@
+"""`micd train --time-budget` on real hippocampus cases: the planned run ends within its budget, the calibration steps
+leave no trace in the training stream, --resume keeps the planned count, --iterations wins, a budget too small is an
+error with a hint; the start event says which precision and why."""
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from realdata import TINY, micd_cmd, run_micd, write_dataset
+from test_training import _wait_for, losses_by_iter
+from micd.events import read_events
+from micd.training.budget import Calibration, RunCosts, parse_duration
+from micd.training.devices import cpu_has_fast_bf16
+
+BUDGET = 40  # seconds: 6-25 s of start-up and preprocessing (the more, the busier the machine), then 0.2-0.9 s iterations
+
+
+def _start(events):
+    return [e for e in events if e["event"] == "start"]
+
+
+def test_parse_duration():
+    assert [parse_duration(s) for s in ("90s", "45m", "2h", "1h30m", "90", "1.5h", "10 min")] == \
+        [90, 2700, 7200, 5400, 90, 5400, 600]
+    for bad in ("soon", "", "0s", "-5m", "5d"):
+        with pytest.raises(ValueError, match="90s, 45m, 2h|longer than zero"):
+            parse_duration(bad)
+
+
+def test_fit_is_the_largest_count_that_fits():
+    cal = Calibration([0.5], [0.2], 0.2, validation_s=1.0, checkpoint_s=0.3, export_s=0.8, spent_s=1.0)
+    costs = RunCosts(validate_every=0, checkpoint_every=50, has_validation=True)
+    for avail in (0.1, 5.0, 37.0, 600.0):
+        n = costs.fit(avail, cal)
+        assert (n == 0 and costs.loop_seconds(1, cal) > avail) or costs.loop_seconds(n, cal) <= avail
+        assert costs.loop_seconds(n + 1, cal) > avail
+    # ten validations (and best checkpoints) and the periodic checkpoints are paid for
+    assert costs.loop_seconds(1000, cal) == pytest.approx(1000 * 0.2 + 10 * (1.0 + 0.15) + 19 * 0.3)
+
+
+@pytest.fixture(scope="module")
+def budget_run(tmp_path_factory, shared_data):
+    folder = tmp_path_factory.mktemp("budget")
+    ds = write_dataset(folder, 2, 1, 1)
+    run = os.path.join(folder, "run")
+    t0 = time.time()
+    p = run_micd("train", "--dataset", ds, "--out", run, "--time-budget", f"{BUDGET}s", "--checkpoint-every", "10",
+                 "--seed", "3", *TINY)
+    wall = time.time() - t0
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    return ds, run, wall
+
+
+def test_budget_run_ends_in_time_and_schedule_follows_the_count(budget_run):
+    ds, run, wall = budget_run
+    events = read_events(os.path.join(run, "events.jsonl"))
+    start = _start(events)[0]
+    n = start["iterations"]
+    cal = start["budget_plan"]["calibration"]
+    assert start["budget_plan"]["planned_iterations"] is True and n >= 10
+    assert len(cal["step_s"]) >= 1 and cal["sec_per_iter"] > 0 and cal["validation_s"] > 0
+    assert start["time_budget_s"] == BUDGET and 0 < start["eta_s"] and start["expected_total_s"] <= BUDGET
+    its = [e for e in events if e["event"] == "iteration"]
+    # The plan cannot foresee other load on the machine: allow for iterations that ran slower than calibrated.
+    actual = (its[-1]["time"] - its[0]["time"]) / max(1, len(its) - 1)
+    slowdown = max(1.0, actual / cal["sec_per_iter"])
+    assert wall <= BUDGET * 1.1 * slowdown, f"the {BUDGET}s run took {wall:.1f} s (slowdown {slowdown:.2f})"
+    # the count fills the budget rather than a sliver of it
+    assert start["expected_total_s"] >= 0.7 * BUDGET
+    assert [e["iter"] for e in its] == list(range(1, n + 1)) and {e["total"] for e in its} == {n}
+    assert its[-1]["lr"] == pytest.approx(0.03 * (1 / n) ** 0.9, rel=1e-6)  # poly schedule over the planned count
+    assert its[-1]["beta"] == pytest.approx(0.1 * 2.718281828 ** (-5 * (1 / n) ** 2), rel=1e-4)  # ramp-up too
+    assert [e["iter"] for e in events if e["event"] == "validation"] == \
+        [i for i in range(1, n + 1) if i % max(1, n // 10) == 0 or i == n]
+    assert json.load(open(os.path.join(run, "config.json")))["iterations"] == n
+    assert json.load(open(os.path.join(run, "plan.json")))["iterations"] == n
+    assert events[-1]["event"] == "done" and events[-1]["iter"] == n
+    # precision said out loud
+    assert start["precision"] == ("bf16" if cpu_has_fast_bf16() else "fp32")
+    assert "AMX/AVX512-BF16" in start["precision_reason"]
+
+
+def test_calibration_leaves_no_trace(budget_run, tmp_path):
+    """The same seed with --iterations N (no calibration) gives exactly the losses of the budgeted run that planned N."""
+    ds, run, _ = budget_run
+    events = read_events(os.path.join(run, "events.jsonl"))
+    n = _start(events)[0]["iterations"]
+    ref = os.path.join(tmp_path, "ref")
+    p = run_micd("train", "--dataset", ds, "--out", ref, "--iterations", str(n), "--checkpoint-every", "10",
+                 "--seed", "3", *TINY)
+    assert p.returncode == 0, p.stdout[-1500:] + p.stderr[-1500:]
+    ref_events = read_events(os.path.join(ref, "events.jsonl"))
+    assert "budget_plan" not in _start(ref_events)[0]
+    assert losses_by_iter(ref_events) == losses_by_iter(events)
+    dice = lambda ev: [e["mean_dice"] for e in ev if e["event"] == "validation"]  # noqa: E731
+    assert dice(ref_events) == dice(events)
+
+
+def test_resume_keeps_the_planned_count(tmp_path, shared_data):
+    ds = write_dataset(tmp_path, 2, 1, 1)
+    out = os.path.join(tmp_path, "killed")
+    args = ["train", "--dataset", ds, "--out", out, "--time-budget", f"{BUDGET}s", "--checkpoint-every", "5",
+            "--seed", "4", *TINY]
+    proc = subprocess.Popen(micd_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    _wait_for(os.path.join(out, "events.jsonl"), '"kind": "last"', proc)
+    proc.kill()
+    proc.wait()
+    before = losses_by_iter(read_events(os.path.join(out, "events.jsonl")))
+    p = run_micd(*args, "--resume")
+    assert p.returncode == 0, p.stdout[-1500:] + p.stderr[-1500:]
+    events = read_events(os.path.join(out, "events.jsonl"))
+    first, again = _start(events)
+    n = first["iterations"]
+    assert again["iterations"] == n and again["start_iter"] >= 5 and "resumed" in again["budget_plan"]["note"]
+    assert "calibration" in again["budget_plan"] and again["eta_s"] < first["eta_s"]
+    its = [e for e in events if e["event"] == "iteration"]
+    assert max(e["iter"] for e in its) == n and {e["total"] for e in its} == {n} and events[-1]["event"] == "done"
+    assert its[-1]["lr"] == pytest.approx(0.03 * (1 / n) ** 0.9, rel=1e-6)  # the schedule of the planned count
+    assert json.load(open(os.path.join(out, "config.json")))["iterations"] == n
+    # iterations run both before the kill and after the resume repeat exactly
+    resumed = losses_by_iter(events)
+    for it in range(again["start_iter"] + 1, max(before) + 1):
+        assert resumed[it] == pytest.approx(before[it], rel=1e-5), it
+
+
+def test_iterations_given_wins_and_too_small_a_budget_is_an_error(tmp_path, shared_data):
+    ds = write_dataset(tmp_path, 2, 1, 1)
+    p = run_micd("train", "--dataset", ds, "--out", os.path.join(tmp_path, "given"), "--time-budget", "1h",
+                 "--iterations", "3", *TINY)
+    assert p.returncode == 0, p.stdout[-1500:] + p.stderr[-1500:]
+    start = _start(read_events(os.path.join(tmp_path, "given", "events.jsonl")))[0]
+    assert start["iterations"] == 3 and start["budget_plan"]["planned_iterations"] is False
+    assert 0 < start["eta_s"] < 3600
+
+    p = run_micd("train", "--dataset", ds, "--out", os.path.join(tmp_path, "short"), "--time-budget", "2s", *TINY)
+    assert p.returncode == 2, p.stdout[-1500:] + p.stderr[-1500:]
+    err = [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")][-1]
+    assert err["event"] == "error" and err["kind"] == "budget"
+    assert "--time-budget 2s" in err["message"] and "longer --time-budget" in err["hint"] and "GPU" in err["hint"]
+    assert not os.path.isdir(os.path.join(tmp_path, "short", "checkpoints"))
+
+    p = run_micd("train", "--dataset", ds, "--out", os.path.join(tmp_path, "bad"), "--time-budget", "soon", *TINY)
+    assert p.returncode == 2
+    err = json.loads(p.stdout.strip().splitlines()[-1])
+    assert err["kind"] == "data" and "90s, 45m, 2h" in err["message"]
