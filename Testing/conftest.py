@@ -37,6 +37,7 @@ def scene():
     scene, keep_alive = new_scene()
     yield scene
     slicer_standin.release_scene(scene)
+    keep_alive.release()
     scene.Clear(True)
     del keep_alive
 

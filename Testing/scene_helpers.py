@@ -7,8 +7,8 @@ import slicer
 
 
 def new_scene():
-    """A fresh slicer.mrmlScene with the Colors, Volumes, Segmentations and SubjectHierarchy logics (and
-    slicer.modules.<name>.logic()); returns (scene, objects to keep alive while it is used)."""
+    """A fresh slicer.mrmlScene with the Colors, Volumes, Segmentations, SubjectHierarchy and layout logics (and
+    slicer.modules.<name>.logic()); returns (scene, SceneLogics to keep alive while it is used)."""
     scene = slicer.vtkMRMLScene()
     slicer.mrmlScene = scene
     app = slicer.vtkSlicerApplicationLogic()
@@ -25,9 +25,22 @@ def new_scene():
     sh_logic = slicer.vtkSlicerSubjectHierarchyModuleLogic()
     sh_logic.SetMRMLScene(scene)
     scene.GetSubjectHierarchyNode()
+    layout_logic = slicer.vtkMRMLLayoutLogic()  # the view layout node, and the views it names
+    layout_logic.SetMRMLScene(scene)
     slicer.modules = types.SimpleNamespace(**{n: types.SimpleNamespace(logic=(lambda lg=lg: lg))
                                               for n, lg in logics.items()})
-    return scene, (app, logics, sh_logic)
+    return scene, SceneLogics(app, logics, sh_logic, layout_logic)
+
+
+class SceneLogics:
+    """Keeps a test scene's logics alive; `release()` detaches the layout logic (clearing the scene under it
+    crashes)."""
+
+    def __init__(self, *logics):
+        self.logics = logics
+
+    def release(self):
+        self.logics[-1].SetMRMLScene(None)
 
 HIPPOCAMPUS_NAMES = {1: "anterior", 2: "posterior"}
 

@@ -134,6 +134,7 @@ def test_training_settings_round_trip(training_panel):
 
 
 def test_training_curves_have_distinct_colours_and_both_charts_show(training_panel):
+    from MICDTrainingLib import Curves
     from MICDTrainingLib.Curves import TrainingCurves
 
     panel, _logic = training_panel
@@ -155,6 +156,13 @@ def test_training_curves_have_distinct_colours_and_both_charts_show(training_pan
         drawn = {image.pixelColor(x, y).name() for x in range(0, image.width(), 2) for y in range(0, image.height(), 2)}
         series = {qt.QColor(*[int(c * 255) for c in rgb]).name() for rgb in colors}
         assert len(series & drawn) == 3, "each series is drawn in its own colour"
+
+    panel.showCurvesButton.click()  # both charts in Slicer's view layout
+    layout = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+    assert layout.GetViewArrangement() == Curves.LAYOUT_ID
+    shown = [slicer.mrmlScene.GetSingletonNode(tag, "vtkMRMLPlotViewNode").GetPlotChartNodeID()
+             for tag in Curves.PLOT_VIEWS]
+    assert shown == [panel.curves.loss.chart_node.GetID(), panel.curves.dice.chart_node.GetID()]
 
 
 @pytest.fixture

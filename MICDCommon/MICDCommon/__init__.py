@@ -1,7 +1,8 @@
 """Shared by the MICDTraining and MICDSegmentation modules: the background job runner (`jobs`), the backend launcher
 (`backend`), the dependency check/install (`dependencies`), the model registry (`registry`), the progress stream
-(`events`) and scene/file helpers (`sceneio`). Imports only slicer, vtk, numpy and the standard library; `qtpoller`
-imports qt when used."""
+(`events`) and scene/file helpers (`sceneio`). Imports only slicer, vtk, numpy and the standard library; `qtsupport`
+(job poller, settings, dialogs, panel parts) and `slicermodule` (what both module files share) import qt and ctk
+when used."""
 
 from .backend import BackendLauncher, find_backend_path, micd_home, slicer_python
 from .events import EventTail, TrainingProgress, describe_event, format_seconds

@@ -2,7 +2,7 @@
 streams its events, reattaches to it later, and cancels its whole process tree.
 
 Nothing here needs Qt: `BackgroundJob.poll()` advances the state (new events, log lines, end of the process) and
-calls the callbacks; in Slicer a QTimer calls it (see `qtpoller.py`), in scripts and tests `wait()` or a loop does.
+calls the callbacks; in Slicer a QTimer calls it (see `qtsupport.py`), in scripts and tests `wait()` or a loop does.
 """
 
 import json

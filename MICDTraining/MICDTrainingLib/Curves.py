@@ -16,6 +16,21 @@ def series_color(index):
     return SERIES_COLORS[index % len(SERIES_COLORS)]
 
 
+# A view layout with the red slice above the loss and Dice charts side by side (registered on first use).
+LAYOUT_ID = 5701
+PLOT_VIEWS = ("MICDLoss", "MICDDice")
+LAYOUT = ('<layout type="vertical" split="true">'
+          '<item splitSize="500"><view class="vtkMRMLSliceNode" singletontag="Red">'
+          '<property name="orientation" action="default">Axial</property>'
+          '<property name="viewlabel" action="default">R</property>'
+          '<property name="viewcolor" action="default">#F34A33</property></view></item>'
+          '<item splitSize="500"><layout type="horizontal">' +
+          "".join(f'<item><view class="vtkMRMLPlotViewNode" singletontag="{tag}">'
+                  f'<property name="viewlabel" action="default">{tag[4]}</property></view></item>'
+                  for tag in PLOT_VIEWS) +
+          '</layout></item></layout>')
+
+
 class CurveTable:
     """A table node with an iteration column and one float column per series; one plot series per column."""
 
@@ -100,6 +115,17 @@ class TrainingCurves:
             values = {"mean": event.get("mean_dice")}
             values.update(event.get("dice") or {})
             self.dice.add_row(int(event.get("iter", 0)), values)
+
+    def show_in_layout(self, scene):
+        """Switch the view layout to the red slice above both charts (the layout logic makes the plot views)."""
+        layout = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+        if layout is None:
+            raise RuntimeError("the scene has no view layout")
+        if not layout.IsLayoutDescription(LAYOUT_ID):
+            layout.AddLayoutDescription(LAYOUT_ID, LAYOUT)
+        layout.SetViewArrangement(LAYOUT_ID)
+        for tag, table in zip(PLOT_VIEWS, (self.loss, self.dice)):
+            scene.GetSingletonNode(tag, "vtkMRMLPlotViewNode").SetPlotChartNodeID(table.chart_node.GetID())
 
     def remove(self):
         self.loss.remove()

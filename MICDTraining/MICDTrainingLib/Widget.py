@@ -167,9 +167,9 @@ class TrainingWidget:
         form.addRow(self.statusLabel)
         self.curvesView = CurvesView()
         form.addRow(self.curvesView.widget)
-        self.showCurvesButton = qtsupport.button(_("Show curves in the view layout"), _("Show the loss chart in Slicer's "
-                                        "plot view (its table and the Dice chart are in the scene)"),
-                                        self.onShowCurves)
+        self.showCurvesButton = qtsupport.button(_("Show curves in the view layout"), _("Show the loss and Dice "
+                                                 "charts in Slicer's view layout, below the red slice"),
+                                                 self.onShowCurves)
         form.addRow(self.showCurvesButton)
         self.logText = qt.QPlainTextEdit()
         self.logText.setReadOnly(True)
@@ -395,10 +395,9 @@ class TrainingWidget:
 
     def onShowCurves(self):
         if self.curves is None:
+            self.show_error(_("No training curves yet: start or resume a training first."))
             return
-        plots = getattr(getattr(slicer, "modules", None), "plots", None)
-        if plots is not None:
-            plots.logic().ShowChartInLayout(self.curves.loss.chart_node)
+        self.curves.show_in_layout(slicer.mrmlScene)
 
     def onEvent(self, event):
         if event.get("event") in ("iteration", "validation"):
