@@ -142,9 +142,18 @@ class _SlotCall:
             _slot_errors.append(e)
 
 
+def _declared(q, signature):
+    """A signal with VTK pointer arguments (a Python object to PyQt) must be one the stand-in class declares with
+    its C++ signature in PYTHONQT_SIGNATURES, so 'currentNodeChanged(vtkMRMLScene*)' is as unknown as in Slicer."""
+    if "vtk" not in signature:
+        return True
+    wanted = bytes(QtCore.QMetaObject.normalizedSignature(signature.encode())).decode()
+    return any(wanted in getattr(cls, "PYTHONQT_SIGNATURES", ()) for cls in type(q).__mro__)
+
+
 def _bound_signal(q, signature):
     normalized, name, types_ = _normalized(signature)
-    if normalized not in _signals(q):
+    if normalized not in _signals(q) or not _declared(q, signature):
         raise ValueError(f"{type(q).__name__} has no signal '{signature}' (PythonQt would only print a warning "
                          "and never call the slot)")
     signal = getattr(q, name)

@@ -42,6 +42,7 @@ def _stored_properties(specs):
 
 class qMRMLWidget(QtWidgets.QWidget):
     mrmlSceneChanged = pyqtSignal(object)
+    PYTHONQT_SIGNATURES = ("mrmlSceneChanged(vtkMRMLScene*)",)
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -78,6 +79,9 @@ class qMRMLNodeComboBox(qMRMLWidget):
     nodeAboutToBeRemoved = pyqtSignal(object)
     currentNodeRenamed = pyqtSignal(str)
     nodeAboutToBeEdited = pyqtSignal(object)
+    PYTHONQT_SIGNATURES = tuple(f"{name}(vtkMRMLNode*)" for name in (
+        "currentNodeChanged", "nodeActivated", "nodeAdded", "nodeAddedByUser", "nodeAboutToBeRemoved",
+        "nodeAboutToBeEdited"))
 
     def __init__(self, parent=None):
         super().__init__(parent)
