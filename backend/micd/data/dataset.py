@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from micd.data.io import IMAGE_SUFFIXES, SEG_SUFFIX, ImageReadError, expand_image_sources, read_label
+from micd.data.io import IMAGE_SUFFIXES, SEG_SUFFIX, ImageReadError, expand_image_sources, pixel_bytes, read_label
 
 MIN_LABELED_FOR_HOLDOUT = 4  # below this many labeled cases, none is held out for validation
 MIN_TRAINING_AFTER_HOLDOUT = 3
@@ -434,7 +434,7 @@ def nifti_truncation(path: str, info: ImageInfo, decompress: bool = True) -> Opt
         return None
     if info.pixel_id < 0:
         return None
-    itemsize = sitk.GetArrayViewFromImage(sitk.Image([1, 1], info.pixel_id)).itemsize
+    itemsize = pixel_bytes(info.pixel_id)
     needed = 348 + int(np.prod(info.size)) * info.components * itemsize
     if low.endswith(".nii"):
         have = os.path.getsize(path)

@@ -8,6 +8,7 @@ overlap). Writing one produces a file 3D Slicer opens with the segment names and
 from __future__ import annotations
 
 import glob
+import math
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -56,7 +57,7 @@ def read_image(path: str) -> sitk.Image:
             reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(path, ids[0]))
             img = reader.Execute()
         else:
-            img = sitk.ReadImage(path)
+            img = _read_file(path)
     except RuntimeError as e:
         raise ImageReadError(f"{path}: unreadable ({str(e).strip().splitlines()[-1][:200]})") from None
     if img.GetDimension() == 4 and img.GetSize()[3] == 1:
@@ -67,6 +68,37 @@ def read_image(path: str) -> sitk.Image:
         raise ImageReadError(f"{path}: has {img.GetNumberOfComponentsPerPixel()} components per voxel; "
                              "expected a single-channel (scalar) image")
     return img
+
+
+def _read_file(path: str) -> sitk.Image:
+    """Read an image file, after checking from its header alone that its voxels fit in memory."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    reader.ReadImageInformation()
+    check_fits_in_memory(path, reader.GetSize(), reader.GetNumberOfComponents(), reader.GetPixelID())
+    return reader.Execute()
+
+
+def check_fits_in_memory(path: str, size: Sequence[int], components: int, pixel_id: int) -> None:
+    """Refuse an image whose header declares more voxel data than the memory available: a damaged or hostile header
+    can make a few bytes on disk claim billions of voxels, which reading would try to allocate."""
+    from micd.sysmem import available_ram
+
+    n_bytes = math.prod(int(v) for v in size) * max(1, int(components)) * pixel_bytes(pixel_id)
+    avail = available_ram()
+    if avail is not None and n_bytes > avail:
+        dims = " x ".join(str(int(v)) for v in size)
+        raise ImageReadError(f"{path}: the header declares {dims} voxels ({n_bytes / 2 ** 30:,.1f} GiB), more than "
+                             f"the {avail / 2 ** 30:.1f} GiB of memory available; the file is damaged, or too big "
+                             "for this computer")
+
+
+def pixel_bytes(pixel_id: int) -> int:
+    """Bytes of one voxel component of a SimpleITK pixel type."""
+    try:
+        return sitk.GetArrayViewFromImage(sitk.Image([1, 1], pixel_id)).itemsize
+    except RuntimeError:
+        return 1
 
 
 @dataclass
@@ -91,7 +123,9 @@ def _read_seg_nrrd(path: str) -> LabelMap:
         raise ImageReadError(f"{path}: file not found")
     try:
         header = nrrd.read_header(path)
-        img = sitk.ReadImage(path)
+        img = _read_file(path)
+    except ImageReadError:
+        raise
     except Exception as e:  # pynrrd raises its own types
         raise ImageReadError(f"{path}: unreadable segmentation ({e})") from None
     segments = []

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 
 from micd.data.dataset import (Case, DatasetSpec, ImageInfo, Problem, expand_unlabeled, image_info, nifti_truncation,
                                read_case_label, read_image_info)
-from micd.data.io import ImageReadError, read_image
+from micd.data.io import ImageReadError, check_fits_in_memory, read_image
 
 __all__ = ["Problem", "Report", "validate_dataset", "check_image", "check_label"]
 
@@ -97,6 +97,7 @@ def check_image(path: str, read_voxels: bool = True) -> ImageCheck:
         return out
     out.info = info.as_3d()
     try:
+        check_fits_in_memory(path, info.size, info.components, info.pixel_id)
         cut = nifti_truncation(path, info, decompress=read_voxels)
         if cut:
             raise ImageReadError(f"{path}: {cut}")

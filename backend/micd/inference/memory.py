@@ -21,6 +21,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from micd.sysmem import available_ram as _available_ram
+
 GIB = 1024 ** 3
 
 
@@ -116,18 +118,3 @@ def plan_accumulation(shape: Sequence[int], n_classes: int, roi: Sequence[int], 
     return AccumulationPlan(str(compute), "cpu", "float16", axis, keep, margin, math.ceil(shape[axis] / keep),
                             need, cpu_bytes, "budget smaller than one window-thick slab; using the thinnest slab "
                             "(over budget)")
-
-
-def _available_ram() -> Optional[int]:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        import psutil  # type: ignore
-        return int(psutil.virtual_memory().available)
-    except Exception:
-        return None
