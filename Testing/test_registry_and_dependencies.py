@@ -152,3 +152,16 @@ def test_install_into_a_chosen_python_uses_its_pip_and_reports_failures():
     with pytest.raises(DependencyError, match="Choose a working interpreter"):
         probe(missing_python)
     assert InstallPlan(installer.check()).empty
+
+
+def test_helper_processes_read_utf8_and_open_no_window(monkeypatch):
+    from MICDCommon import processes
+
+    result = processes.run([sys.executable, "-c", "import sys; sys.stdout.buffer.write('Jürgen ✓ 肝臓'.encode())"])
+    assert result.stdout == "Jürgen ✓ 肝臓"  # whatever the locale (slicer-core sets C)
+    seen = {}
+    monkeypatch.setattr(processes, "WINDOWS", True)
+    monkeypatch.setattr(processes.subprocess, "run", lambda command, **kwargs: seen.update(kwargs))
+    processes.run(["python", "-c", "pass"])
+    assert seen["creationflags"] == processes.CREATE_NO_WINDOW and seen["encoding"] == "utf-8"
+    assert processes.new_group_popen_kwargs()["creationflags"] & processes.CREATE_NO_WINDOW
