@@ -164,3 +164,38 @@ def test_event_tail_waits_for_complete_lines(tmp_path):
         progress.update(event)
     assert progress.iteration == 3 and progress.fraction == 0.3
     assert progress.status_text() == "Iteration 3 / 10 · 1 min 10 s left · loss 0.500"
+
+
+def test_run_folder_lock_tells_running_from_lost(tmp_path):
+    """The trainer's lock on RUN_DIR/train.lock (the backend's RunLock) overrides what the process id suggests."""
+    from MICDCommon import runlock
+    from MICDCommon.jobs import JobRecord
+
+    run_dir = str(tmp_path / "run")
+    assert runlock.probe(run_dir) is None  # no trainer ever ran here
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys, time
+        from micd.training.runlock import RunLock
+        lock = RunLock(sys.argv[1]).acquire()
+        print("locked", flush=True)
+        sys.stdin.readline()
+        lock.release()
+        print("released", flush=True)
+        time.sleep(120)
+    """), run_dir], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert runlock.probe(run_dir) == (True, holder.pid)
+        marker = processes.start_marker(holder.pid)
+        # the process id alone would call it gone (as when a pid was reused), the held lock says running
+        assert JobRecord("train", ["micd"], run_dir, pid=holder.pid, start_marker=marker.split(":")[0] + ":1"
+                         ).process_running()
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "released"
+        # the process still lives, but the trainer it recorded has let the lock go: not running (lost or ended)
+        assert runlock.probe(run_dir) == (False, holder.pid) and processes.is_alive(holder.pid)
+        assert not JobRecord("train", ["micd"], run_dir, pid=holder.pid, start_marker=marker).process_running()
+    finally:
+        holder.kill()
+        holder.wait()

@@ -10,7 +10,7 @@ import os
 import subprocess
 import time
 
-from . import processes
+from . import processes, runlock
 from .events import EventTail, LineTail, parse_event
 
 RECORD_FILE = "job.json"
@@ -82,6 +82,11 @@ class JobRecord:
         return cls(**{k: data.get(k) for k in cls.FIELDS if k in data})
 
     def process_running(self):
+        """A trainer's run-folder lock decides (held: running; taken by this job and let go: ended), which neither a
+        reused pid nor a platform without process details can fool; until it is taken, the process id does."""
+        lock = runlock.probe(self.run_dir)
+        if lock is not None and (lock[0] or lock[1] == self.pid):
+            return lock[0]
         return processes.is_same_process(self.pid, self.start_marker)
 
 
