@@ -2,6 +2,7 @@
 install only after confirmation, with Slicer's helpers or pip), with fakes for Slicer's installers."""
 
 import json
+import locale
 import re
 import subprocess
 import sys
@@ -157,8 +158,13 @@ def test_install_into_a_chosen_python_uses_its_pip_and_reports_failures():
 def test_helper_processes_read_utf8_and_open_no_window(monkeypatch):
     from MICDCommon import processes
 
-    result = processes.run([sys.executable, "-c", "import sys; sys.stdout.buffer.write('Jürgen ✓ 肝臓'.encode())"])
-    assert result.stdout == "Jürgen ✓ 肝臓"  # whatever the locale (slicer-core sets C)
+    previous = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")  # as under a C locale, or Windows' code page: locale-decoding would fail
+    try:
+        result = processes.run([sys.executable, "-c", "import sys; sys.stdout.buffer.write('Jürgen ✓ 肝臓'.encode())"])
+    finally:
+        locale.setlocale(locale.LC_CTYPE, previous)
+    assert result.stdout == "Jürgen ✓ 肝臓"
     seen = {}
     monkeypatch.setattr(processes, "WINDOWS", True)
     monkeypatch.setattr(processes.subprocess, "run", lambda command, **kwargs: seen.update(kwargs))
