@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} QT_QPA_PLATFORM=${QT_QPA_PLATFORM:-offscreen}
 SLICER_SIDE=(MICDCommon MICDTraining MICDSegmentation Testing)
-.venv/bin/vermin -q -t=3.9- --violations --eval-annotations --feature union-types "${SLICER_SIDE[@]}"
+.venv/bin/vermin -q -t=3.9- --violations --eval-annotations "${SLICER_SIDE[@]}"
 PY39=$(command -v python3.9 || ls "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.9*/bin/python 2>/dev/null | head -1 || true)
 if [[ -n "$PY39" ]]; then
   "$PY39" -m compileall -q "${SLICER_SIDE[@]}"

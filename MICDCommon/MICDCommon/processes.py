@@ -45,9 +45,14 @@ class _Win32:
         from ctypes import wintypes
 
         self.ctypes, self.wintypes = ctypes, wintypes
-        self.kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
-        self.kernel32.OpenProcess.restype = wintypes.HANDLE
-        self.kernel32.CreateToolhelp32Snapshot.restype = wintypes.HANDLE
+        self.kernel32 = k = ctypes.WinDLL("kernel32", use_last_error=True)
+        k.OpenProcess.restype = k.CreateToolhelp32Snapshot.restype = wintypes.HANDLE
+        k.OpenProcess.argtypes = [wintypes.DWORD, wintypes.BOOL, wintypes.DWORD]
+        k.CloseHandle.argtypes = [wintypes.HANDLE]
+        k.GetExitCodeProcess.argtypes = [wintypes.HANDLE, ctypes.POINTER(wintypes.DWORD)]
+        k.GetProcessTimes.argtypes = [wintypes.HANDLE] + [ctypes.POINTER(wintypes.FILETIME)] * 4
+        k.TerminateProcess.argtypes = [wintypes.HANDLE, wintypes.UINT]
+        k.CreateToolhelp32Snapshot.argtypes = [wintypes.DWORD, wintypes.DWORD]
 
         class ProcessEntry(ctypes.Structure):
             _fields_ = [("dwSize", wintypes.DWORD), ("cntUsage", wintypes.DWORD),
@@ -57,6 +62,7 @@ class _Win32:
                         ("dwFlags", wintypes.DWORD), ("szExeFile", ctypes.c_wchar * 260)]
 
         self.ProcessEntry = ProcessEntry
+        k.Process32FirstW.argtypes = k.Process32NextW.argtypes = [wintypes.HANDLE, ctypes.POINTER(ProcessEntry)]
 
     def _open(self, pid, access):
         return self.kernel32.OpenProcess(access, False, int(pid))
