@@ -44,8 +44,9 @@ def draw_chart(table, title, width, height, empty_text):
         return (plot.left() + (x - x0) / (x1 - x0) * plot.width(), plot.bottom() - (y - y0) / (y1 - y0) * plot.height())
 
     painter.setPen(qt.QColor(90, 90, 90))
-    for value, y in ((y1, plot.top()), (y0, plot.bottom())):
-        painter.drawText(qt.QRectF(0, y - 8, MARGIN_LEFT - 4, 16), qt.Qt.AlignRight | qt.Qt.AlignVCenter,
+    text_height = painter.fontMetrics().height() + 2
+    for value, top in ((y1, plot.top() - 2), (y0, plot.bottom() - text_height + 2)):
+        painter.drawText(qt.QRectF(0, top, MARGIN_LEFT - 4, text_height), qt.Qt.AlignRight | qt.Qt.AlignVCenter,
                          _format(value))
     last = f"iteration {int(x1)}"
     painter.drawText(int(plot.right()) - painter.fontMetrics().horizontalAdvance(last), height - 4, last)
