@@ -60,6 +60,9 @@ def test_ranks_folder_deterministically_and_segments_as_predict(trained, tmp_pat
     assert [{k: v for k, v in e.items() if k != "prediction"} for e in rank] == b_rank, "two runs disagree"
     # stdout: a plan and a scored event per volume, then done with the same order as the JSON
     events = [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")]
+    progress = [e for e in events if e["event"] == "progress"]
+    assert [e["image"] for e in progress if e["fraction"] == 1.0] == [1, 2, 3, 4], "progress reaches 100 % per volume"
+    events = [e for e in events if e["event"] != "progress"]
     assert [e["event"] for e in events] == ["plan", "scored"] * 4 + ["done"]
     assert [e["file"] for e in events[-1]["ranking"]] == [e["file"] for e in b["ranking"]]
     assert "rank  score" in p.stderr

@@ -32,6 +32,7 @@ from micd.data.preprocess import preprocess_image, restore_geometry
 from micd.inference.ensemble import EnsembleProbabilities
 from micd.inference.memory import cpu_budget, gpu_budget, plan_accumulation
 from micd.inference.predictor import PredictOptions, _on_grid
+from micd.inference.progress import CountingPredictor, count_windows
 from micd.inference.reduce import label_dtype
 from micd.inference.sliding import segment_grid
 from micd.model_package import ModelPackage
@@ -148,8 +149,10 @@ def student_branches(package: ModelPackage) -> List[str]:
 
 
 def score_image(image: sitk.Image, package: ModelPackage, options: Optional[PredictOptions] = None,
-                log: Optional[Callable[[dict], None]] = None) -> Tuple[dict, sitk.Image]:
+                log: Optional[Callable[[dict], None]] = None,
+                progress: Optional[Callable[[dict], None]] = None) -> Tuple[dict, sitk.Image]:
     """Score one image (see the module docstring); returns (summary, ensemble label map on the input's grid).
+    `log` receives the plan before the windows run, `progress` the windows done as `micd predict` reports them.
 
     Same steps as `predictor.predict_image` (preprocessing, memory plan, slab-wise sliding windows, geometry
     restore); only the window predictor (both students' probabilities, stacked) and the per-slab reduction differ.
@@ -169,14 +172,20 @@ def score_image(image: sitk.Image, package: ModelPackage, options: Optional[Pred
                  if device.type == "cuda" else None)
     plan = plan_accumulation(array.shape, 2 * n_classes, roi, device, cpu_budget(opts.max_buffer_gib), gpu_bytes,
                              opts.overlap)
+    amp = torch.float16 if device.type == "cuda" else None
+    windows = count_windows(array.shape, roi, plan, opts.overlap)
     if log:
         log({"branches": names, "tta": bool(opts.tta), "device": str(device), "grid_shape": list(array.shape),
              "input_size": list(image.GetSize()), "roi": roi, "overlap": opts.overlap, "sw_batch_size": sw_batch,
-             "classes": n_classes, "plan": plan.to_dict()})
-    amp = torch.float16 if device.type == "cuda" else None
+             "classes": n_classes, "plan": plan.to_dict(), "windows": windows,
+             "precision": "fp16" if amp else "fp32"})
     stats = DisagreementStats(n_classes)
-    labels, _ = segment_grid(array, PairProbabilities(nets, opts.tta, plan.torch_dtype, amp), roi, plan,
-                             2 * n_classes, False, opts.overlap, sw_batch, reduce=stats.reduce)
+    predictor = PairProbabilities(nets, opts.tta, plan.torch_dtype, amp)
+    counter = CountingPredictor(predictor, windows, progress) if progress else None
+    labels, _ = segment_grid(array, counter or predictor, roi, plan, 2 * n_classes, False, opts.overlap, sw_batch,
+                             reduce=stats.reduce)
+    if counter:
+        counter.finish()
     del array
     summary = stats.summary(package.labels)
     summary["seconds"] = round(time.time() - t0, 2)

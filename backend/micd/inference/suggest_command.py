@@ -17,8 +17,9 @@ H(p)/ln C of the ensemble mean p = (p_A + p_B)/2; score = (disagreement + entrop
 it first (no predicted foreground: score 1). Per label the same means over the voxels any of the three predicts as
 that label, the predicted voxel count and the two students' Dice. Ties are broken by file path; the same model and
 input give the same ranking.
-stdout: one JSON line per volume ("plan", then "scored" with index and total), then "done"; the ranking table goes
-to stderr. --json FILE: {"ranking": [{"rank", "file", "case", "score", "disagreement", "entropy",
+stdout: JSON lines per volume: "plan", "progress" (windows_done/windows_total, fraction, eta_s; image i of
+images; as micd predict), "scored" (index, total, score, its parts); then "done" with the ranking. The ranking
+table goes to stderr. --json FILE: {"ranking": [{"rank", "file", "case", "score", "disagreement", "entropy",
 "foreground_voxels", "labels_found", "least_certain_label", "labels": {"1": {"name", "predicted_voxels",
 "disagreement", "entropy", "score", "student_dice"}}, "prediction"}], "failed", "model", "score_definition", ...}.
 Exit codes: 0 done, 2 bad model, input, options or device, or a volume could not be read (one-line error on
@@ -122,8 +123,10 @@ def run(args: argparse.Namespace) -> int:
     for i, inp in enumerate(paths):
         try:
             image = read_image(inp)
-            summary, labels = score_image(image, package, opts,
-                                          lambda info, inp=inp: _emit({"event": "plan", "input": inp, **info}))
+            summary, labels = score_image(
+                image, package, opts, lambda info, inp=inp: _emit({"event": "plan", "input": inp, **info}),
+                lambda state, inp=inp, i=i: _emit({"event": "progress", "input": inp, "image": i + 1,
+                                                   "images": len(paths), **state}))
             if inp in preds:
                 os.makedirs(args.predictions, exist_ok=True)
                 write_label(labels, preds[inp], package.labels, package.colors)
