@@ -57,10 +57,11 @@ class EventWriter:
         self.stream = stream
         self.enabled = enabled
         self.on_event = on_event
-        self._file = None
+        self._fd: Optional[int] = None
+        self._torn = False
         if enabled and path:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            self._file = open(path, "a", encoding="utf-8")
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
 
     def emit(self, event: str, **fields: Any) -> dict:
         if event not in EVENT_KINDS:
@@ -69,9 +70,14 @@ class EventWriter:
         if not self.enabled:
             return record
         line = json.dumps(record, default=_jsonable)
-        if self._file is not None:
-            self._file.write(line + "\n")
-            self._file.flush()
+        if self._fd is not None:
+            # One unbuffered write per event. After a failed one (a full disk) the next starts on a fresh line, so a
+            # torn line spoils only itself; the stream still carries every event (e.g. the `disk` error).
+            data = (("\n" if self._torn else "") + line + "\n").encode("utf-8")
+            try:
+                self._torn = os.write(self._fd, data) < len(data)
+            except OSError:
+                self._torn = True
         if self.stream is not None:
             self.stream.write(line + "\n")
             self.stream.flush()
@@ -85,9 +91,9 @@ class EventWriter:
         return self.emit("error", kind=kind, message=message, hint=hint, **fields)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _jsonable(o: Any) -> Any:

@@ -35,3 +35,11 @@ def micd_cmd(*args):
 def run_micd(*args, timeout=300, **kw):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(micd_cmd(*args), capture_output=True, text=True, timeout=timeout, env=env, **kw)
+
+
+def losses_by_iter(events):
+    out = {}
+    for e in events:
+        if e["event"] == "iteration":
+            out[e["iter"]] = e["loss"]  # a resumed run repeats iterations after the checkpoint: keep the last
+    return out

@@ -9,28 +9,9 @@ import time
 
 import pytest
 
-from realdata import TINY, micd_cmd, run_micd, write_dataset
+from realdata import TINY, losses_by_iter, micd_cmd, run_micd, write_dataset
 from micd.events import EVENT_KINDS, read_events
 from micd.model_package import load_model_package
-
-
-def losses_by_iter(events):
-    out = {}
-    for e in events:
-        if e["event"] == "iteration":
-            out[e["iter"]] = e["loss"]  # a resumed run repeats iterations after the checkpoint: keep the last
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, shared_data):
-    folder = tmp_path_factory.mktemp("train")
-    ds = write_dataset(folder)
-    run = os.path.join(folder, "run")
-    p = run_micd("train", "--dataset", ds, "--out", run, "--iterations", "12", "--checkpoint-every", "5",
-                 "--seed", "3", *TINY)
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
-    return ds, run, p
 
 
 def test_events_and_model_folder(tiny_run):

@@ -50,7 +50,11 @@ class RunLock:
 
     def release(self) -> None:
         if self.fd is not None:
-            os.close(self.fd)  # closing drops the lock on every platform
+            if os.name == "nt":  # Windows unlocks a closed file's bytes only "eventually"
+                import msvcrt
+                os.lseek(self.fd, LOCK_OFFSET, os.SEEK_SET)
+                msvcrt.locking(self.fd, msvcrt.LK_UNLCK, 1)
+            os.close(self.fd)  # POSIX: closing drops the flock
             self.fd = None
 
     def __enter__(self) -> "RunLock":
