@@ -104,6 +104,9 @@ def test_sigterm_cancels_every_rank_with_a_checkpoint(ds, tmp_path):
                              "--iterations", "100000", *EXACT], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
     events = wait_for_training(run, proc)
+    # the launcher holds the run folder for its ranks (torchrun inherits the lock): a second trainer is refused
+    busy = run_micd("train", "--dataset", ds, "--out", run, "--iterations", "100000", *EXACT, "--resume")
+    assert busy.returncode == 2 and f"pid {proc.pid}" in busy.stdout, busy.stdout[-1000:]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 3
     ev = read_events(events)
