@@ -116,9 +116,7 @@ class Trainer:
             self._emit_error("data", str(e), e.hint, problems=[{"file": e.path, "reason": e.reason}])
             return EXIT_DATA
         except DiskFull as e:
-            self._emit_error("disk", str(e), "free space on that disk, then continue with the same command and "
-                             "--resume (the last good checkpoint is kept)", path=e.path, free_bytes=e.free_bytes)
-            return EXIT_FAILED
+            return self._disk_full(e)
         except Cancelled:
             return EXIT_CANCELLED
         except KeyboardInterrupt:
@@ -128,9 +126,7 @@ class Trainer:
         except Exception as e:  # noqa: BLE001 - every failure must end in an event
             if is_disk_full(e):  # raised outside a disk_guard (cache, config): the file may be unnamed
                 path = getattr(e, "filename", None) or self.run_dir
-                self._emit_error("disk", str(DiskFull(path, free_bytes(path))), "free space on that disk, then "
-                                 "continue with the same command and --resume", path=path, free_bytes=free_bytes(path))
-                return EXIT_FAILED
+                return self._disk_full(DiskFull(path, free_bytes(path)))
             traceback.print_exc(file=sys.stderr)
             if is_oom(e):
                 self._emit_error("oom", f"out of memory: {e}".splitlines()[0],
@@ -148,6 +144,11 @@ class Trainer:
                 self.events.close()
             self.cancel.restore()
             D.shutdown(self.ctx)
+
+    def _disk_full(self, e: DiskFull) -> int:
+        self._emit_error("disk", str(e), "free space on that disk, then continue with the same command and --resume "
+                         "(the last good checkpoint is kept)", path=e.path, free_bytes=e.free_bytes)
+        return EXIT_FAILED
 
     # ------------------------------------------------------------------ set-up
     def _open_events(self) -> None:
