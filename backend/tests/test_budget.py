@@ -7,15 +7,18 @@ import os
 import subprocess
 import time
 
+import numpy as np
 import pytest
 
 from realdata import TINY, micd_cmd, run_micd, write_dataset
 from test_training import _wait_for, losses_by_iter
 from micd.events import read_events
+from micd.data.planning import plan_patch_size, shrink_for_speed
 from micd.training.budget import Calibration, RunCosts, parse_duration
 from micd.training.devices import cpu_has_fast_bf16
 
 BUDGET = 40  # seconds: 6-25 s of start-up and preprocessing (the more, the busier the machine), then 0.2-0.9 s iterations
+AUTO_PATCH = ["--filters", "4", "--device", "cpu", "--num-threads", "1"]  # TINY without --patch-size
 
 
 def _start(events):
@@ -41,6 +44,19 @@ def test_fit_is_the_largest_count_that_fits():
     assert costs.loop_seconds(1000, cal) == pytest.approx(1000 * 0.2 + 10 * (1.0 + 0.15) + 19 * 0.3)
 
 
+def test_speed_cut_keeps_a_thick_slice_patch_anisotropic():
+    """10 slices of 10 mm, 256 x 208 in plane (the cardiac set of issue 10): memory lets the patch grow to the whole
+    in-plane extent; the cut for speed shrinks the in-plane axes and never the 16-slice axis."""
+    patch, note = plan_patch_size((10, 256, 208), 64 * 2 ** 30, 16, 4, n_classes=4)
+    assert patch == (16, 256, 208) and "memory allows" in note
+    cut = shrink_for_speed(patch, 3.0, (16, 16, 16))
+    assert cut[0] == 16 and cut[1] < 256 and cut[2] < 208 and abs(cut[1] - cut[2]) <= 16
+    assert np.prod(cut) <= np.prod(patch) / 3 and np.prod(cut) > np.prod(patch) / 3 * 0.8  # the largest that is fast enough
+    assert shrink_for_speed(patch, 1.0, (16, 16, 16)) == patch
+    assert shrink_for_speed(patch, 1e9, (16, 16, 16)) == (16, 16, 16)
+    assert shrink_for_speed((48, 64, 48), 1e9, (32, 32, 32)) == (32, 32, 32)
+
+
 @pytest.fixture(scope="module")
 def budget_run(tmp_path_factory, shared_data):
     folder = tmp_path_factory.mktemp("budget")
@@ -48,7 +64,7 @@ def budget_run(tmp_path_factory, shared_data):
     run = os.path.join(folder, "run")
     t0 = time.time()
     p = run_micd("train", "--dataset", ds, "--out", run, "--time-budget", f"{BUDGET}s", "--checkpoint-every", "10",
-                 "--seed", "3", *TINY)
+                 "--seed", "3", *AUTO_PATCH)
     wall = time.time() - t0
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     return ds, run, wall
@@ -78,19 +94,26 @@ def test_budget_run_ends_in_time_and_schedule_follows_the_count(budget_run):
     assert json.load(open(os.path.join(run, "config.json")))["iterations"] == n
     assert json.load(open(os.path.join(run, "plan.json")))["iterations"] == n
     assert events[-1]["event"] == "done" and events[-1]["iter"] == n
+    # the memory-planned patch (48x64x48 for these cases) is cut for speed on the CPU, after a probe step
+    cands = cal["patch_candidates"]
+    assert cands[0]["patch_size"] == [48, 64, 48] and cands[1]["probe"] and cands[1]["patch_size"] == [32, 32, 32]
+    assert cands[-1]["patch_size"] == start["patch_size"] and np.prod(start["patch_size"]) < 48 * 64 * 48
+    assert "cut to" in start["patch_plan"] and "for speed" in start["patch_plan"]
     # precision said out loud
     assert start["precision"] == ("bf16" if cpu_has_fast_bf16() else "fp32")
     assert "AMX/AVX512-BF16" in start["precision_reason"]
 
 
 def test_calibration_leaves_no_trace(budget_run, tmp_path):
-    """The same seed with --iterations N (no calibration) gives exactly the losses of the budgeted run that planned N."""
+    """The same seed with --iterations N and the chosen patch (no probe, no calibration) gives exactly the losses of
+    the budgeted run that planned N."""
     ds, run, _ = budget_run
     events = read_events(os.path.join(run, "events.jsonl"))
     n = _start(events)[0]["iterations"]
+    patch = [str(v) for v in _start(events)[0]["patch_size"]]
     ref = os.path.join(tmp_path, "ref")
     p = run_micd("train", "--dataset", ds, "--out", ref, "--iterations", str(n), "--checkpoint-every", "10",
-                 "--seed", "3", *TINY)
+                 "--seed", "3", "--patch-size", *patch, *AUTO_PATCH)
     assert p.returncode == 0, p.stdout[-1500:] + p.stderr[-1500:]
     ref_events = read_events(os.path.join(ref, "events.jsonl"))
     assert "budget_plan" not in _start(ref_events)[0]

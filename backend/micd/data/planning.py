@@ -129,3 +129,25 @@ def plan_patch_size(median_shape_zyx: Sequence[int], available_bytes: Optional[i
     note = (f"patch {_fmt(patch)} (z, y, x): {why}; estimated need {est / 2 ** 30:.2f} GiB for batch {batch} of "
             f"{available_bytes / 2 ** 30:.1f} GiB available")
     return tuple(patch), note  # type: ignore[return-value]
+
+
+def shrink_for_speed(patch: Sequence[int], speedup: float, floor: Sequence[int], divisor: int = 16
+                     ) -> Tuple[int, int, int]:
+    """The largest patch with at most 1/`speedup` of `patch`'s voxels, shrinking the largest axis first in steps of
+    `divisor` and no axis below `floor` (per axis, a multiple of `divisor`).
+
+    Used with `--time-budget` on a CPU (micd/training/budget.py): the time of a training step grows about linearly
+    with the patch's voxels, so a patch whose steps are too slow for enough iterations in the budget is cut to one
+    that is about `speedup` times faster, then measured again. Shrinking the largest axis first keeps an anisotropic
+    patch (few thick slices, large in-plane) anisotropic: the thin axis is the last to shrink.
+    """
+    p = [int(v) for v in patch]
+    lo = [max(divisor, int(f) // divisor * divisor) for f in floor]
+    goal = float(np.prod(p)) / max(speedup, 1.0)
+    while float(np.prod(p)) > goal:
+        room = [a for a in range(3) if p[a] - divisor >= lo[a]]
+        if not room:
+            break
+        axis = max(room, key=lambda a: (p[a], -a))
+        p[axis] -= divisor
+    return tuple(p)  # type: ignore[return-value]

@@ -2,6 +2,11 @@
 
 How the count is planned (`apply_time_budget`, called once the model is built):
 
+0. **The patch, for speed** (CPU, no `--patch-size`, no `--iterations`): one step of a 32^3 probe patch is timed,
+   the step time of the memory-planned patch is modelled as proportional to voxels, and when fewer than
+   `ENOUGH_ITERATIONS` would fit, the patch is cut (largest axis first, so a thick-slice patch stays anisotropic;
+   not below 16 per axis) to the largest one modelled to give them. The calibration below measures the chosen patch.
+   GPUs keep the memory-planned patch the spec uses.
 1. **Calibration.** One warm-up step and up to three timed steps of the real training step (`Trainer._train_step`,
    the method's full loss at β_max, on real patches of the run's data, on its device and precision), one validation
    pass over the first validation case (scaled by voxel count to the whole validation set) and one checkpoint
@@ -38,6 +43,9 @@ WARMUP_STEPS = 1
 TIMED_STEPS = 3
 CALIBRATION_SHARE = 0.15  # at most this share of the budget goes to timed steps beyond the first
 MIN_ITERATIONS = 10
+ENOUGH_ITERATIONS = 1000  # on a CPU, a planned patch too slow for this many iterations is cut (down to SPEED_FLOOR)
+SPEED_FLOOR = 16  # voxels per axis (the network's divisor) below which the speed cut does not go
+PROBE_SIZE = 32  # voxels per axis of the probe patch whose step time models the others
 OVERRUN_TOLERANCE = 1.25
 SAFETY = 0.9
 PLAN_FILE = "plan.json"
@@ -139,8 +147,9 @@ class BudgetPlan:
                                 "note": self.note}}
 
 
-def calibrate(trainer) -> Calibration:
-    """Time the real step, a validation and a checkpoint, then put every bit of trainer state back."""
+def calibrate(trainer, timed: int = TIMED_STEPS, extras: bool = True) -> Calibration:
+    """Time the real step (up to `timed` steps after the warm-up) and, with `extras`, a validation and a checkpoint;
+    then put every bit of trainer state back."""
     import numpy as np
     import torch
 
@@ -166,12 +175,12 @@ def calibrate(trainer) -> Calibration:
     # Slow steps on a short budget: fewer timed steps (at least one). The count comes from the warm-up time averaged
     # over ranks, so that every rank takes the same number of steps (their all-reduces must pair up).
     first = D.mean_across_ranks(trainer.ctx, {"w": warm[-1]})["w"]
-    n_timed = max(1, min(TIMED_STEPS, int(CALIBRATION_SHARE * parse_duration(o.time_budget) / max(first, 1e-6))))
+    n_timed = max(1, min(timed, int(CALIBRATION_SHARE * parse_duration(o.time_budget) / max(first, 1e-6))))
     timed = [step() for _ in range(n_timed)]
     spi = float(np.median(timed))
 
     val_s = 0.0
-    if trainer.data.validation and trainer.ctx.is_main:
+    if extras and trainer.data.validation and trainer.ctx.is_main:
         first = trainer.data.validation[0]
         t = time.time()
         validate(trainer.method.inference_networks(), [first], trainer.data.labels, trainer.patch, trainer.device)
@@ -180,7 +189,7 @@ def calibrate(trainer) -> Calibration:
         voxels = [float(np.prod(c.image.shape)) for c in trainer.data.validation]
         val_s = one * sum(voxels) / max(voxels[0], 1.0)
     ckpt_s = 0.0
-    if trainer.ctx.is_main:
+    if extras and trainer.ctx.is_main:
         t = time.time()
         fd, tmp = tempfile.mkstemp(prefix=".calibration-", suffix=".pt", dir=trainer.run_dir)
         try:
@@ -224,9 +233,12 @@ def apply_time_budget(trainer) -> None:
         return
     given = getattr(o, "iterations_given", False)
     costs = RunCosts(o.validate_every, o.checkpoint_every, bool(trainer.data.validation))
-    cal = calibrate(trainer)
-    cal = D.broadcast_object(trainer.ctx, cal)
     t0 = getattr(trainer, "process_t0", None) or process_start_time()
+    candidates: list = []
+    if not given:
+        _choose_patch_for_speed(trainer, budget_s, t0, candidates)
+    cal = D.broadcast_object(trainer.ctx, calibrate(trainer))
+    candidates.append({"patch_size": list(trainer.patch), "sec_per_iter": round(cal.sec_per_iter, 4)})
     elapsed = time.time() - t0
     available = budget_s - elapsed - costs.finish_seconds(cal)
     where = (f"{cal.sec_per_iter:.2f} s per iteration on {trainer.device} (patch {'x'.join(map(str, trainer.patch))}, "
@@ -239,13 +251,14 @@ def apply_time_budget(trainer) -> None:
         if n < MIN_ITERATIONS:
             shortest = elapsed + costs.loop_seconds(MIN_ITERATIONS, cal) + costs.finish_seconds(cal)
             if shortest > OVERRUN_TOLERANCE * budget_s:
-                raise _budget_error(DataProblem, o, budget_s, shortest, n, where)
+                raise _budget_error(DataProblem, o, budget_s, shortest, n, where, elapsed - cal.spent_s)
             note = (f"only {n} iterations fit the {o.time_budget} budget at {where}; running the minimum of "
                     f"{MIN_ITERATIONS}, about {shortest - budget_s:.0f} s over the budget")
             n = MIN_ITERATIONS
     eta = costs.loop_seconds(n, cal) + costs.finish_seconds(cal)
     plan = BudgetPlan(o.time_budget, budget_s, n, not given, eta, elapsed + eta, cal.sec_per_iter,
-                      {**cal.to_dict(), "setup_s": round(elapsed - cal.spent_s, 2)}, note)
+                      {**cal.to_dict(), "setup_s": round(elapsed - cal.spent_s, 2), "patch_candidates": candidates},
+                      note)
     if given and elapsed + eta > budget_s:
         trainer._emit("warning", message=f"--iterations {n} will take about {elapsed + eta:.0f} s, over the "
                       f"{o.time_budget} budget ({where}); leave out --iterations to let the budget set the count",
@@ -263,10 +276,50 @@ def apply_time_budget(trainer) -> None:
     trainer.budget_fields = plan.start_fields()
 
 
-def _budget_error(DataProblem, o, budget_s: float, shortest: float, n: int, where: str):
+def _choose_patch_for_speed(trainer, budget_s: float, t0: float, candidates: list) -> None:
+    """On a CPU, with the patch planned (no --patch-size): time a step of a small patch (the probe: PROBE_SIZE per
+    axis), model the step time of the others as proportional to their voxels (which overestimates
+    larger patches, as part of a step does not grow with the patch), and keep the largest patch modelled to give
+    ENOUGH_ITERATIONS in the budget. The full calibration of the chosen patch then checks it. GPUs keep the large
+    patch the spec uses."""
+    import numpy as np
+
+    from micd.data.planning import shrink_for_speed
+    from micd.training import distributed as D
+
+    o = trainer.o
+    if o.patch_size or trainer.device.type != "cpu":
+        return
+    old = list(trainer.patch)
+    floor = [min(int(v), SPEED_FLOOR) for v in old]
+    probe = list(shrink_for_speed(old, float("inf"), [min(int(v), PROBE_SIZE) for v in old]))
+    if probe == old:
+        return
+    trainer.patch = probe
+    trainer._make_samplers()
+    cal = D.broadcast_object(trainer.ctx, calibrate(trainer, timed=1, extras=False))
+    ratio = float(np.prod(old)) / float(np.prod(probe))
+    # what one iteration may take for ENOUGH_ITERATIONS, after the chosen patch's calibration (~5 steps) and export
+    left = SAFETY * (budget_s - (time.time() - t0)) - 5 * cal.sec_per_iter - 2.0
+    want = max(left, 1e-3) / ENOUGH_ITERATIONS
+    new = list(D.broadcast_object(trainer.ctx, shrink_for_speed(old, cal.sec_per_iter * ratio / want, floor)))
+    candidates[:] = [{"patch_size": old, "modelled_sec_per_iter": round(cal.sec_per_iter * ratio, 4)},
+                     {"patch_size": probe, "sec_per_iter": round(cal.sec_per_iter, 4), "probe": True}]
+    trainer.patch = new
+    trainer._make_samplers()
+    if new != old:
+        fmt = lambda p: "x".join(map(str, p))  # noqa: E731
+        trainer.patch_note = (f"{trainer.patch_note}; then cut to {fmt(new)} for speed under --time-budget "
+                              f"{o.time_budget}: a {fmt(probe)} step took {cal.sec_per_iter:.2f} s on this CPU, so "
+                              f"{fmt(old)} would take about {cal.sec_per_iter * ratio:.1f} s per iteration; aiming at "
+                              f"{ENOUGH_ITERATIONS} iterations")
+
+
+def _budget_error(DataProblem, o, budget_s: float, shortest: float, n: int, where: str, setup_s: float):
     need = math.ceil(shortest / 60.0)
     err = DataProblem(f"--time-budget {o.time_budget}: only {n} iterations fit at {where}; even {MIN_ITERATIONS} "
-                      f"would take about {shortest:.0f} s, {shortest / budget_s:.1f}x the budget", [],
+                      f"would take about {shortest:.0f} s, {shortest / budget_s:.1f}x the budget (start-up, data "
+                      f"preparation and planning took {setup_s:.0f} s of it)", [],
                       f"give a longer --time-budget (at least {need} min), a smaller --patch-size, fewer --filters "
                       "or a smaller batch, or train on a GPU (--device cuda)")
     err.kind = "budget"
