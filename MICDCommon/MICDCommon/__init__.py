@@ -5,12 +5,12 @@
 when used."""
 
 from .backend import BackendLauncher, find_backend_path, micd_home, slicer_python
-from .events import EventTail, TrainingProgress, describe_event, format_seconds
+from .events import EventTail, PredictionProgress, TrainingProgress, describe_event, format_seconds
 from .jobs import (CANCELLED, CANCELLING, FAILED, FINISHED_STATES, LOST, RUNNING, SUCCEEDED, BackgroundJob,
                    JobError, JobRecord, find_jobs)
 from .registry import ModelInfo, ModelRegistry, RegistryError
 
-__all__ = ["BackendLauncher", "find_backend_path", "micd_home", "slicer_python", "EventTail", "TrainingProgress",
+__all__ = ["BackendLauncher", "find_backend_path", "micd_home", "slicer_python", "EventTail", "PredictionProgress", "TrainingProgress",
            "describe_event", "format_seconds", "CANCELLED", "CANCELLING", "FAILED", "FINISHED_STATES", "LOST",
            "RUNNING", "SUCCEEDED", "BackgroundJob", "JobError", "JobRecord", "find_jobs", "ModelInfo",
            "ModelRegistry", "RegistryError"]

@@ -73,7 +73,8 @@ def describe_event(event):
                 f"{event.get('labeled', '?')} labeled, {event.get('unlabeled', '?')} unlabeled, "
                 f"{event.get('validation', 0)} validation case(s), {event.get('iterations', '?')} iterations")
         notes = event.get("notes") or []
-        return "\n".join([text] + [f"  note: {n}" for n in notes])
+        plan = plan_text(event)
+        return "\n".join([text] + ([f"  {plan}"] if plan else []) + [f"  note: {n}" for n in notes])
     if kind == "warning":
         return f"Warning: {event.get('message', '')}" + (f" ({event['file']})" if event.get("file") else "")
     if kind == "validation":
@@ -88,6 +89,9 @@ def describe_event(event):
         plan = event.get("plan") or {}
         return (f"Segmenting on {event.get('device', '?')}: grid {event.get('grid_shape')}, window {event.get('roi')}"
                 + (f"; {plan['reason']}" if plan.get("reason") else ""))
+    if kind == "scored":  # micd suggest: one volume ranked
+        return (f"Scored {os.path.basename(str(event.get('input', '')))} ({event.get('index')} / "
+                f"{event.get('total')}): {event.get('score', 0):.3f}")
     if kind == "prediction":
         return f"Prediction written in {event.get('seconds', 0):.1f} s, labels found: {event.get('labels_found')}"
     if kind == "done":
@@ -101,6 +105,75 @@ def describe_event(event):
             text += f"\n  {p.get('file', '')}: {p.get('reason', '')}"
         return text
     return None
+
+
+def plan_text(start):
+    """The plan a training `start` event carries, in words: iterations, seconds per iteration and ETA (measured when
+    the run has a time budget), the budget, and the precision with its reason. "" for no event."""
+    if not start:
+        return ""
+    text = f"Plan: {start.get('iterations', '?')} iterations"
+    spi = start.get("sec_per_iter_expected")
+    if isinstance(spi, (int, float)):
+        text += f" x {spi:.2f} s"
+    if isinstance(start.get("eta_s"), (int, float)):
+        text += f", about {format_seconds(start['eta_s'])} to go"
+    budget = start.get("time_budget")
+    if budget:
+        planned = (start.get("budget_plan") or {}).get("planned_iterations")
+        total, limit = start.get("expected_total_s"), start.get("time_budget_s")
+        over = isinstance(total, (int, float)) and isinstance(limit, (int, float)) and total > limit
+        text += (f" (over the {budget} budget: the iteration count was set)" if over else
+                 f" (count planned for the {budget} budget)" if planned else f" (within the {budget} budget)")
+    precision = start.get("precision_reason") or start.get("precision")
+    return text + (f". Precision: {precision}" if precision else "")
+
+
+class PredictionProgress:
+    """What a segment or suggest panel shows from `micd predict` / `micd suggest` events: windows done of the
+    current image, image i of n, the ETA; `fraction` covers all images."""
+
+    def __init__(self):
+        self.windows_done = 0
+        self.windows_total = 0
+        self.image = 1
+        self.images = 1
+        self.eta_s = None
+        self.input = None
+        self.scored = 0
+
+    def update(self, event):
+        kind = event.get("event")
+        if kind == "progress":
+            self.windows_done = int(event.get("windows_done") or 0)
+            self.windows_total = int(event.get("windows_total") or 0)
+            self.image = int(event.get("image") or 1)
+            self.images = int(event.get("images") or 1)
+            self.eta_s = event.get("eta_s")
+            self.input = event.get("input", self.input)
+        elif kind == "scored":
+            self.scored = int(event.get("index") or self.scored + 1)
+            self.images = int(event.get("total") or self.images)
+
+    @property
+    def started(self):
+        return self.windows_total > 0
+
+    @property
+    def fraction(self):
+        if not self.windows_total:
+            return 0.0
+        within = min(1.0, self.windows_done / self.windows_total)
+        return min(1.0, (self.image - 1 + within) / max(1, self.images))
+
+    def status_text(self, what="Segmenting"):
+        if not self.windows_total:
+            return f"{what}: starting..."
+        parts = [f"{what}" + (f" {self.image} / {self.images}" if self.images > 1 else "") +
+                 f": {self.windows_done} / {self.windows_total} windows"]
+        if self.eta_s is not None:
+            parts.append(f"{format_seconds(self.eta_s)} left" + (" for this volume" if self.images > 1 else ""))
+        return " · ".join(parts)
 
 
 class TrainingProgress:
@@ -119,6 +192,10 @@ class TrainingProgress:
         self.model_path = None
         self.error = None
         self.warnings = []
+
+    def plan_text(self):
+        """The plan of the run (from its `start` event) in words; "" before it started."""
+        return plan_text(self.start)
 
     def update(self, event):
         kind = event.get("event")

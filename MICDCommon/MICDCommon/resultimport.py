@@ -1,9 +1,10 @@
 """A predicted label file -> a segmentation node: one segment per model label with the model's names and colours,
-reference geometry = the input volume, the input's transform, and a place under the input's study."""
+reference geometry = the input volume, the input's transform, and a place under the input's study. Shared by the
+segment panel and the training panel's "Suggest next cases" (a suggested volume's prediction, to correct)."""
 
 import slicer
 
-from MICDCommon import sceneio
+from . import sceneio
 
 RESULT_ATTRIBUTE = "MICD.Result"
 SOURCE_ATTRIBUTE = "MICD.SourceVolume"

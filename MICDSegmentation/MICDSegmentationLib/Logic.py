@@ -7,7 +7,8 @@ import shutil
 import tempfile
 import time
 
-from MICDCommon import SUCCEEDED, BackendLauncher, BackgroundJob, ModelRegistry, describe_event, micd_home, sceneio
+from MICDCommon import (CANCELLED, SUCCEEDED, BackendLauncher, BackgroundJob, ModelRegistry, PredictionProgress,
+                        describe_event, micd_home, sceneio)
 from MICDCommon.jobs import JobWrapper, log_excerpt
 
 from .Parameters import SegmentationSettings
@@ -19,7 +20,8 @@ class SegmentationError(Exception):
 
 
 class SegmentationJob(JobWrapper):
-    """A running `micd predict` and, once it succeeded, the imported result (`segmentation`, `uncertainty`)."""
+    """A running `micd predict` and, once it succeeded, the imported result (`segmentation`, `uncertainty`);
+    `progress` follows predict's `progress` events (windows done / total, ETA)."""
 
     cancel_grace_s = 5.0  # prediction keeps nothing worth waiting for
 
@@ -34,6 +36,7 @@ class SegmentationJob(JobWrapper):
         self.segmentation = None
         self.uncertainty = None
         self.message = ""
+        self.progress = PredictionProgress()
         self.started = time.time()
         self._on_log, self._on_finished, self._on_event = on_log, on_finished, on_event
         job.on_event, job.on_log, job.on_finished = self._event, self._log, self._finished
@@ -51,6 +54,7 @@ class SegmentationJob(JobWrapper):
         return time.time() - self.started
 
     def _event(self, event):
+        self.progress.update(event)
         text = describe_event(event)
         if text and self._on_log:
             self._on_log(text)
@@ -68,6 +72,8 @@ class SegmentationJob(JobWrapper):
             elif job.state == SUCCEEDED:
                 job.state = "failed"
                 self.message = f"micd predict ended without writing {self.output_path}." + log_excerpt(job)
+            elif job.state == CANCELLED:
+                self.message = "Segmentation cancelled."
             else:
                 error = job.error_event or {}
                 self.message = (error.get("message") or f"Segmentation {job.state} (exit code {job.returncode}).")

@@ -1,5 +1,6 @@
 """The one-click "Segment" panel: the model list with provenance (rename, delete, export zip, import), the input
-volume, options, and Segment / Cancel with progress. All work is delegated to `Logic.SegmentationLogic`."""
+volume, options, and Segment / Cancel with a progress bar fed by `micd predict`'s progress events (windows done /
+total, time left). All work is delegated to `Logic.SegmentationLogic`."""
 
 import time
 
@@ -30,6 +31,7 @@ class SegmentationWidget:
         self.models = []
         self.job = None
         self._started = None
+        self._cancelling = False
         self.widget = qt.QWidget()
         layout = qt.QVBoxLayout(self.widget)
         self._buildModels(layout)
@@ -169,13 +171,14 @@ class SegmentationWidget:
         self.logText.clear()
         try:
             self.job = self.logic.segment(volume, model, settings=self.settings(), replace=replace,
-                                          on_log=self.appendLog, on_finished=self.onFinished)
+                                          on_log=self.appendLog, on_finished=self.onFinished, on_event=self.onEvent)
         except Exception as e:  # noqa: BLE001 - shown to the user
             self.show_error(_("Could not start segmentation: ") + str(e))
             self.job = None
             return
         self._started = time.time()
-        self.progressBar.setMaximum(0)  # busy indicator: inference reports no fraction for one volume
+        self._cancelling = False
+        self.progressBar.setMaximum(0)  # busy until micd predict reports its first windows
         self.statusLabel.setText(_("Segmenting ") + volume.GetName() + "...")
         self.timer.start()
         self.updateButtons()
@@ -193,18 +196,32 @@ class SegmentationWidget:
         return qt.QInputDialog.getText(qtsupport.main_window(), title, label, qt.QLineEdit.Normal, text)
 
     def onTick(self):
-        if self.job is not None and self._started is not None and not self.job.finished:
+        """Before the first progress event (start-up, reading the volume): the seconds spent."""
+        if self.job is not None and self._started is not None and not self.job.finished and not \
+                self.job.progress.started:
             self.statusLabel.setText(_("Segmenting... ") + f"{time.time() - self._started:.0f} s")
+
+    def onEvent(self, event):
+        """A `progress` event of micd predict: windows done / total and the time left."""
+        job = self.job
+        if job is None or job.finished or event.get("event") != "progress" or self._cancelling:
+            return
+        self.progressBar.setMaximum(1000)
+        self.progressBar.setValue(int(1000 * job.progress.fraction))
+        self.statusLabel.setText(job.progress.status_text(_("Segmenting")))
 
     def onCancel(self):
         if self.job is not None and not self.job.finished:
+            self._cancelling = True
             self.job.request_cancel()
             self.statusLabel.setText(_("Cancelling..."))
+        self.updateButtons()
 
     def onFinished(self, job):
         self.timer.stop()
         self.progressBar.setMaximum(100)
         self.progressBar.setValue(100 if job.state == "succeeded" else 0)
+        self._cancelling = False
         self.statusLabel.setText(job.message.split("\n")[0] if job.message else job.state)
         if job.state != "succeeded" and job.state != "cancelled":
             self.show_error(job.message)
@@ -217,7 +234,7 @@ class SegmentationWidget:
         running = self.job is not None and not self.job.finished
         has_model = self.selectedModel() is not None
         self.segmentButton.setEnabled(not running and has_model and self.volumeSelector.currentNode() is not None)
-        self.cancelButton.setEnabled(running)
+        self.cancelButton.setEnabled(running and not self._cancelling)
         for b in (self.renameButton, self.deleteButton, self.exportButton):
             b.setEnabled(has_model and not running)
 

@@ -14,6 +14,7 @@ from MICDCommon.registry import safe_name
 from .CasePairing import folder_labels, pair_folder_cases, summarize_unlabeled_folder
 from .DatasetExport import FileCase, as_cases, check_cases, export_dataset
 from .Parameters import TrainingSettings
+from .Suggestions import SuggestionError, SuggestJob, load_suggestion, prune_runs, suggestion_command
 
 
 class TrainingError(Exception):
@@ -93,6 +94,10 @@ class TrainingJob(JobWrapper):
         self.message = f"Model '{self.model.name}' is ready in MICD Segmentation."
 
 
+def _label_list(labels):
+    return "(" + ", ".join(f"{v}={n}" for v, n in sorted(labels.items())) + ")"
+
+
 class TrainingLogic:
     """Console and panel entry point for training.
 
@@ -148,31 +153,107 @@ class TrainingLogic:
         return path
 
     # --- training -----------------------------------------------------------------------------------------------
+    def models(self):
+        """The registered models (newest first): what "Suggest next cases" and "Continue from model" offer."""
+        return self.registry.models()
+
     def train(self, labeled, unlabeled=(), settings=None, wait=False, on_event=None, on_log=None, on_finished=None,
-              timeout=None, file_labels=None, curves=None, **setting_changes):
+              timeout=None, file_labels=None, curves=None, init_from=None, **setting_changes):
         """Export the labeled cases, write the dataset file and start `micd train` in the background.
 
         labeled: [(volume node, segmentation node)] and/or [(image file, label file)]; unlabeled: folders/files.
-        Settings come from `settings` (TrainingSettings) updated by keyword arguments, e.g. iterations=2000,
-        model_name="Liver", device="cuda:0", patch_size=(96, 96, 96). Returns a TrainingJob; with wait=True it
-        returns after the run ended and raises TrainingError unless it succeeded (job.model is the new model)."""
+        Settings come from `settings` (TrainingSettings) updated by keyword arguments, e.g. time_budget="2h",
+        iterations=2000 (wins over the budget), model_name="Liver", device="cuda:0", patch_size=(96, 96, 96).
+        init_from: a registered model (ModelInfo, name or folder) to start from (`micd train --init-from`): its
+        network width and normalisation are used, and its labels must be the cases' labels. Returns a TrainingJob;
+        with wait=True it returns after the run ended and raises TrainingError unless it succeeded (job.model is
+        the new model)."""
         settings = self._settings(settings, setting_changes)
+        parent = self._parent_model(init_from)
+        if parent is not None:
+            settings = settings.updated(filters=int(parent.meta["network"].get("filters", settings.filters)))
         cases = as_cases(labeled)
         report = self.check(cases, unlabeled, settings, file_labels)
         if not report.ok:
             raise TrainingError("Cannot train yet:\n" + "\n".join(report.errors))
+        if parent is not None and dict(report.labels) != parent.labels:
+            raise TrainingError(f"Cannot continue from '{parent.name}': its labels "
+                                f"{_label_list(parent.labels)} differ from the cases' {_label_list(report.labels)}. "
+                                "Name the segments as the model does, or train a new model with Train.")
         run_dir = self.new_run_dir(settings.model_name)
         exported = export_dataset(cases, list(unlabeled), os.path.join(run_dir, "dataset"), report=report)
         command = self.launcher.command("train", "--dataset", exported.dataset_file, "--out", run_dir,
                                         *settings.cli_args())
+        if parent is not None:
+            command += ["--init-from", parent.path]
+            normalization = parent.meta["network"].get("normalization")
+            if normalization:
+                command += ["--normalization", str(normalization)]
         info = {"model_name": settings.model_name, "labels": {str(k): v for k, v in exported.labels.items()},
-                "colors": {str(k): list(v) for k, v in report.colors.items()}, "settings": settings.to_dict()}
+                "colors": {str(k): list(v) for k, v in report.colors.items()}, "settings": settings.to_dict(),
+                "init_from": parent.path if parent is not None else None}
         launcher = self.launcher
         if settings.threads and not launcher.threads:
             launcher = launcher.with_threads(settings.threads)
         job = BackgroundJob.start(command, run_dir, kind="train", env=launcher.environment(),
                                   events_file=os.path.join(run_dir, "events.jsonl"), info=info)
         return self._follow(job, wait, timeout, on_event, on_log, on_finished, curves)
+
+    def _parent_model(self, init_from):
+        if init_from is None:
+            return None
+        try:
+            parent = self.registry.get(init_from)
+        except Exception as e:  # noqa: BLE001 - RegistryError, or a folder that is no model
+            raise TrainingError(f"Cannot continue from {init_from}: {e}") from None
+        if not isinstance(parent.meta.get("network"), dict):
+            raise TrainingError(f"Cannot continue from '{parent.name}': its model.json names no network.")
+        return parent
+
+    # --- the annotation loop: which volume to label next ------------------------------------------------------
+    def suggest(self, model, unlabeled, top=None, device="auto", wait=False, on_event=None, on_log=None,
+                on_finished=None, timeout=None):
+        """Rank the unlabeled folders/files by how unsure `model` is about each volume (`micd suggest`, in the
+        background); returns a SuggestJob whose `ranking` (most uncertain first) is there once it succeeded. Load
+        one for correcting with `load_suggestion(entry, model)`."""
+        if not unlabeled:
+            raise SuggestionError("Add an unlabeled folder first: its volumes are what gets ranked.")
+        try:
+            model = self.registry.get(model)
+        except Exception as e:  # noqa: BLE001 - RegistryError, or a folder that is no model
+            raise SuggestionError(f"No model to rank with: {e}") from None
+        missing = [p for p in unlabeled if not os.path.exists(p)]
+        if missing:
+            raise SuggestionError("Not found: " + ", ".join(missing))
+        root = os.path.join(os.path.dirname(self.runs_root), "suggest")
+        prune_runs(root)
+        run_dir = os.path.join(root, f"{safe_name(model.name)}-{time.strftime('%Y%m%d-%H%M%S')}")
+        suffix = 2
+        while os.path.exists(run_dir):
+            run_dir = os.path.join(root, f"{safe_name(model.name)}-{time.strftime('%Y%m%d-%H%M%S')}-{suffix}")
+            suffix += 1
+        command = suggestion_command(self.launcher, model, unlabeled, run_dir, top=top, device=device)
+        job = BackgroundJob.start(command, run_dir, kind="suggest", env=self.launcher.environment(),
+                                  info={"model": model.path, "inputs": list(unlabeled)})
+        suggestion = SuggestJob(job, model, on_event, on_log, on_finished)
+        if wait:
+            suggestion.wait(timeout=timeout)
+            if not suggestion.finished:
+                suggestion.cancel()
+                raise SuggestionError(f"Ranking did not finish within {timeout} s and was stopped.")
+            if suggestion.state != SUCCEEDED:
+                raise SuggestionError(suggestion.message)
+        elif self.job_poller is not None:
+            self.job_poller.add(suggestion)
+        return suggestion
+
+    def load_suggestion(self, entry, model):
+        """Load a ranked volume (an entry of SuggestJob.ranking) with its prediction as an editable segmentation,
+        to correct in the Segment Editor and add as a labeled case: (volume, segmentation, reused). A result
+        made earlier for the volume is reused, never overwritten (it may hold corrections)."""
+        import slicer
+
+        return load_suggestion(slicer.mrmlScene, entry, self.registry.get(model))
 
     def _follow(self, job, wait, timeout, on_event, on_log, on_finished, curves):
         training = TrainingJob(job, self.registry, on_event, on_log, on_finished, curves)

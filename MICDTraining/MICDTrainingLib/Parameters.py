@@ -24,12 +24,35 @@ ADVANCED_OPTIONS = {
 }
 
 
+DEFAULT_TIME_BUDGET = "30m"
+OLD_DEFAULT_ITERATIONS = 6000  # what panels before the time budget stored without the user choosing it
+_DURATION = re.compile(r"^(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m(?:in)?)?(?:(?P<s>\d+(?:\.\d+)?)s?)?$")
+
+
+def parse_duration(text):
+    """Seconds in '90s', '45m', '2h', '1h30m', '1.5h', '30 min' or a plain number of seconds (as `micd train
+    --time-budget` reads them); ValueError otherwise."""
+    s = str(text).strip().lower().replace(" ", "")
+    m = _DURATION.match(s)
+    if not s or not m or not any(m.groupdict().values()):
+        raise ValueError(f"Time budget {text!r}: give a duration such as 90s, 45m, 2h or 1h30m.")
+    seconds = sum(float(m.group(k) or 0) * f for k, f in (("h", 3600), ("m", 60), ("s", 1)))
+    if seconds <= 0:
+        raise ValueError(f"Time budget {text!r}: the budget must be longer than zero.")
+    return seconds
+
+
 @dataclass
 class TrainingSettings:
-    """What the panel's Settings section holds. `patch_size` None lets the backend plan it from data and memory."""
+    """What the panel's Settings section holds. `patch_size` None lets the backend plan it from data and memory.
+
+    The time budget is the main setting: `micd train --time-budget` times a few real steps and fixes the iteration
+    count to end within it. `iterations` (None: planned from the budget) wins when given; the budget then only
+    yields the expected end."""
 
     model_name: str = "MyModel"
-    iterations: int = 6000
+    time_budget: str = DEFAULT_TIME_BUDGET
+    iterations: object = None  # None: planned from the time budget
     patch_size: object = None  # None or (D, H, W), multiples of 16
     device: str = "auto"
     method: str = "micd"
@@ -44,8 +67,15 @@ class TrainingSettings:
         found = []
         if not str(self.model_name).strip():
             found.append("Give the model a name.")
-        if int(self.iterations) < 1:
+        if self.iterations is not None and int(self.iterations) < 1:
             found.append("Iterations must be at least 1.")
+        if str(self.time_budget or "").strip():
+            try:
+                parse_duration(self.time_budget)
+            except ValueError as e:
+                found.append(str(e))
+        elif self.iterations is None:
+            found.append("Give a time budget (e.g. 45m or 2h) or, under Advanced, an iteration count.")
         if self.patch_size is not None:
             size = list(self.patch_size)
             if len(size) != 3 or any(int(s) < 16 or int(s) % 16 for s in size):
@@ -63,8 +93,13 @@ class TrainingSettings:
 
     def cli_args(self):
         """The `micd train` options for these settings (without --dataset/--out)."""
-        args = ["--method", self.method, "--iterations", int(self.iterations), "--filters", int(self.filters),
-                "--device", self.device, "--seed", int(self.seed), "--checkpoint-every", int(self.checkpoint_every)]
+        args = ["--method", self.method]
+        if self.iterations is not None:
+            args += ["--iterations", int(self.iterations)]
+        if str(self.time_budget or "").strip():
+            args += ["--time-budget", str(self.time_budget).strip().replace(" ", "")]
+        args += ["--filters", int(self.filters), "--device", self.device, "--seed", int(self.seed),
+                 "--checkpoint-every", int(self.checkpoint_every)]
         if self.patch_size is not None:
             args += ["--patch-size", *[int(s) for s in self.patch_size]]
         if self.threads:
@@ -74,6 +109,15 @@ class TrainingSettings:
             args += [f"--{name}", kind(value)]
         return [str(a) for a in args]
 
+    def plan_preview(self):
+        """What the run will do, before it starts (the `start` event then gives the measured plan)."""
+        budget = str(self.time_budget or "").strip()
+        if self.iterations is not None:
+            return (f"Plan: {int(self.iterations)} iterations (set under Advanced)" +
+                    (f"; the {budget} budget gives the expected end when it starts." if budget else "."))
+        return (f"Plan: a few timed steps at the start fix the iteration count to end within {budget} "
+                "(validation and export included).")
+
     def to_dict(self):
         return dataclasses.asdict(self)
 
@@ -81,6 +125,8 @@ class TrainingSettings:
     def from_dict(cls, data):
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in (data or {}).items() if k in known}
+        if "time_budget" not in values and values.get("iterations") == OLD_DEFAULT_ITERATIONS:
+            del values["iterations"]  # stored before the time budget existed: the old default, not a choice
         if values.get("patch_size") is not None:
             values["patch_size"] = tuple(int(s) for s in values["patch_size"])
         return cls(**values)

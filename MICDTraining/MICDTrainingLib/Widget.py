@@ -1,20 +1,21 @@
-"""The "Train semi-supervised" panel, built in code: labeled cases, unlabeled folders, checks, settings, and the
-training section (Train / Cancel / Resume, progress with ETA, loss and Dice charts, log). All work is delegated to
-the logic (`Logic.TrainingLogic`), which the module passes in; tests pass a mock."""
+"""The "Train semi-supervised" panel, built in code: labeled cases, unlabeled folders, checks, settings (the time
+budget first; iterations under Advanced), the training section (Train / Cancel / Resume, the plan, progress with
+ETA, loss and Dice charts, log) and the annotation loop (Suggest next cases, load one to correct, Continue from
+model). All work is delegated to the logic (`Logic.TrainingLogic`), which the module passes in; tests pass a mock."""
 
 import os
 
 import qt
 import slicer
 
-from MICDCommon import qtsupport
+from MICDCommon import FAILED, LOST, SUCCEEDED, qtsupport
 from MICDCommon.events import TrainingProgress
 
 from .CasePairing import pair_scene_cases, summarize_unlabeled_folder
 from .Curves import TrainingCurves
 from .CurvesView import CurvesView
 from .DatasetExport import FileCase, LabeledCase
-from .Parameters import ADVANCED_OPTIONS, METHOD_TITLES, METHODS, TrainingSettings
+from .Parameters import ADVANCED_OPTIONS, DEFAULT_TIME_BUDGET, METHOD_TITLES, METHODS, TrainingSettings
 
 try:
     from slicer.i18n import tr as _
@@ -24,6 +25,8 @@ except ImportError:  # headless tests
 
 SETTINGS_KEY = "MICD/TrainingSettings"
 LOG_LINE_LIMIT = 2000
+TIME_BUDGETS = ("15m", "30m", "1h", "2h", "4h", "8h")
+AUTO_ITERATIONS = 0  # the iterations spin box's special value: planned from the time budget
 
 
 class TrainingWidget:
@@ -40,6 +43,9 @@ class TrainingWidget:
         self.job = None
         self.curves = None
         self.report = None
+        self.suggestJob = None
+        self.loopModels = []
+        self.suggestions = []
         self.widget = qt.QWidget()
         layout = qt.QVBoxLayout(self.widget)
         self._buildCases(layout)
@@ -47,8 +53,10 @@ class TrainingWidget:
         self._buildChecks(layout)
         self._buildSettings(layout)
         self._buildTraining(layout)
+        self._buildLoop(layout)
         layout.addStretch(1)
         self.loadSettings()
+        self.refreshLoopModels()
         self.updateButtons()
 
     # --- building -------------------------------------------------------------------------------------------------
@@ -106,9 +114,13 @@ class TrainingWidget:
         _box, form = qtsupport.section(_("Settings"), layout)
         self.modelNameEdit = qt.QLineEdit("MyModel")
         form.addRow(_("Model name:"), self.modelNameEdit)
-        self.iterationsSpin = qt.QSpinBox()
-        self.iterationsSpin.setRange(1, 1000000)
-        form.addRow(_("Iterations:"), self.iterationsSpin)
+        self.timeBudgetCombo = qt.QComboBox()
+        self.timeBudgetCombo.editable = True
+        self.timeBudgetCombo.addItems(list(TIME_BUDGETS))
+        self.timeBudgetCombo.setToolTip(_("How long training may take, start-up and export included, e.g. 45m, 2h, "
+                                          "90s or 1h30m: a few timed steps at the start fix the iteration count"))
+        self.timeBudgetCombo.connect("editTextChanged(QString)", lambda _text: self.showPlanPreview())
+        form.addRow(_("Time budget:"), self.timeBudgetCombo)
         self.patchEdit = qt.QLineEdit("auto")
         self.patchEdit.setToolTip(_("'auto', or D H W in voxels (multiples of 16), e.g. 96 96 96"))
         form.addRow(_("Patch size:"), self.patchEdit)
@@ -121,6 +133,13 @@ class TrainingWidget:
         for method in METHODS:
             self.methodCombo.addItem(METHOD_TITLES[method], method)
         advancedForm.addRow(_("Method:"), self.methodCombo)
+        self.iterationsSpin = qt.QSpinBox()
+        self.iterationsSpin.setRange(AUTO_ITERATIONS, 1000000)
+        self.iterationsSpin.specialValueText = _("auto (time budget)")
+        self.iterationsSpin.setToolTip(_("A fixed iteration count wins over the time budget (which then only gives "
+                                         "the expected end); auto plans it from the budget"))
+        self.iterationsSpin.connect("valueChanged(int)", lambda _value: self.showPlanPreview())
+        advancedForm.addRow(_("Iterations:"), self.iterationsSpin)
         self.filtersSpin = qt.QSpinBox()
         self.filtersSpin.setRange(1, 128)
         advancedForm.addRow(_("Network width:"), self.filtersSpin)
@@ -160,6 +179,9 @@ class TrainingWidget:
         self.resumeButton = qtsupport.button(_("Resume"), _("Continue the last stopped run from its checkpoint"),
                                     self.onResume)
         form.addRow(qtsupport.button_grid([self.trainButton, self.cancelButton, self.resumeButton], 3))
+        self.planLabel = qt.QLabel("")
+        self.planLabel.wordWrap = True
+        form.addRow(self.planLabel)
         self.progressBar = qt.QProgressBar()
         form.addRow(self.progressBar)
         self.statusLabel = qt.QLabel(_("Idle"))
@@ -176,6 +198,42 @@ class TrainingWidget:
         self.logText.setMaximumBlockCount(LOG_LINE_LIMIT)
         form.addRow(self.logText)
 
+    def _buildLoop(self, layout):
+        _box, form = qtsupport.section(_("Next cases"), layout)
+        self.loopModelCombo = qt.QComboBox()
+        self.loopModelCombo.sizeAdjustPolicy = qt.QComboBox.AdjustToMinimumContentsLengthWithIcon
+        self.loopModelCombo.setToolTip(_("A trained model from the model folder"))
+        self.loopModelCombo.connect("currentIndexChanged(int)", lambda _index: self.updateButtons())
+        form.addRow(_("Model:"), self.loopModelCombo)
+        self.suggestButton = qtsupport.button(_("Suggest next cases"), _("Rank the unlabeled folders' volumes by how "
+                                              "unsure the model is (its two students' disagreement): label the "
+                                              "first ones next"), self.onSuggest)
+        self.continueButton = qtsupport.button(_("Continue from model"), _("Train on the labeled cases starting from "
+                                               "this model's weights (--init-from) instead of from scratch"),
+                                               self.onContinue)
+        form.addRow(qtsupport.button_grid([self.suggestButton, self.continueButton], 2))
+        self.suggestProgress = qt.QProgressBar()
+        form.addRow(self.suggestProgress)
+        self.suggestStatus = qt.QLabel(_("Rank the unlabeled volumes with a model, then load one to correct."))
+        self.suggestStatus.wordWrap = True
+        form.addRow(self.suggestStatus)
+        self.suggestTable = qt.QTableWidget(0, 3)
+        self.suggestTable.setHorizontalHeaderLabels([_("Volume"), _("Score"), _("Least certain")])
+        self.suggestTable.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
+        self.suggestTable.setSelectionBehavior(qt.QAbstractItemView.SelectRows)
+        self.suggestTable.setSelectionMode(qt.QAbstractItemView.SingleSelection)
+        self.suggestTable.setEditTriggers(qt.QAbstractItemView.NoEditTriggers)
+        self.suggestTable.setMaximumHeight(140)
+        self.suggestTable.setToolTip(_("Score in [0, 1]: higher = the model is less sure = label it first"))
+        self.suggestTable.connect("cellDoubleClicked(int,int)", lambda _row, _column: self.onLoadSuggestion())
+        self.suggestTable.connect("itemSelectionChanged()", self.updateButtons)
+        form.addRow(self.suggestTable)
+        self.loadSuggestionButton = qtsupport.button(_("Load to correct"), _("Load the selected volume with the "
+                                                     "model's segmentation: correct it in the Segment Editor, then "
+                                                     "add it with 'Add current'"), self.onLoadSuggestion)
+        self.cancelSuggestButton = qtsupport.button(_("Stop ranking"), _("Stop micd suggest"), self.onCancelSuggest)
+        form.addRow(qtsupport.button_grid([self.loadSuggestionButton, self.cancelSuggestButton], 2))
+
     # --- settings -------------------------------------------------------------------------------------------------
     def settings(self):
         """The settings shown in the panel as a TrainingSettings (patch 'auto' -> None)."""
@@ -188,15 +246,18 @@ class TrainingWidget:
                 patch = (0, 0, 0)  # reported by TrainingSettings.problems()
         advanced = {name: spin.value for name, spin in self.advancedEdits.items()
                     if spin.value != ADVANCED_OPTIONS[name][1]}
-        return TrainingSettings(model_name=self.modelNameEdit.text.strip(), iterations=int(self.iterationsSpin.value),
-                                patch_size=patch, device=self.deviceCombo.currentText,
+        iterations = int(self.iterationsSpin.value)
+        return TrainingSettings(model_name=self.modelNameEdit.text.strip(),
+                                time_budget=self.timeBudgetCombo.currentText.strip(),
+                                iterations=None if iterations == AUTO_ITERATIONS else iterations, patch_size=patch, device=self.deviceCombo.currentText,
                                 method=self.methodCombo.currentData or "micd", filters=int(self.filtersSpin.value),
                                 seed=int(self.seedSpin.value), checkpoint_every=int(self.checkpointSpin.value),
                                 advanced=advanced)
 
     def showSettings(self, s):
         self.modelNameEdit.setText(s.model_name)
-        self.iterationsSpin.setValue(s.iterations)
+        self.timeBudgetCombo.setCurrentText(s.time_budget or "")
+        self.iterationsSpin.setValue(AUTO_ITERATIONS if s.iterations is None else int(s.iterations))
         self.patchEdit.setText("auto" if s.patch_size is None else " ".join(str(v) for v in s.patch_size))
         index = self.deviceCombo.findText(s.device)
         if index < 0:
@@ -209,6 +270,15 @@ class TrainingWidget:
         self.checkpointSpin.setValue(s.checkpoint_every)
         for name, spin in self.advancedEdits.items():
             spin.setValue(s.advanced.get(name, ADVANCED_OPTIONS[name][1]))
+        self.showPlanPreview()
+
+    def showPlanPreview(self):
+        """Before a run starts: what the settings will do (the run's `start` event then shows the measured plan)."""
+        if not hasattr(self, "planLabel") or (self.job is not None and not self.job.finished):
+            return  # still building the panel, or a run's plan is shown
+        settings = self.settings()
+        problems = [p for p in settings.problems() if "budget" in p or "teration" in p]
+        self.planLabel.setText(problems[0] if problems else settings.plan_preview())
 
     def loadSettings(self):
         import json
@@ -334,6 +404,16 @@ class TrainingWidget:
         self.appendLog(report.describe())
 
     def onTrain(self):
+        self._startTraining()
+
+    def onContinue(self):
+        model = self.selectedLoopModel()
+        if model is None:
+            self.show_error(_("No model to continue from: train one first (or import one in MICD Segmentation)."))
+            return
+        self._startTraining(init_from=model)
+
+    def _startTraining(self, init_from=None):
         self.saveSettings()
         report = self.onCheck()
         if not report.ok:
@@ -344,12 +424,18 @@ class TrainingWidget:
         settings = self.settings()
         self.logText.clear()
         self.curves = self._newCurves(settings.model_name)
+        extra = {"init_from": init_from} if init_from is not None else {}
         try:
             self.job = self.logic.train(self.cases, self.unlabeled, settings, file_labels=self.file_labels,
-                                        **self._callbacks())
+                                        **extra, **self._callbacks())
         except Exception as e:  # noqa: BLE001 - shown to the user
             self.show_error(_("Could not start training: ") + str(e))
             self.job = None
+        else:
+            self.planLabel.setText(_("Plan: calibrating (a few timed steps)...") if settings.iterations is None
+                                   else settings.plan_preview())
+            if init_from is not None:
+                self.appendLog(_("Continuing from the model '") + init_from.name + "'")
         self.updateButtons()
 
     def _newCurves(self, name):
@@ -403,12 +489,114 @@ class TrainingWidget:
         if event.get("event") in ("iteration", "validation"):
             self.curvesView.show(self.curves)
         progress = self.job.progress if self.job is not None else TrainingProgress()
+        if event.get("event") == "start":
+            self.planLabel.setText(progress.plan_text())
         self.progressBar.setMaximum(1000)
         self.progressBar.setValue(int(1000 * progress.fraction))
         self.statusLabel.setText(progress.status_text())
 
     def onFinished(self, job):
         self.statusLabel.setText(f"{job.state}: {job.message}" if job.message else job.state)
+        self.updateButtons()
+        if job.state == SUCCEEDED:
+            self.refreshLoopModels(select=job.model.name if getattr(job, "model", None) else None)
+        elif job.state in (FAILED, LOST):
+            self.show_error(_("Training stopped: ") + (job.message or job.state))
+
+    # --- the annotation loop ---------------------------------------------------------------------------------------
+    def refreshLoopModels(self, select=None):
+        current = select or (self.selectedLoopModel().name if self.selectedLoopModel() else None)
+        self.loopModels = list(self.logic.models())
+        self.loopModelCombo.clear()
+        for model in self.loopModels:
+            dice = f" (Dice {model.mean_dice:.3f})" if model.mean_dice is not None else ""
+            self.loopModelCombo.addItem(model.name + dice)
+        names = [m.name for m in self.loopModels]
+        if names:
+            self.loopModelCombo.setCurrentIndex(names.index(current) if current in names else 0)
+        self.updateButtons()
+
+    def selectedLoopModel(self):
+        index = self.loopModelCombo.currentIndex if hasattr(self, "loopModelCombo") else -1
+        return self.loopModels[index] if 0 <= index < len(self.loopModels) else None
+
+    def onSuggest(self):
+        model = self.selectedLoopModel()
+        if model is None:
+            self.show_error(_("No model to rank with: train one first (or import one in MICD Segmentation)."))
+            return
+        if not self.unlabeled:
+            self.show_error(_("Add an unlabeled folder first: its volumes are what gets ranked."))
+            return
+        if not self.dependency_check():
+            return
+        try:
+            self.suggestJob = self.logic.suggest(model, list(self.unlabeled), device=self.deviceCombo.currentText,
+                                                 on_event=self.onSuggestEvent, on_log=self.appendLog,
+                                                 on_finished=self.onSuggestFinished)
+        except Exception as e:  # noqa: BLE001 - shown to the user
+            self.show_error(_("Could not rank the unlabeled volumes: ") + str(e))
+            self.suggestJob = None
+            return
+        self.suggestions = []
+        self.suggestTable.setRowCount(0)
+        self.suggestProgress.setMaximum(0)  # busy until the first progress event
+        self.suggestStatus.setText(_("Ranking with '") + model.name + "'...")
+        self.updateButtons()
+
+    def onSuggestEvent(self, event):
+        job = self.suggestJob
+        if job is None or event.get("event") not in ("progress", "scored"):
+            return
+        self.suggestProgress.setMaximum(1000)
+        self.suggestProgress.setValue(int(1000 * job.progress.fraction))
+        self.suggestStatus.setText(job.progress.status_text(_("Ranking")))
+
+    def onSuggestFinished(self, job):
+        self.suggestProgress.setMaximum(1000)
+        self.suggestProgress.setValue(1000 if job.state == SUCCEEDED else 0)
+        self.suggestStatus.setText(job.message.split("\n")[0] if job.message else job.state)
+        if job.state == SUCCEEDED:
+            self.showSuggestions(job.ranking, job.model)
+        elif job.state != "cancelled":
+            self.show_error(_("Ranking failed: ") + job.message)
+        self.updateButtons()
+
+    def showSuggestions(self, ranking, model):
+        self.suggestions = [(entry, model) for entry in ranking]
+        self.suggestTable.setRowCount(len(ranking))
+        for row, entry in enumerate(ranking):
+            label = entry.get("least_certain_label")
+            cells = [f"{entry.get('rank', row + 1)}. {entry.get('case', os.path.basename(entry.get('file', '')))}",
+                     f"{entry.get('score', 0):.3f}", model.labels.get(int(label), str(label)) if label else "-"]
+            for column, text in enumerate(cells):
+                item = qt.QTableWidgetItem(text)
+                item.setToolTip(entry.get("file", ""))
+                self.suggestTable.setItem(row, column, item)
+        if ranking:
+            self.suggestTable.selectRow(0)
+
+    def onLoadSuggestion(self):
+        row = self.suggestTable.currentRow()
+        if not 0 <= row < len(self.suggestions):
+            self.show_error(_("Select a ranked volume first."))
+            return
+        entry, model = self.suggestions[row]
+        try:
+            volume, segmentation, reused = self.logic.load_suggestion(entry, model)
+        except Exception as e:  # noqa: BLE001 - shown to the user
+            self.show_error(_("Could not load the suggestion: ") + str(e))
+            return
+        self.volumeSelector.setCurrentNode(volume)
+        self.segmentationSelector.setCurrentNode(segmentation)
+        self.suggestStatus.setText((_("Already loaded: ") if reused else _("Loaded ")) + segmentation.GetName() +
+                                   _(". Correct it in the Segment Editor, then press 'Add current' under Labeled "
+                                     "cases and train again (Continue from model)."))
+
+    def onCancelSuggest(self):
+        if self.suggestJob is not None and not self.suggestJob.finished:
+            self.suggestJob.request_cancel()
+            self.suggestStatus.setText(_("Stopping the ranking..."))
         self.updateButtons()
 
     def appendLog(self, text):
@@ -421,10 +609,19 @@ class TrainingWidget:
                                     else _("Add at least one labeled case first"))
         self.cancelButton.setEnabled(running)
         self.resumeButton.setEnabled(not running)
+        if not hasattr(self, "suggestButton"):
+            return
+        ranking = self.suggestJob is not None and not self.suggestJob.finished
+        has_model = self.selectedLoopModel() is not None
+        self.suggestButton.setEnabled(has_model and not ranking)
+        self.continueButton.setEnabled(has_model and not running and bool(self.cases))
+        self.cancelSuggestButton.setEnabled(ranking)
+        self.loadSuggestionButton.setEnabled(bool(self.suggestions) and self.suggestTable.currentRow() >= 0)
 
     # --- module life cycle -----------------------------------------------------------------------------------------
     def enter(self):
         """On showing the panel: reattach to a run that is still going (or ended unseen); mention resumable ones."""
+        self.refreshLoopModels()
         if self.job is not None and not self.job.finished:
             return
         attach = self.logic.runs_to_attach()

@@ -1,0 +1,193 @@
+"""Issue 12 on the Slicer side: the training panel's "Suggest next cases" (a real `micd suggest` in the background:
+the ranked list with scores, the chosen volume loaded with its prediction as an editable segmentation, which then is
+a labeled case) and "Continue from model" (a real `micd train --init-from` a registered model), with their failure
+paths reaching the user as dialogs parented to the main window."""
+
+import json
+import os
+import sys
+import time
+
+import pytest
+import slicer
+
+from backend_models import make_runnable_model
+from conftest import MAIN_WINDOW
+from dialogs import DIALOGS
+from MICDCommon import CANCELLED, SUCCEEDED, BackendLauncher, ModelRegistry, processes
+from scene_helpers import load_case
+
+
+def wait_for(condition, job, timeout=120, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job.poll()
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def runnable(tmp_path_factory):
+    return make_runnable_model(tmp_path_factory.mktemp("runnable") / "model")
+
+
+@pytest.fixture
+def loop(scene, runnable, tmp_path, hippocampus_cases):
+    """A training panel on the real logic, a registered runnable model, an unlabeled folder of three volumes."""
+    from MICDTrainingLib.Logic import TrainingLogic
+    from MICDTrainingLib.Widget import TrainingWidget
+
+    launcher = BackendLauncher(python=sys.executable, threads=1)
+    registry = ModelRegistry(tmp_path / "models")
+    model = registry.add_folder(str(runnable), "Hippo v1")
+    unlabeled = tmp_path / "unlabeled"
+    unlabeled.mkdir()
+    for image, _label in hippocampus_cases[10:13]:
+        os.symlink(image, unlabeled / image.name)
+    logic = TrainingLogic(launcher=launcher, registry=registry, runs_root=str(tmp_path / "runs"))
+    panel = TrainingWidget(logic, dependency_check=lambda: True)
+    panel.addUnlabeledFolder(str(unlabeled))
+    panel.deviceCombo.setCurrentIndex(panel.deviceCombo.findText("cpu"))
+    return panel, logic, model, unlabeled
+
+
+def test_suggest_ranks_the_unlabeled_volumes_and_loads_one_to_correct(loop, hippocampus_cases):
+    panel, logic, model, unlabeled = loop
+    assert panel.loopModelCombo.currentText == "Hippo v1" and panel.suggestButton.enabled
+    assert not panel.loadSuggestionButton.enabled and not panel.cancelSuggestButton.enabled
+    panel.suggestButton.click()
+    job = panel.suggestJob
+    assert panel.cancelSuggestButton.enabled and not panel.suggestButton.enabled
+    wait_for(lambda: job.finished, job, 180, "the ranking")
+    assert job.state == SUCCEEDED, job.message
+    with open(job.ranking_path, encoding="utf-8") as f:
+        ranking = json.load(f)["ranking"]
+    assert len(ranking) == 3 == panel.suggestTable.rowCount
+    assert [e["score"] for e in ranking] == sorted((e["score"] for e in ranking), reverse=True)
+    for row, entry in enumerate(ranking):
+        assert panel.suggestTable.item(row, 0).text() == f"{row + 1}. {entry['case']}"
+        assert panel.suggestTable.item(row, 1).text() == f"{entry['score']:.3f}"
+        assert panel.suggestTable.item(row, 2).text() in ("anterior", "posterior", "-")
+    assert panel.suggestStatus.text.startswith(f"Ranked 3 volume(s); label {ranking[0]['case']} first")
+    assert panel.suggestProgress.value == panel.suggestProgress.maximum == 1000
+    assert job.progress.images == 3 and job.progress.scored == 3
+    assert "--predictions" in job.job.record.command and str(unlabeled) in job.job.record.command
+
+    assert panel.suggestTable.currentRow() == 0 and panel.loadSuggestionButton.enabled
+    panel.suggestTable.selectRow(1)
+    panel.loadSuggestionButton.click()
+    volume, segmentation = panel.volumeSelector.currentNode(), panel.segmentationSelector.currentNode()
+    assert volume.GetName() == ranking[1]["case"]
+    assert os.path.abspath(volume.GetStorageNode().GetFileName()) == ranking[1]["file"]
+    seg = segmentation.GetSegmentation()
+    assert sorted(seg.GetNthSegment(i).GetName() for i in range(seg.GetNumberOfSegments())) == ["anterior",
+                                                                                                 "posterior"]
+    assert segmentation.GetAttribute("MICD.SourceVolume") == volume.GetID()
+    assert segmentation.GetAttribute("MICD.Model") == model.path
+    # the segmentation holds the prediction's voxels, on the volume's grid: correcting it is the annotation
+    import numpy as np
+
+    predicted = slicer.util.arrayFromVolume(_loaded_label(ranking[1]["prediction"]))
+    for i in range(seg.GetNumberOfSegments()):
+        segment_id = seg.GetNthSegmentID(i)
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segment_id, volume)
+        value = int(seg.GetNthSegment(i).GetLabelValue())
+        assert np.array_equal(mask > 0, predicted == value)
+    assert "Correct it in the Segment Editor" in panel.suggestStatus.text
+
+    nodes = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+    panel.onLoadSuggestion()  # again: the same nodes (corrections made meanwhile are never overwritten)
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == nodes
+    assert panel.segmentationSelector.currentNode() is segmentation
+    assert panel.suggestStatus.text.startswith("Already loaded")
+    panel.addCurrentButton.click()  # the corrected prediction is a labeled case
+    assert [c.segmentation for c in panel.cases] == [segmentation]
+    assert panel.casesTable.item(0, 2).text() == "anterior, posterior"
+    assert not DIALOGS.shown
+
+
+def _loaded_label(path):
+    from MICDCommon import sceneio
+
+    return sceneio.load_volume(path, "check", labelmap=True)
+
+
+def test_suggest_failures_and_stop_reach_the_user(loop, tmp_path):
+    panel, logic, model, unlabeled = loop
+    empty = tmp_path / "no images"
+    empty.mkdir()
+    panel.unlabeled = [str(empty)]
+    panel.suggestButton.click()
+    job = panel.suggestJob
+    wait_for(lambda: job.finished, job, 120, "micd suggest to refuse the folder")
+    assert job.state == "failed" and job.job.returncode == 2
+    (dialog,) = DIALOGS.shown
+    assert dialog.kind == "slicer.util.errorDisplay" and dialog.parent == MAIN_WINDOW
+    assert dialog.text.startswith("Ranking failed: micd suggest: error:") and "no image files" in dialog.text
+    assert panel.suggestTable.rowCount == 0 and panel.suggestButton.enabled
+
+    panel.unlabeled = []
+    panel.suggestButton.click()  # nothing to rank: said before anything starts
+    assert DIALOGS.shown[-1].text == "Add an unlabeled folder first: its volumes are what gets ranked."
+
+    panel.unlabeled = [str(unlabeled)]
+    panel.suggestButton.click()
+    job = panel.suggestJob
+    panel.cancelSuggestButton.click()
+    wait_for(lambda: job.finished, job, 60, "the stop")
+    assert job.state == CANCELLED and not processes.is_alive(job.job.pid)
+    assert panel.suggestStatus.text == "Ranking cancelled." and len(DIALOGS.shown) == 2
+
+    panel.loopModels, panel.suggestions = [], []
+    panel.loopModelCombo.clear()
+    assert not panel.suggestButton.enabled and not panel.continueButton.enabled
+    panel.onSuggest()
+    assert DIALOGS.shown[-1].text.startswith("No model to rank with")
+    assert all(d.parent == MAIN_WINDOW for d in DIALOGS.shown)
+
+
+def test_continue_from_model_trains_from_its_weights(loop, hippocampus_cases):
+    panel, logic, model, _unlabeled = loop
+    for image, label in hippocampus_cases[:3]:
+        load_case(slicer.mrmlScene, image, label)
+    panel.autoPairButton.click()
+    assert panel.continueButton.enabled
+    panel.modelNameEdit.text = "Hippo v2"
+    panel.iterationsSpin.value = 3
+    panel.timeBudgetCombo.setCurrentText("")
+    panel.patchEdit.text = "16 32 16"
+    panel.checkpointSpin.value = 5
+    panel.methodCombo.setCurrentIndex(panel.methodCombo.findData("supervised"))
+    assert panel.filtersSpin.value == 16  # the parent's width (4) is used whatever the panel says
+    panel.continueButton.click()
+    job = panel.job
+    command = job.job.record.command
+    assert command[command.index("--init-from") + 1] == model.path
+    assert command[command.index("--filters") + 1] == "4" and command[command.index("--iterations") + 1] == "3"
+    assert "Continuing from the model 'Hippo v1'" in panel.logText.toPlainText()
+    wait_for(lambda: job.finished, job, 240, "the warm-started training")
+    assert job.state == SUCCEEDED, job.message
+    parent = job.model.meta["provenance"]["parent_model"]
+    assert os.path.samefile(parent["path"], model.path) and parent["name"] == model.meta.get("name")
+    assert panel.loopModelCombo.currentText.startswith("Hippo v2")  # the new model is offered next
+    assert [m.name for m in panel.loopModels] == ["Hippo v2", "Hippo v1"]
+    assert not DIALOGS.shown
+
+
+def test_continue_from_a_model_with_other_labels_is_refused_with_a_dialog(loop, hippocampus_cases, tmp_path):
+    panel, logic, _model, _unlabeled = loop
+    other = logic.registry.add_folder(str(make_runnable_model(tmp_path / "other", "Lungs",
+                                                              {1: "left lung", 2: "right lung"})), "Lungs")
+    panel.refreshLoopModels(select="Lungs")
+    load_case(slicer.mrmlScene, *hippocampus_cases[0])
+    panel.autoPairButton.click()
+    panel.continueButton.click()
+    (dialog,) = DIALOGS.shown
+    assert dialog.kind == "slicer.util.errorDisplay" and dialog.parent == MAIN_WINDOW
+    assert dialog.text == ("Could not start training: Cannot continue from 'Lungs': its labels (1=left lung, "
+                           "2=right lung) differ from the cases' (1=anterior, 2=posterior). Name the segments as the "
+                           "model does, or train a new model with Train.")
+    assert panel.job is None and other.name == "Lungs"
+    assert not os.path.isdir(logic.runs_root) or not os.listdir(logic.runs_root)  # nothing was started

@@ -1,0 +1,317 @@
+"""Issue 10 on the Slicer side: the training panel's time budget (the main setting; iterations under Advanced win
+when set), the plan of the run from its `start` event, a budget error reaching the user as a dialog; the segment
+panel's progress bar from `micd predict`'s progress events and its Cancel. Real `micd` subprocesses where they are
+cheap, otherwise a fake backend process (a real subprocess of a script that prints what `micd predict` prints)."""
+
+import json
+import os
+import sys
+import time
+from unittest import mock
+
+import pytest
+import qt
+import slicer
+
+from backend_models import make_runnable_model
+from conftest import MAIN_WINDOW
+from dialogs import DIALOGS
+from MICDCommon import CANCELLED, SUCCEEDED, BackendLauncher, ModelRegistry, processes
+from MICDCommon.events import plan_text
+from MICDTrainingLib.Parameters import TrainingSettings, parse_duration
+from scene_helpers import load_case, load_volume
+
+# the start event of a real `micd train --time-budget 40s` (hippocampus, patch 16x32x16, 4 filters, CPU)
+BUDGET_START = {
+    "event": "start", "method": "micd", "device": "cpu", "labeled": 2, "unlabeled": 2, "validation": 1,
+    "iterations": 24, "start_iter": 0, "resumed": False, "patch_size": [16, 32, 16], "amp": "bfloat16",
+    "precision": "bf16", "precision_reason": "bf16 autocast: this CPU has AMX/AVX512-BF16, where bf16 is about twice "
+    "as fast (--amp off for fp32)", "time_budget": "40s", "time_budget_s": 40.0, "eta_s": 19.3,
+    "expected_total_s": 37.5, "sec_per_iter_expected": 0.5783,
+    "budget_plan": {"planned_iterations": True, "calibration": {"sec_per_iter": 0.5783}, "note": "24 iterations fit"}}
+TINY = dict(patch_size=(16, 32, 16), filters=4, device="cpu", checkpoint_every=5, threads=1)
+
+
+def wait_for(condition, job, timeout=120, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job.poll()
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def launcher():
+    return BackendLauncher(python=sys.executable, threads=1)
+
+
+@pytest.fixture
+def mock_training_panel(scene):
+    from MICDTrainingLib.DatasetExport import DatasetReport
+    from MICDTrainingLib.Widget import TrainingWidget
+
+    logic = mock.MagicMock(name="TrainingLogic")
+    logic.check.return_value = DatasetReport()
+    logic.runs_to_attach.return_value = []
+    logic.resumable_runs.return_value = []
+    logic.models.return_value = []
+    return TrainingWidget(logic, dependency_check=lambda: True), logic
+
+
+def test_the_panels_duration_reader_agrees_with_micd_train():
+    from micd.training.budget import parse_duration as backend_parse
+
+    for text in ("90s", "45m", "2h", "1h30m", "1.5h", "30 min", "600", "2h 15m"):
+        assert parse_duration(text) == backend_parse(text), text
+    for text in ("soon", "", "0m", "-5m", "1d"):
+        with pytest.raises(ValueError):
+            parse_duration(text)
+        with pytest.raises(ValueError):
+            backend_parse(text)
+
+
+def test_time_budget_is_the_main_setting_and_iterations_set_under_advanced_win(mock_training_panel):
+    panel, logic = mock_training_panel
+    settings = panel.settings()
+    assert settings.time_budget == "30m" and settings.iterations is None  # the defaults
+    assert panel.timeBudgetCombo.currentText == "30m" and panel.iterationsSpin.text == "auto (time budget)"
+    assert panel.iterationsSpin.parentWidget() == panel.advancedBox  # iterations live under Advanced
+    args = settings.cli_args()
+    assert args[args.index("--time-budget") + 1] == "30m" and "--iterations" not in args
+    assert "within 30m" in panel.planLabel.text
+
+    panel.timeBudgetCombo.setCurrentText("2 h")
+    assert panel.settings().cli_args()[panel.settings().cli_args().index("--time-budget") + 1] == "2h"
+    assert "within 2 h" in panel.planLabel.text
+    panel.iterationsSpin.value = 300
+    args = panel.settings().cli_args()
+    assert args[args.index("--iterations") + 1] == "300" and "--time-budget" in args  # the count wins, ETA stays
+    assert panel.planLabel.text.startswith("Plan: 300 iterations")
+
+    panel.timeBudgetCombo.setCurrentText("soon")
+    assert "Time budget 'soon'" in panel.planLabel.text and panel.settings().problems()
+    panel.timeBudgetCombo.setCurrentText("")
+    assert not panel.settings().problems()  # iterations alone are enough
+    panel.iterationsSpin.value = 0
+    assert panel.settings().problems() == ["Give a time budget (e.g. 45m or 2h) or, under Advanced, an iteration "
+                                           "count."]
+
+    panel.timeBudgetCombo.setCurrentText("45m")
+    panel.saveSettings()  # kept between sessions
+    from MICDTrainingLib.Widget import TrainingWidget
+
+    again = TrainingWidget(logic, dependency_check=lambda: True)
+    assert again.settings().time_budget == "45m" and again.settings().iterations is None
+
+
+def test_settings_stored_before_the_time_budget_existed_keep_only_chosen_iterations(mock_training_panel):
+    from MICDTrainingLib.Widget import SETTINGS_KEY, TrainingWidget
+
+    _panel, logic = mock_training_panel
+    qt.QSettings().setValue(SETTINGS_KEY, json.dumps({"model_name": "Old", "iterations": 6000}))
+    old_default = TrainingWidget(logic, dependency_check=lambda: True).settings()
+    assert (old_default.iterations, old_default.time_budget) == (None, "30m")  # the old default was no choice
+    qt.QSettings().setValue(SETTINGS_KEY, json.dumps({"model_name": "Old", "iterations": 2000}))
+    assert TrainingWidget(logic, dependency_check=lambda: True).settings().iterations == 2000
+
+
+def test_the_plan_of_the_start_event_is_shown_with_precision_and_why(mock_training_panel, hippocampus_cases):
+    from MICDCommon.events import TrainingProgress
+
+    panel, logic = mock_training_panel
+    load_case(slicer.mrmlScene, *hippocampus_cases[0])
+    panel.autoPairButton.click()
+    job = mock.MagicMock(finished=False, progress=TrainingProgress())
+    logic.train.return_value = job
+    panel.trainButton.click()
+    assert panel.planLabel.text == "Plan: calibrating (a few timed steps)..."
+    job.progress.update(BUDGET_START)
+    panel.onEvent(BUDGET_START)
+    text = panel.planLabel.text
+    assert text == plan_text(BUDGET_START)
+    assert text.startswith("Plan: 24 iterations x 0.58 s, about 19 s to go (count planned for the 40s budget)")
+    assert "Precision: bf16 autocast: this CPU has AMX/AVX512-BF16" in text
+    panel.timeBudgetCombo.setCurrentText("1h")  # editing the settings during a run leaves its plan shown
+    assert panel.planLabel.text == text
+
+    fixed = dict(BUDGET_START, iterations=500, expected_total_s=300.0,
+                 budget_plan={"planned_iterations": False}, precision="fp32",
+                 precision_reason="fp32: this CPU has no AMX/AVX512-BF16")
+    assert "(over the 40s budget: the iteration count was set). Precision: fp32: this CPU has no AMX" in \
+        plan_text(fixed)
+    no_budget = {"event": "start", "iterations": 6000, "precision": "fp16", "precision_reason": "fp16 AMP on CUDA"}
+    assert plan_text(no_budget) == "Plan: 6000 iterations. Precision: fp16 AMP on CUDA"
+
+
+def test_real_budgeted_run_shows_its_plan_and_cancels(scene, launcher, hippocampus_cases, tmp_path):
+    """`micd train --time-budget` through the panel: the calibrated plan appears when the start event arrives."""
+    from MICDTrainingLib.Logic import TrainingLogic
+    from MICDTrainingLib.Widget import TrainingWidget
+
+    for image, label in hippocampus_cases[:3]:
+        load_case(scene, image, label)
+    logic = TrainingLogic(launcher=launcher, registry=ModelRegistry(tmp_path / "models"),
+                          runs_root=str(tmp_path / "runs"))
+    panel = TrainingWidget(logic, dependency_check=lambda: True)
+    panel.autoPairButton.click()
+    panel.timeBudgetCombo.setCurrentText("10m")
+    panel.patchEdit.text = "16 32 16"
+    panel.filtersSpin.value = 4
+    panel.deviceCombo.setCurrentIndex(panel.deviceCombo.findText("cpu"))
+    panel.methodCombo.setCurrentIndex(panel.methodCombo.findData("supervised"))
+    panel.trainButton.click()
+    job = panel.job
+    assert job is not None and "--time-budget" in job.job.record.command
+    wait_for(lambda: job.progress.start is not None or job.finished, job, 180, "the start event")
+    start = job.progress.start
+    assert start is not None, job.message
+    assert start["time_budget"] == "10m" and start["budget_plan"]["planned_iterations"] is True
+    text = panel.planLabel.text
+    assert text.startswith(f"Plan: {start['iterations']} iterations x {start['sec_per_iter_expected']:.2f} s")
+    assert "(count planned for the 10m budget)" in text and f"Precision: {start['precision_reason']}" in text
+    assert any("Plan:" in line for line in panel.logText.toPlainText().splitlines())  # the log has it too
+    panel.cancelButton.click()
+    wait_for(lambda: job.finished, job, 60, "the cancel")
+    assert job.state == CANCELLED and not processes.is_alive(job.job.pid)
+    assert not DIALOGS.shown  # a cancel is no error
+
+
+def test_real_budget_error_reaches_the_user_as_a_dialog(scene, launcher, hippocampus_cases, tmp_path):
+    from MICDTrainingLib.Logic import TrainingLogic
+    from MICDTrainingLib.Widget import TrainingWidget
+
+    for image, label in hippocampus_cases[:3]:
+        load_case(scene, image, label)
+    logic = TrainingLogic(launcher=launcher, registry=ModelRegistry(tmp_path / "models"),
+                          runs_root=str(tmp_path / "runs"))
+    panel = TrainingWidget(logic, dependency_check=lambda: True)
+    panel.autoPairButton.click()
+    panel.timeBudgetCombo.setCurrentText("2s")  # start-up alone takes longer
+    panel.patchEdit.text = "16 32 16"
+    panel.filtersSpin.value = 4
+    panel.deviceCombo.setCurrentIndex(panel.deviceCombo.findText("cpu"))
+    panel.methodCombo.setCurrentIndex(panel.methodCombo.findData("supervised"))
+    panel.trainButton.click()
+    job = panel.job
+    wait_for(lambda: job.finished, job, 180, "the budget error")
+    assert job.state == "failed" and job.job.returncode == 2
+    assert job.job.error_event["kind"] == "budget"
+    (dialog,) = DIALOGS.shown
+    assert dialog.kind == "slicer.util.errorDisplay" and dialog.parent == MAIN_WINDOW
+    assert "--time-budget 2s" in dialog.text and "What to do: give a longer --time-budget" in dialog.text
+    assert panel.trainButton.enabled and not panel.cancelButton.enabled
+
+
+# --- the segment panel ---------------------------------------------------------------------------------------------
+FAKE_PREDICT = r"""
+import json, sys, time
+args = sys.argv[1:]
+if "--fail" in open(args[args.index("--model") + 1] + "/mode").read():
+    print("micd predict: error: --input: the image header declares 9 GiB, 2 GiB are available", file=sys.stderr)
+    sys.exit(2)
+out = args[args.index("--output") + 1]
+print(json.dumps({"event": "plan", "device": "cpu", "grid_shape": [1, 1, 1], "roi": [16, 32, 16]}), flush=True)
+for done in range(0, 40, 4):
+    print(json.dumps({"event": "progress", "input": "x", "image": 1, "images": 1, "windows_done": done,
+                      "windows_total": 40, "fraction": done / 40, "elapsed_s": done / 4, "eta_s": 80 - 2 * done}),
+          flush=True)
+    time.sleep(0.05)
+time.sleep(120)  # a long volume: the test cancels here
+"""
+
+
+class FakeBackend(BackendLauncher):
+    """Runs a script in place of `python -m micd SUBCOMMAND`, with the same arguments and environment."""
+
+    def __init__(self, script):
+        super().__init__(python=sys.executable)
+        self.script = script
+
+    def command(self, subcommand, *args):
+        return [sys.executable, "-c", self.script, *[str(a) for a in args]]
+
+
+@pytest.fixture
+def fake_model(tmp_path):
+    folder = tmp_path / "models" / "Fake"
+    folder.mkdir(parents=True)
+    (folder / "model.json").write_text(json.dumps({"format": "micd-model", "labels": {"1": "anterior"}}))
+    (folder / "mode").write_text("run")
+    from MICDCommon.registry import ModelInfo
+
+    return ModelInfo(str(folder), {"labels": {"1": "anterior"}, "name": "Fake"})
+
+
+def _segment_panel(logic, model):
+    from MICDSegmentationLib.Widget import SegmentationWidget
+
+    with mock.patch.object(type(logic), "models", lambda self: [model]):
+        panel = SegmentationWidget(logic, dependency_check=lambda: True)
+    return panel
+
+
+def test_segment_progress_bar_follows_predict_and_cancel_stops_it(scene, fake_model, hippocampus_cases, tmp_path):
+    from MICDSegmentationLib.Logic import SegmentationLogic
+
+    logic = SegmentationLogic(launcher=FakeBackend(FAKE_PREDICT), work_root=str(tmp_path / "segment"))
+    panel = _segment_panel(logic, fake_model)
+    load_volume(hippocampus_cases[0][0], "hippo")
+    panel.segmentButton.click()
+    job = panel.job
+    assert panel.progressBar.maximum == 0  # busy until the first windows are reported
+    wait_for(lambda: job.progress.windows_done == 36, job, 60, "progress events")
+    assert (panel.progressBar.maximum, panel.progressBar.value) == (1000, 900)
+    assert panel.statusLabel.text == "Segmenting: 36 / 40 windows · 8 s left"
+    panel.onTick()  # the elapsed-seconds text is only for the time before the first progress event
+    assert panel.statusLabel.text.startswith("Segmenting: 36 / 40")
+    assert panel.cancelButton.enabled
+    panel.cancelButton.click()
+    assert panel.statusLabel.text == "Cancelling..." and not panel.cancelButton.enabled
+    wait_for(lambda: job.finished, job, 30, "the cancel")
+    assert job.state == CANCELLED and not processes.is_alive(job.job.pid)
+    assert panel.statusLabel.text == "Segmentation cancelled." and panel.progressBar.value == 0
+    assert not os.path.exists(job.run_dir) and job.segmentation is None  # nothing left behind
+    assert panel.segmentButton.enabled and not DIALOGS.shown
+
+
+def test_a_failed_prediction_reaches_the_user_as_a_dialog(scene, fake_model, hippocampus_cases, tmp_path):
+    from MICDSegmentationLib.Logic import SegmentationLogic
+
+    with open(os.path.join(fake_model.path, "mode"), "w", encoding="utf-8") as f:
+        f.write("--fail")
+    logic = SegmentationLogic(launcher=FakeBackend(FAKE_PREDICT), work_root=str(tmp_path / "segment"))
+    panel = _segment_panel(logic, fake_model)
+    load_volume(hippocampus_cases[0][0], "hippo")
+    panel.segmentButton.click()
+    wait_for(lambda: panel.job.finished, panel.job, 60, "the failure")
+    (dialog,) = DIALOGS.shown
+    assert dialog.kind == "slicer.util.errorDisplay" and dialog.parent == MAIN_WINDOW
+    assert "image header declares 9 GiB" in dialog.text and "exit code 2" in dialog.text
+    assert panel.progressBar.value == 0 and panel.segmentButton.enabled
+
+
+def test_real_prediction_drives_the_progress_bar(scene, launcher, hippocampus_cases, tmp_path):
+    from MICDSegmentationLib.Logic import SegmentationLogic
+
+    registry = ModelRegistry(tmp_path / "models")
+    model = registry.add_folder(str(make_runnable_model(tmp_path / "made")), "Hippo")
+    logic = SegmentationLogic(launcher=launcher, registry=registry, work_root=str(tmp_path / "segment"))
+    from MICDSegmentationLib.Widget import SegmentationWidget
+
+    panel = SegmentationWidget(logic, dependency_check=lambda: True)
+    assert panel.selectedModel().path == model.path
+    volume = load_volume(hippocampus_cases[0][0], "hippo")
+    panel.deviceCombo.setCurrentIndex(panel.deviceCombo.findText("cpu"))
+    seen = []
+    panel.progressBar.connect("valueChanged(int)", lambda value: seen.append(value))
+    panel.segmentButton.click()
+    job = panel.job
+    wait_for(lambda: job.finished, job, 180, "the prediction")
+    assert job.state == SUCCEEDED, job.message
+    assert job.progress.windows_total > 0 and job.progress.windows_done == job.progress.windows_total
+    assert 1000 in seen  # the bar reached the end from predict's own last progress event
+    assert panel.progressBar.value == panel.progressBar.maximum
+    assert job.segmentation.GetName() == "hippo segmentation" and panel.statusLabel.text.startswith("Segmented hippo")
+    assert volume.GetID() == job.segmentation.GetAttribute("MICD.SourceVolume") and not DIALOGS.shown
