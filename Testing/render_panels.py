@@ -1,9 +1,11 @@
 """Render both panels, built by the module files through the test harness (real Qt widgets, offscreen), in a
 realistic state, to OUT_DIR/MICDTraining.png and OUT_DIR/MICDSegmentation.png:
 
-- training: two labeled hippocampus cases paired from the scene, one unlabeled folder, checked, and a run in
-  progress that the panel reattached to (its events file is replayed: progress, curves, log);
-- segment: a registered model selected, a volume segmented with it (the label map imported by the real logic).
+- training: two labeled hippocampus cases paired from the scene, one unlabeled folder, checked, a run in progress
+  that the panel reattached to (its events file is replayed: plan, progress, curves, log), and the unlabeled volumes
+  ranked by a registered model under Next cases;
+- segment: a registered model selected, a volume segmented with it earlier (the label map imported by the real
+  logic) and being segmented again: the progress bar and status from `micd predict`'s progress events.
 
 Usage: QT_QPA_PLATFORM=offscreen python Testing/render_panels.py OUT_DIR"""
 
@@ -30,7 +32,10 @@ def shared_data():
 def write_events(run_dir, iterations=3000, done=1240):
     rng = random.Random(3)
     events = [{"event": "start", "method": "micd", "device": "cuda:0", "labeled": 2, "unlabeled": 3,
-               "validation": 0, "iterations": iterations, "start_iter": 0}]
+               "validation": 0, "iterations": iterations, "start_iter": 0, "precision": "fp16",
+               "precision_reason": "fp16 AMP on CUDA", "time_budget": "30m", "time_budget_s": 1800.0,
+               "eta_s": iterations * 0.42 + 95, "expected_total_s": iterations * 0.42 + 140,
+               "sec_per_iter_expected": 0.42, "budget_plan": {"planned_iterations": True}}]
     for it in range(10, done + 1, 10):
         decay = math.exp(-it / 500)
         sup = 0.25 + 0.9 * decay + rng.uniform(-0.04, 0.04)
@@ -106,10 +111,18 @@ def render_training(out_dir, data, home):
     panel.autoPairButton.click()
     panel.addUnlabeledFolder(str(unlabeled))
     panel.modelNameEdit.text = "Hippocampus"
-    panel.iterationsSpin.value = 3000
     panel.checkButton.click()
-    loaded.widget.enter()  # reattaches to the running job
+    loaded.widget.enter()  # reattaches to the running job, offers the registered model under Next cases
     panel.job.poll()
+    model = panel.selectedLoopModel()
+    ranking = [{"rank": i + 1, "case": name.split(".")[0], "file": str(unlabeled / name), "score": score,
+                "least_certain_label": label} for i, (name, score, label) in
+               enumerate(zip(names[10:13], (0.412, 0.305, 0.198), (2, 1, 2)))]
+    panel.showSuggestions(ranking, model)
+    panel.suggestProgress.setMaximum(1000)
+    panel.suggestProgress.setValue(1000)
+    panel.suggestStatus.setText(f"Ranked 3 volume(s); label {ranking[0]['case']} first (score 0.412, higher = "
+                                "less certain).")
     slicer.app.processEvents()
     grab(loaded, out_dir / "MICDTraining.png")
     loaded.unload()
@@ -121,9 +134,8 @@ def render_segmentation(out_dir, data, home):
     import slicer_harness
     from scene_helpers import load_volume, new_scene
 
-    from MICDCommon import describe_event
+    from MICDCommon import PredictionProgress, describe_event
 
-    model_folder(str(home / "models"), "Hippocampus")
     scene, keep = new_scene()
     name = sorted(p.name for p in (data / "imagesTr").iterdir())[20]
     volume = load_volume(data / "imagesTr" / name, name.split(".")[0])
@@ -137,6 +149,17 @@ def render_segmentation(out_dir, data, home):
     message = f"Segmented {volume.GetName()} with 'Hippocampus' in 9 s: 2 segments."
     panel.appendLog(message)
     panel.onFinished(type("FinishedJob", (), {"state": "succeeded", "message": message})())
+    # a second run in progress, as its events arrive (the job's own progress follows them, as in SegmentationJob)
+    panel.uncertaintyCheck.checked = True
+    panel.job = type("RunningJob", (), {"finished": False, "state": "running", "progress": PredictionProgress()})()
+    panel.updateButtons()
+    for event in ({"event": "plan", "device": "cuda:0", "grid_shape": [2, 1, 1], "roi": [48, 64, 48]},
+                  {"event": "progress", "image": 1, "images": 1, "windows_done": 312, "windows_total": 480,
+                   "fraction": 0.65, "elapsed_s": 76.0, "eta_s": 41.0}):
+        panel.job.progress.update(event)
+        if describe_event(event):
+            panel.appendLog(describe_event(event))
+        panel.onEvent(event)
     slicer.app.processEvents()
     grab(loaded, out_dir / "MICDSegmentation.png")
     loaded.unload()
@@ -155,6 +178,7 @@ def main(out_dir):
 
     QtWidgets.QApplication.setStyle("Fusion")
     data = shared_data()
+    model_folder(str(home / "models"), "Hippocampus")  # offered by both panels
     keep = [render_training(out_dir, data, home), render_segmentation(out_dir, data, home)]
     del keep
 

@@ -67,7 +67,7 @@ def test_suggest_ranks_the_unlabeled_volumes_and_loads_one_to_correct(loop, hipp
     assert len(ranking) == 3 == panel.suggestTable.rowCount
     assert [e["score"] for e in ranking] == sorted((e["score"] for e in ranking), reverse=True)
     for row, entry in enumerate(ranking):
-        assert panel.suggestTable.item(row, 0).text() == f"{row + 1}. {entry['case']}"
+        assert entry["rank"] == row + 1 and panel.suggestTable.item(row, 0).text() == entry["case"]
         assert panel.suggestTable.item(row, 1).text() == f"{entry['score']:.3f}"
         assert panel.suggestTable.item(row, 2).text() in ("anterior", "posterior", "-")
     assert panel.suggestStatus.text.startswith(f"Ranked 3 volume(s); label {ranking[0]['case']} first")

@@ -219,7 +219,10 @@ class TrainingWidget:
         form.addRow(self.suggestStatus)
         self.suggestTable = qt.QTableWidget(0, 3)
         self.suggestTable.setHorizontalHeaderLabels([_("Volume"), _("Score"), _("Least certain")])
-        self.suggestTable.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
+        header = self.suggestTable.horizontalHeader()  # the row numbers are the ranks
+        header.setSectionResizeMode(0, qt.QHeaderView.Stretch)
+        header.setSectionResizeMode(1, qt.QHeaderView.ResizeToContents)
+        header.setSectionResizeMode(2, qt.QHeaderView.ResizeToContents)
         self.suggestTable.setSelectionBehavior(qt.QAbstractItemView.SelectRows)
         self.suggestTable.setSelectionMode(qt.QAbstractItemView.SingleSelection)
         self.suggestTable.setEditTriggers(qt.QAbstractItemView.NoEditTriggers)
@@ -567,7 +570,7 @@ class TrainingWidget:
         self.suggestTable.setRowCount(len(ranking))
         for row, entry in enumerate(ranking):
             label = entry.get("least_certain_label")
-            cells = [f"{entry.get('rank', row + 1)}. {entry.get('case', os.path.basename(entry.get('file', '')))}",
+            cells = [entry.get("case") or os.path.basename(entry.get("file", "")),
                      f"{entry.get('score', 0):.3f}", model.labels.get(int(label), str(label)) if label else "-"]
             for column, text in enumerate(cells):
                 item = qt.QTableWidgetItem(text)
