@@ -152,12 +152,18 @@ def test_resume_keeps_the_planned_count(tmp_path, shared_data):
 
 def test_iterations_given_wins_and_too_small_a_budget_is_an_error(tmp_path, shared_data):
     ds = write_dataset(tmp_path, 2, 1, 1)
-    p = run_micd("train", "--dataset", ds, "--out", os.path.join(tmp_path, "given"), "--time-budget", "1h",
-                 "--iterations", "3", *TINY)
+    # without --num-threads: torch's default thread count and one thread are compared, the faster kept
+    p = subprocess.run(micd_cmd("train", "--dataset", ds, "--out", os.path.join(tmp_path, "given"), "--time-budget",
+                                "1h", "--iterations", "3", *[a for a in TINY if a not in ("--num-threads", "1")]),
+                       capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="2"))
     assert p.returncode == 0, p.stdout[-1500:] + p.stderr[-1500:]
     start = _start(read_events(os.path.join(tmp_path, "given", "events.jsonl")))[0]
     assert start["iterations"] == 3 and start["budget_plan"]["planned_iterations"] is False
     assert 0 < start["eta_s"] < 3600
+    threads = start["budget_plan"]["threads"]
+    assert set(threads["probe_s"]) == {"1", "2"} and threads["chosen"] in (1, 2)
+    faster = min(threads["probe_s"], key=threads["probe_s"].get)
+    assert threads["chosen"] == 2 or faster == "1"  # one thread only when it was the faster
 
     p = run_micd("train", "--dataset", ds, "--out", os.path.join(tmp_path, "short"), "--time-budget", "2s", *TINY)
     assert p.returncode == 2, p.stdout[-1500:] + p.stderr[-1500:]

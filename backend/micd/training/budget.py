@@ -6,7 +6,9 @@ How the count is planned (`apply_time_budget`, called once the model is built):
    the step time of the memory-planned patch is modelled as proportional to voxels, and when fewer than
    `ENOUGH_ITERATIONS` would fit, the patch is cut (largest axis first, so a thick-slice patch stays anisotropic;
    not below 16 per axis) to the largest one modelled to give them. The calibration below measures the chosen patch.
-   GPUs keep the memory-planned patch the spec uses.
+   GPUs keep the memory-planned patch the spec uses. Before that, with `--num-threads 0` on a CPU, torch's default
+   thread count and one thread are compared on a probe pass of a copy of one student, and the faster is kept
+   (`_choose_threads`; on a busy machine OpenMP threads wait for each other, and one thread won by 40x here).
 1. **Calibration.** One warm-up step and up to three timed steps of the real training step (`Trainer._train_step`,
    the method's full loss at β_max, on real patches of the run's data, on its device and precision), one validation
    pass over the first validation case (scaled by voxel count to the whole validation set) and one checkpoint
@@ -47,7 +49,7 @@ ENOUGH_ITERATIONS = 1000  # on a CPU, a planned patch too slow for this many ite
 SPEED_FLOOR = 16  # voxels per axis (the network's divisor) below which the speed cut does not go
 PROBE_SIZE = 32  # voxels per axis of the probe patch whose step time models the others
 OVERRUN_TOLERANCE = 1.25
-SAFETY = 0.9
+SAFETY = 0.85
 PLAN_FILE = "plan.json"
 
 _DURATION = re.compile(r"^(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m(?:in)?)?(?:(?P<s>\d+(?:\.\d+)?)s?)?$")
@@ -139,12 +141,13 @@ class BudgetPlan:
     sec_per_iter: float
     calibration: dict = field(default_factory=dict)
     note: str = ""
+    threads: Optional[dict] = None  # CPU threads chosen by _choose_threads (None: as given or torch's default)
 
     def start_fields(self) -> dict:
         return {"time_budget": self.time_budget, "time_budget_s": self.time_budget_s, "eta_s": round(self.eta_s, 1),
                 "expected_total_s": round(self.expected_total_s, 1), "sec_per_iter_expected": round(self.sec_per_iter, 4),
                 "budget_plan": {"planned_iterations": self.planned, "calibration": self.calibration,
-                                "note": self.note}}
+                                "note": self.note, "threads": self.threads}}
 
 
 def calibrate(trainer, timed: int = TIMED_STEPS, extras: bool = True) -> Calibration:
@@ -176,14 +179,14 @@ def calibrate(trainer, timed: int = TIMED_STEPS, extras: bool = True) -> Calibra
     # over ranks, so that every rank takes the same number of steps (their all-reduces must pair up).
     first = D.mean_across_ranks(trainer.ctx, {"w": warm[-1]})["w"]
     n_timed = max(1, min(timed, int(CALIBRATION_SHARE * parse_duration(o.time_budget) / max(first, 1e-6))))
-    timed = [step() for _ in range(n_timed)]
-    spi = float(np.median(timed))
+    times = [step() for _ in range(n_timed)]
+    spi = float(np.mean(times))  # the mean: a busy machine makes some steps much slower than the median
 
     val_s = 0.0
     if extras and trainer.data.validation and trainer.ctx.is_main:
-        first = trainer.data.validation[0]
+        case = trainer.data.validation[0]
         t = time.time()
-        validate(trainer.method.inference_networks(), [first], trainer.data.labels, trainer.patch, trainer.device)
+        validate(trainer.method.inference_networks(), [case], trainer.data.labels, trainer.patch, trainer.device)
         sync()
         one = time.time() - t
         voxels = [float(np.prod(c.image.shape)) for c in trainer.data.validation]
@@ -211,7 +214,7 @@ def calibrate(trainer, timed: int = TIMED_STEPS, extras: bool = True) -> Calibra
     else:
         trainer.nonfinite_in_row = nonfinite
     D.barrier(trainer.ctx)
-    return Calibration(warm, timed, spi, val_s, ckpt_s, export_s, time.time() - t_cal)
+    return Calibration(warm, times, spi, val_s, ckpt_s, export_s, time.time() - t_cal)
 
 
 def apply_time_budget(trainer) -> None:
@@ -235,6 +238,7 @@ def apply_time_budget(trainer) -> None:
     costs = RunCosts(o.validate_every, o.checkpoint_every, bool(trainer.data.validation))
     t0 = getattr(trainer, "process_t0", None) or process_start_time()
     candidates: list = []
+    threads = _choose_threads(trainer)
     if not given:
         _choose_patch_for_speed(trainer, budget_s, t0, candidates)
     cal = D.broadcast_object(trainer.ctx, calibrate(trainer))
@@ -258,7 +262,7 @@ def apply_time_budget(trainer) -> None:
     eta = costs.loop_seconds(n, cal) + costs.finish_seconds(cal)
     plan = BudgetPlan(o.time_budget, budget_s, n, not given, eta, elapsed + eta, cal.sec_per_iter,
                       {**cal.to_dict(), "setup_s": round(elapsed - cal.spent_s, 2), "patch_candidates": candidates},
-                      note)
+                      note, threads)
     if given and elapsed + eta > budget_s:
         trainer._emit("warning", message=f"--iterations {n} will take about {elapsed + eta:.0f} s, over the "
                       f"{o.time_budget} budget ({where}); leave out --iterations to let the budget set the count",
@@ -274,6 +278,43 @@ def apply_time_budget(trainer) -> None:
         with open(plan_path, "w", encoding="utf-8") as f:
             json.dump(asdict(plan), f, indent=2)
     trainer.budget_fields = plan.start_fields()
+
+
+def _choose_threads(trainer) -> Optional[dict]:
+    """On a CPU with --num-threads 0 (torch's default): time a forward and backward pass of a copy of one student on a
+    probe batch with torch's default thread count and with one thread, and keep the faster. On a busy machine (other
+    processes on the cores) torch's OpenMP threads wait for each other: one thread was 40x faster there. The copy and
+    a saved torch RNG state leave the run as it was."""
+    import torch
+
+    o = trainer.o
+    default = torch.get_num_threads()
+    if trainer.device.type != "cpu" or o.num_threads > 0 or default <= 1:
+        return None
+    net = copy.deepcopy(trainer.method.students["student_a"]).train()
+    probe = [min(int(v), PROBE_SIZE) for v in trainer.patch]
+    x = torch.randn((o.batch_labeled + o.batch_unlabeled, 1, *probe), generator=torch.Generator().manual_seed(0))
+    rng = torch.get_rng_state()
+
+    def seconds(threads: int) -> float:
+        torch.set_num_threads(threads)
+        best = math.inf
+        for _ in range(2):  # the first pass includes one-time set-up
+            t = time.time()
+            with torch.autocast("cpu", dtype=trainer.amp or torch.float32, enabled=trainer.amp is not None):
+                out = net(x)[0]
+            out.float().mean().backward()
+            best = min(best, time.time() - t)
+        net.zero_grad(set_to_none=True)
+        return best
+
+    times = {default: seconds(default), 1: seconds(1)}
+    torch.set_rng_state(rng)
+    chosen = 1 if times[1] < 0.8 * times[default] else default
+    torch.set_num_threads(chosen)
+    return {"chosen": chosen, "probe_s": {str(k): round(v, 4) for k, v in times.items()},
+            "why": (f"{chosen} thread(s): a probe pass took {times[chosen]:.3f} s with {chosen} and "
+                    f"{times[1 if chosen != 1 else default]:.3f} s with {1 if chosen != 1 else default}")}
 
 
 def _choose_patch_for_speed(trainer, budget_s: float, t0: float, candidates: list) -> None:
@@ -335,6 +376,10 @@ def _resumed_fields(plan_path: str, o, start_iter: int) -> dict:
         return {"time_budget": o.time_budget, "budget_plan": {"note": "resumed; no stored plan"}}
     costs = RunCosts(o.validate_every, o.checkpoint_every, True)
     cal_d = stored.get("calibration", {})
+    threads = stored.get("threads")
+    if threads and o.num_threads == 0:
+        import torch
+        torch.set_num_threads(int(threads["chosen"]))  # the thread count the run was planned with
     cal = Calibration([], [], float(stored.get("sec_per_iter", 0.0)), float(cal_d.get("validation_s", 0.0)),
                       float(cal_d.get("checkpoint_s", 0.0)), float(cal_d.get("export_s", 0.0)), 0.0)
     left = costs.loop_seconds(o.iterations, cal) - costs.loop_seconds(start_iter, cal) + costs.finish_seconds(cal)
@@ -343,4 +388,5 @@ def _resumed_fields(plan_path: str, o, start_iter: int) -> dict:
         note += f" (--time-budget {o.time_budget} now given does not re-plan; pass --iterations to change the count)"
     return {"time_budget": o.time_budget, "time_budget_s": stored.get("time_budget_s"), "eta_s": round(left, 1),
             "sec_per_iter_expected": stored.get("sec_per_iter"),
-            "budget_plan": {"planned_iterations": stored.get("planned"), "calibration": cal_d, "note": note}}
+            "budget_plan": {"planned_iterations": stored.get("planned"), "calibration": cal_d, "note": note,
+                            "threads": threads}}
