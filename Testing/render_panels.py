@@ -68,6 +68,8 @@ def running_job(runs_root, name):
 
 
 def model_folder(models_root, name):
+    from model_folders import write_model_folder
+
     folder = os.path.join(models_root, name)
     os.makedirs(folder)
     meta = {"format": "micd-model", "schema_version": 1, "name": name, "labels": {"1": "anterior", "2": "posterior"},
@@ -75,9 +77,8 @@ def model_folder(models_root, name):
             "provenance": {"created": "2026-11-30T16:42:00+0000", "iterations": 3000,
                            "counts": {"labeled": 5, "unlabeled": 20, "validation": 2}},
             "metrics": {"best_mean_dice": 0.842}}
-    with open(os.path.join(folder, "model.json"), "w", encoding="utf-8") as f:
-        json.dump(meta, f)
-    open(os.path.join(folder, "weights.safetensors"), "wb").close()
+    labels, colors = meta.pop("labels"), meta.pop("colors")
+    write_model_folder(folder, labels, colors, **meta)  # model_folders.py: a folder the registry lists
 
 
 def grab(loaded, path):

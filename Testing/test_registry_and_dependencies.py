@@ -48,6 +48,7 @@ def test_registry_zip_round_trip_and_folder_import(registry, tmp_path):
     flat = tmp_path / "flat.zip"  # model.json at the top of the zip
     with zipfile.ZipFile(flat, "w") as z:
         z.write(tmp_path / "run" / "model" / "model.json", "model.json")
+        z.write(tmp_path / "run" / "model" / "weights.safetensors", "weights.safetensors")
     assert other.import_path(str(flat)).name == "flat"
     assert other.import_path(str(tmp_path / "run" / "model"), name="From folder").name == "From folder"
     evil = tmp_path / "evil.zip"

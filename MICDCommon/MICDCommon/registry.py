@@ -1,17 +1,26 @@
 """The user's model folder: one sub-folder per model (`model.json` + `weights.safetensors`, as `micd train` writes
 in RUN_DIR/model). List with provenance, register a trained model, rename, delete, export/import as zip or folder.
 
-Only `model.json` is read (as JSON); the weights are never loaded here."""
+The registry lists only folders that `micd predict` would accept: `check_model_folder` repeats the backend's checks
+that need no torch (model.json's fields, labels, outputs; the safetensors header: readable, complete, a tensor set per
+declared branch), and a model added or imported is also loaded by the backend itself (`micd info --check`, the
+loader `micd predict` uses) when the registry has a launcher. The weights are never loaded in Slicer's process."""
 
 import json
 import os
 import re
 import shutil
+import struct
 import tempfile
 import zipfile
 
 MODEL_JSON = "model.json"
+WEIGHTS_FILE = "weights.safetensors"
 MODEL_FORMAT = "micd-model"
+MODEL_SCHEMA_VERSION = 1
+# bytes per element of the safetensors dtypes
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
+                "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
 
 
 class RegistryError(Exception):
@@ -34,6 +43,113 @@ def read_model_json(folder):
     if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT or not isinstance(meta.get("labels"), dict):
         raise RegistryError(f"{folder}: {MODEL_JSON} is not a MICD model description")
     return meta
+
+
+def check_model_folder(folder):
+    """The model folder checks of `micd predict` (micd.model_package) that need no torch; returns model.json's dict.
+
+    Raises RegistryError for: a model.json of another format or schema version, a missing field, labels that are
+    not 1, 2, ... (0 is the background), a network whose outputs do not match the labels, a weights file that is
+    missing, not safetensors, cut short or padded, and a declared branch without tensors in it. What only loading
+    can tell (tensor shapes against the architecture) is `check_with_backend`'s."""
+    meta = read_model_json(folder)
+    mj = os.path.join(folder, MODEL_JSON)
+    if meta.get("schema_version") != MODEL_SCHEMA_VERSION:
+        raise RegistryError(f"{mj}: schema version {meta.get('schema_version')!r} is not supported (this MICD reads "
+                            f"version {MODEL_SCHEMA_VERSION})")
+    for key in ("labels", "network", "branches", "preprocessing", "patch_size"):
+        if key not in meta:
+            raise RegistryError(f"{mj}: required field {key!r} is missing")
+    try:
+        labels = sorted(int(k) for k in meta["labels"])
+    except (TypeError, ValueError):
+        raise RegistryError(f"{mj}: label values must be whole numbers") from None
+    if not labels or labels[0] <= 0:
+        raise RegistryError(f"{mj}: 'labels' must name the foreground label values (1, 2, ...), not 0")
+    network, branches = meta["network"], meta["branches"]
+    if not isinstance(network, dict) or network.get("out_channels") != labels[-1] + 1:
+        outputs = network.get("out_channels") if isinstance(network, dict) else None
+        raise RegistryError(f"{mj}: the network has {outputs} outputs but the labels go up to {labels[-1]}")
+    if not isinstance(branches, list) or not branches or not all(isinstance(b, str) for b in branches):
+        raise RegistryError(f"{mj}: 'branches' must list the stored networks")
+    tensors = _safetensors_header(os.path.join(folder, WEIGHTS_FILE))
+    for branch in branches:
+        if not any(name.startswith(branch + ".") for name in tensors):
+            raise RegistryError(f"{os.path.join(folder, WEIGHTS_FILE)}: no weights for branch {branch!r} declared in "
+                                f"{MODEL_JSON}")
+    return meta
+
+
+def _safetensors_header(path):
+    """{tensor name: header entry} of a safetensors file (8 bytes little-endian header length, JSON header, data),
+    after checking that every tensor's bytes lie in the file and the data is exactly as long as the header says."""
+    if not os.path.isfile(path):
+        raise RegistryError(f"{os.path.dirname(path)}: no {WEIGHTS_FILE}")
+    size = os.path.getsize(path)
+
+    def unreadable(why):
+        return RegistryError(f"{path}: not a readable safetensors file ({why})")
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise unreadable(f"{size} bytes")
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                raise unreadable("the header is longer than the file: cut short?")
+            header = json.loads(f.read(n).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise unreadable(e) from None
+    if not isinstance(header, dict):
+        raise unreadable("the header is not a JSON object")
+    tensors, end = {}, 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            start, stop = (int(v) for v in entry["data_offsets"])
+            count = 1
+            for d in entry["shape"]:
+                count *= int(d)
+            width = _DTYPE_BYTES[entry["dtype"]]
+        except (KeyError, TypeError, ValueError):
+            raise unreadable(f"tensor {name!r} has no valid dtype, shape and offsets") from None
+        if not 0 <= start <= stop or stop - start != count * width:
+            raise unreadable(f"tensor {name!r}: its offsets do not match its shape")
+        tensors[name], end = entry, max(end, stop)
+    if 8 + n + end != size:
+        raise unreadable(f"{size} bytes, the header describes {8 + n + end}: cut short or padded")
+    return tensors
+
+
+def check_with_backend(folder, launcher, timeout=300):
+    """Load the folder with the backend, as `micd predict` does (`micd info --check --json`, in a subprocess with
+    the launcher's Python); raises RegistryError with the backend's reason when it refuses the folder."""
+    import subprocess
+
+    from .processes import run
+
+    try:
+        p = run(launcher.command("info", os.path.abspath(folder), "--check", "--json"), timeout=timeout,
+                env=launcher.environment())
+    except subprocess.TimeoutExpired:
+        raise RegistryError(f"{folder}: the MICD backend did not finish checking the model in {timeout} s") from None
+    except (OSError, ValueError) as e:
+        raise RegistryError(f"{folder}: could not run the MICD backend to check the model ({e})") from None
+    answer = None
+    for line in reversed((p.stdout or "").splitlines()):
+        try:
+            answer = json.loads(line)
+            break
+        except ValueError:
+            continue
+    if p.returncode == 0 and isinstance(answer, dict) and answer.get("ok") is True:
+        return answer
+    if isinstance(answer, dict) and answer.get("error"):
+        raise RegistryError(answer["error"])
+    tail = (p.stderr or "").strip().splitlines()[-1:] or [f"exit code {p.returncode}"]
+    raise RegistryError(f"{folder}: the MICD backend could not check the model ({tail[0]})")
 
 
 class ModelInfo:
@@ -93,31 +209,44 @@ class ModelInfo:
 
 
 class ModelRegistry:
-    """Models under `root` (one folder each)."""
+    """Models under `root` (one folder each).
 
-    def __init__(self, root):
+    launcher: a BackendLauncher; when given, a model is added or imported only after the backend loaded it
+    (`check_with_backend`), so the list holds nothing `micd predict` would refuse."""
+
+    def __init__(self, root, launcher=None):
         self.root = os.path.abspath(root)
+        self.launcher = launcher
+        self.refused = []  # (folder, reason) of the folders the last models() left out
 
     def models(self):
-        """Registered models, newest first; folders that are not models are skipped."""
-        found = []
+        """Registered models, newest first; folders that fail `check_model_folder` are left out (see `refused`)."""
+        found, refused = [], []
         if os.path.isdir(self.root):
             for name in os.listdir(self.root):
                 folder = os.path.join(self.root, name)
                 if name.startswith(".") or not os.path.isfile(os.path.join(folder, MODEL_JSON)):
                     continue
                 try:
-                    found.append(ModelInfo(folder, read_model_json(folder)))
-                except RegistryError:
-                    continue
+                    found.append(ModelInfo(folder, check_model_folder(folder)))
+                except RegistryError as e:
+                    refused.append((folder, str(e)))
+        self.refused = refused
         return sorted(found, key=lambda m: (m.created, m.name), reverse=True)
+
+    def check(self, folder):
+        """The checks a folder must pass to be listed (and, with a launcher, the backend's own load)."""
+        meta = check_model_folder(folder)
+        if self.launcher is not None:
+            check_with_backend(folder, self.launcher)
+        return meta
 
     def get(self, name_or_path):
         """A model by display name, folder name or path."""
         if isinstance(name_or_path, ModelInfo):
             return name_or_path
         if os.path.isdir(str(name_or_path)):
-            return ModelInfo(name_or_path, read_model_json(name_or_path))
+            return ModelInfo(name_or_path, check_model_folder(name_or_path))
         for model in self.models():
             if name_or_path in (model.name, model.folder_name):
                 return model
@@ -134,7 +263,7 @@ class ModelRegistry:
         """Copy a model folder (e.g. RUN_DIR/model) into the registry under `name`; returns its ModelInfo.
 
         `colors` {label value: (r, g, b)} replaces the model's colours (e.g. the training segments' own colours)."""
-        meta = read_model_json(folder)
+        meta = self.check(folder)
         name = name or meta.get("display_name") or meta.get("name") or os.path.basename(os.path.abspath(folder))
         os.makedirs(self.root, exist_ok=True)
         target = self._free_folder(name)

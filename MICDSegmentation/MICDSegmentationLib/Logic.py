@@ -109,7 +109,7 @@ class SegmentationLogic:
     def __init__(self, launcher=None, registry=None, work_root=None, job_poller=None, keep_files=False):
         home = micd_home()
         self.launcher = launcher or BackendLauncher()
-        self.registry = registry or ModelRegistry(os.path.join(home, "models"))
+        self.registry = registry or ModelRegistry(os.path.join(home, "models"), launcher=self.launcher)
         self.work_root = work_root or os.path.join(home, "segment")
         self.job_poller = job_poller
         self.keep_files = keep_files

@@ -108,7 +108,7 @@ class TrainingLogic:
     def __init__(self, launcher=None, registry=None, runs_root=None, job_poller=None):
         home = micd_home()
         self.launcher = launcher or BackendLauncher()
-        self.registry = registry or ModelRegistry(os.path.join(home, "models"))
+        self.registry = registry or ModelRegistry(os.path.join(home, "models"), launcher=self.launcher)
         self.runs_root = runs_root or os.path.join(home, "runs")
         self.job_poller = job_poller
 

@@ -14,12 +14,18 @@ def register(sub) -> None:
                                    "validation metrics. Exit code 2 when the folder is not a valid model.")
     p.add_argument("model", metavar="MODEL_DIR", help="model folder (model.json + weights.safetensors)")
     p.add_argument("--json", action="store_true", help="print model.json as JSON instead of text")
+    p.add_argument("--check", action="store_true",
+                   help="also load the weights exactly as `micd predict` does (every declared branch against the "
+                        "declared network) and only answer whether the folder can run: exit 0 and {\"ok\": true, "
+                        "...} with --json, or exit 2 and the reason (the Slicer model list and zip import use this)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from micd.model_package import WEIGHTS_FILE, ModelPackageError, read_model_json
 
+    if args.check:
+        return check(args.model, args.json)
     try:
         meta = read_model_json(args.model)
     except ModelPackageError as e:
@@ -30,6 +36,23 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(meta, indent=2))
         return 0
     print("\n".join(describe(meta, os.path.getsize(wf) if os.path.isfile(wf) else None)))
+    return 0
+
+
+def check(model_dir: str, as_json: bool) -> int:
+    """`micd info --check`: the checks of `micd predict` (load_model_package), as an exit code and one line."""
+    from micd.model_package import ModelPackageError, load_model_package
+
+    try:
+        package = load_model_package(model_dir)
+    except ModelPackageError as e:
+        if as_json:
+            print(json.dumps({"ok": False, "model": model_dir, "error": str(e)}))
+        print(f"micd info: error: {e}", file=sys.stderr)
+        return 2
+    record = {"ok": True, "model": package.path, "branches": list(package.networks),
+              "labels": package.meta["labels"]}
+    print(json.dumps(record) if as_json else f"{package.path}: ok ({', '.join(package.networks)})")
     return 0
 
 

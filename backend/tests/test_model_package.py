@@ -75,9 +75,35 @@ def _not_a_model(f):
     _edit_json(f, format="something-else")
 
 
+def _cut_weights_file(f):  # a copy or download that stopped half-way
+    data = (f / WEIGHTS_FILE).read_bytes()
+    (f / WEIGHTS_FILE).write_bytes(data[: len(data) // 2])
+
+
+def _garbage_weights(f):  # not a safetensors file at all
+    (f / WEIGHTS_FILE).write_bytes(b"\x89PNG\r\n" + bytes(range(256)) * 8)
+
+
+def _missing_branch(f):  # model.json declares a network the weights file does not hold
+    meta = json.load(open(f / MODEL_JSON))
+    meta["branches"] = meta["branches"] + ["teacher_a"]
+    json.dump(meta, open(f / MODEL_JSON, "w"))
+
+
+def _label_zero(f):
+    _edit_json(f, labels={"0": "background", "1": "hippocampus_anterior", "2": "hippocampus_posterior"})
+
+
+def _out_channels_mismatch(f):  # three labels declared, the network has three outputs (background + 2)
+    _edit_json(f, labels={**LABELS, "3": "extra"})
+
+
 BAD = [(_no_json, "no model.json"), (_malformed, "malformed JSON"), (_future_schema, "schema version 99"),
        (_wider_network, "do not match the declared network"), (_truncated_weights, "do not match the declared"),
-       (_no_weights, "no weights.safetensors"), (_not_a_model, "not a MICD model description")]
+       (_no_weights, "no weights.safetensors"), (_not_a_model, "not a MICD model description"),
+       (_cut_weights_file, "not a readable safetensors file"), (_garbage_weights, "not a readable safetensors file"),
+       (_missing_branch, "no weights for branch 'teacher_a'"), (_label_zero, "not 0"),
+       (_out_channels_mismatch, "has 3 outputs but the labels go up to 3")]
 
 
 @pytest.mark.parametrize("breaker,message", BAD, ids=[b.__name__ for b, _ in BAD])
@@ -91,6 +117,19 @@ def test_predict_refuses_bad_model_folder(good, image, tmp_path, capsys, breaker
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "o.nii.gz").exists()
+    # `micd info --check` (what the Slicer model list and zip import ask) refuses it for the same reason
+    assert main(["info", str(bad), "--check", "--json"]) == 2
+    out, err = capsys.readouterr()
+    answer = json.loads(out)
+    assert answer["ok"] is False and message in answer["error"] and message in err
+
+
+def test_info_check_accepts_a_model_that_runs(good, capsys):
+    assert main(["info", str(good), "--check", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer == {"ok": True, "model": str(good), "branches": ["student_a", "student_b"], "labels": LABELS}
+    assert main(["info", str(good), "--check"]) == 0
+    assert capsys.readouterr().out.strip() == f"{good}: ok (student_a, student_b)"
 
 
 def test_refusal_as_a_process_has_no_traceback(good, image, tmp_path):
