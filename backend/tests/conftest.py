@@ -24,3 +24,6 @@ def tiny_run(tmp_path_factory, shared_data):
                  "--seed", "3", *TINY)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     return ds, run, p
+
+
+from trained import trained_model  # noqa: E402,F401  (the session's one trained model, see trained.py)
