@@ -77,8 +77,10 @@ def test_suggest_ranks_the_unlabeled_volumes_and_loads_one_to_correct(loop, hipp
 
     assert panel.suggestTable.currentRow() == 0 and panel.loadSuggestionButton.enabled
     panel.suggestTable.selectRow(1)
+    view = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")  # a slice view's layers
     panel.loadSuggestionButton.click()
     volume, segmentation = panel.volumeSelector.currentNode(), panel.segmentationSelector.currentNode()
+    assert view.GetBackgroundVolumeID() == volume.GetID()  # shown, to correct
     assert volume.GetName() == ranking[1]["case"]
     assert os.path.abspath(volume.GetStorageNode().GetFileName()) == ranking[1]["file"]
     seg = segmentation.GetSegmentation()

@@ -253,7 +253,9 @@ class TrainingLogic:
         made earlier for the volume is reused, never overwritten (it may hold corrections)."""
         import slicer
 
-        return load_suggestion(slicer.mrmlScene, entry, self.registry.get(model))
+        volume, segmentation, reused = load_suggestion(slicer.mrmlScene, entry, self.registry.get(model))
+        slicer.util.setSliceViewerLayers(background=volume)  # shown in the slice views, the segments over it
+        return volume, segmentation, reused
 
     def _follow(self, job, wait, timeout, on_event, on_log, on_finished, curves):
         training = TrainingJob(job, self.registry, on_event, on_log, on_finished, curves)
