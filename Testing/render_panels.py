@@ -78,6 +78,7 @@ def model_folder(models_root, name):
                            "counts": {"labeled": 5, "unlabeled": 20, "validation": 2}},
             "metrics": {"best_mean_dice": 0.842}}
     labels, colors = meta.pop("labels"), meta.pop("colors")
+    del meta["name"]  # write_model_folder names the model after its folder (the same name)
     write_model_folder(folder, labels, colors, **meta)  # model_folders.py: a folder the registry lists
 
 
