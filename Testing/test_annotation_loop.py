@@ -107,6 +107,8 @@ def test_suggest_ranks_the_unlabeled_volumes_and_loads_one_to_correct(loop, hipp
     panel.addCurrentButton.click()  # the corrected prediction is a labeled case
     assert [c.segmentation for c in panel.cases] == [segmentation]
     assert panel.casesTable.item(0, 2).text() == "anterior, posterior"
+    assert panel.suggestTable.item(1, 0).text() == ranking[1]["case"] + " (labeled)"  # it is one now
+    assert panel.suggestTable.item(0, 0).text() == ranking[0]["case"] and panel.suggestTable.currentRow() == 1
     assert not DIALOGS.shown
 
 

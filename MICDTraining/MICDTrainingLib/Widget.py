@@ -318,6 +318,8 @@ class TrainingWidget:
             for column, text in enumerate(cells):
                 self.casesTable.setItem(row, column, qt.QTableWidgetItem(text))
         self.report = None
+        if self.suggestions:
+            self._fillSuggestions()
         self.updateButtons()
 
     def onAddCurrent(self):
@@ -567,17 +569,36 @@ class TrainingWidget:
 
     def showSuggestions(self, ranking, model):
         self.suggestions = [(entry, model) for entry in ranking]
-        self.suggestTable.setRowCount(len(ranking))
-        for row, entry in enumerate(ranking):
+        self._fillSuggestions()
+        if ranking:
+            self.suggestTable.selectRow(0)
+
+    def _fillSuggestions(self):
+        """The ranked volumes; those already among the labeled cases (e.g. a corrected suggestion) are marked."""
+        labeled = self.labeledFiles()
+        self.suggestTable.setRowCount(len(self.suggestions))
+        for row, (entry, model) in enumerate(self.suggestions):
             label = entry.get("least_certain_label")
-            cells = [entry.get("case") or os.path.basename(entry.get("file", "")),
-                     f"{entry.get('score', 0):.3f}", model.labels.get(int(label), str(label)) if label else "-"]
+            name = entry.get("case") or os.path.basename(entry.get("file", ""))
+            if os.path.abspath(entry.get("file", "")) in labeled:
+                name += _(" (labeled)")
+            cells = [name, f"{entry.get('score', 0):.3f}", model.labels.get(int(label), str(label)) if label else "-"]
             for column, text in enumerate(cells):
                 item = qt.QTableWidgetItem(text)
                 item.setToolTip(entry.get("file", ""))
                 self.suggestTable.setItem(row, column, item)
-        if ranking:
-            self.suggestTable.selectRow(0)
+
+    def labeledFiles(self):
+        """The image files of the labeled cases (a scene volume by the file it was loaded from)."""
+        files = set()
+        for case in self.cases:
+            if isinstance(case, FileCase):
+                files.add(case.image)
+                continue
+            storage = case.volume.GetStorageNode() if case.volume is not None else None
+            if storage is not None and storage.GetFileName():
+                files.add(os.path.abspath(storage.GetFileName()))
+        return files
 
     def onLoadSuggestion(self):
         row = self.suggestTable.currentRow()
