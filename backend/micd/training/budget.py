@@ -5,7 +5,8 @@ How the count is planned (`apply_time_budget`, called once the model is built):
 0. **The patch, for speed** (CPU, no `--patch-size`, no `--iterations`): one step of a 32^3 probe patch is timed,
    the step time of the memory-planned patch is modelled as proportional to voxels, and when fewer than
    `ENOUGH_ITERATIONS` would fit, the patch is cut (largest axis first, so a thick-slice patch stays anisotropic;
-   not below 16 per axis) to the largest one modelled to give them. The calibration below measures the chosen patch.
+   not below 32 per axis, or the planned size when smaller) to the largest one modelled to give them. The
+   calibration below measures the chosen patch.
    GPUs keep the memory-planned patch the spec uses. Before that, with `--num-threads 0` on a CPU, torch's default
    thread count and one thread are compared on a probe pass of a copy of one student, and the faster is kept
    (`_choose_threads`; on a busy machine OpenMP threads wait for each other, and one thread won by 40x here).
@@ -19,7 +20,8 @@ How the count is planned (`apply_time_budget`, called once the model is built):
    for the final checkpoint and the model export, then for N iterations with their validations and periodic
    checkpoints; N is the largest count whose estimate fits `SAFETY` of that time. Everything that follows the count
    (poly learning rate, ramp-up, warm-up, validation every N/10, checkpoints) is derived from it as for
-   `--iterations N`. The count is stored as `iterations` in `RUN_DIR/config.json`, so `--resume` keeps it, and the
+   `--iterations N`, except that with `--validate-every 0` validations are capped at `VALIDATION_SHARE` of the
+   budget (then `validate_every` is set and stored). The count is stored as `iterations` in `RUN_DIR/config.json`, so `--resume` keeps it, and the
    calibration in `RUN_DIR/plan.json`.
 3. **Too small a budget.** When fewer than `MIN_ITERATIONS` fit: if `MIN_ITERATIONS` still end within
    `OVERRUN_TOLERANCE` x the budget the run does them with a warning; otherwise it stops before training with an
@@ -46,7 +48,8 @@ TIMED_STEPS = 3
 CALIBRATION_SHARE = 0.15  # at most this share of the budget goes to timed steps beyond the first
 MIN_ITERATIONS = 10
 ENOUGH_ITERATIONS = 1000  # on a CPU, a planned patch too slow for this many iterations is cut (down to SPEED_FLOOR)
-SPEED_FLOOR = 16  # voxels per axis (the network's divisor) below which the speed cut does not go
+SPEED_FLOOR = 32  # voxels per axis (or the planned size, when smaller) below which the speed cut does not go
+VALIDATION_SHARE = 0.2  # with --validate-every 0, validations may take at most this share of the budget
 PROBE_SIZE = 32  # voxels per axis of the probe patch whose step time models the others
 OVERRUN_TOLERANCE = 1.25
 SAFETY = 0.85
@@ -98,11 +101,18 @@ class RunCosts:
     validate_every: int  # option value: 0 = ten times per run
     checkpoint_every: int
     has_validation: bool
+    max_validations: int = 0  # with validate_every 0: at most this many (0: no cap)
+
+    def every(self, n: int) -> int:
+        if self.validate_every > 0:
+            return self.validate_every
+        base = max(1, n // 10)
+        return max(base, math.ceil(n / self.max_validations)) if self.max_validations else base
 
     def validations(self, n: int) -> int:
         if not self.has_validation or n <= 0:
             return 0
-        every = self.validate_every if self.validate_every > 0 else max(1, n // 10)
+        every = self.every(n)
         return n // every + (1 if n % every else 0)
 
     def checkpoints(self, n: int) -> int:
@@ -243,6 +253,9 @@ def apply_time_budget(trainer) -> None:
         _choose_patch_for_speed(trainer, budget_s, t0, candidates)
     cal = D.broadcast_object(trainer.ctx, calibrate(trainer))
     candidates.append({"patch_size": list(trainer.patch), "sec_per_iter": round(cal.sec_per_iter, 4)})
+    if o.validate_every == 0 and cal.validation_s > 0:
+        # validating ten times must not eat the budget: at most VALIDATION_SHARE of it (the last one always runs)
+        costs.max_validations = max(1, int(VALIDATION_SHARE * budget_s / cal.validation_s))
     elapsed = time.time() - t0
     available = budget_s - elapsed - costs.finish_seconds(cal)
     where = (f"{cal.sec_per_iter:.2f} s per iteration on {trainer.device} (patch {'x'.join(map(str, trainer.patch))}, "
@@ -269,6 +282,10 @@ def apply_time_budget(trainer) -> None:
                       file="")
     elif n == MIN_ITERATIONS and not given and plan.expected_total_s > budget_s:
         trainer._emit("warning", message=note, file="")
+    if costs.max_validations and costs.every(n) != max(1, n // 10):
+        o.validate_every = costs.every(n)  # stored in config.json with the count, so --resume keeps both
+        note += (f"; validation every {o.validate_every} iterations instead of ten times, as one takes "
+                 f"{cal.validation_s:.1f} s")
     o.iterations = n
     if trainer.bar is not None:
         trainer.bar.total = n
