@@ -100,3 +100,21 @@ def test_mismatches_are_refused_with_exit_2(parents, tmp_path):
     p = train(ds, tmp_path / "nomodel", "--iterations", "2", "--init-from", str(tmp_path))
     err = [json.loads(l) for l in p.stdout.splitlines() if '"error"' in l]
     assert p.returncode == 2 and err[-1]["kind"] == "data" and "--init-from" in err[-1]["message"]
+
+
+def test_resume_keeps_its_own_weights_and_the_parent(parents, tmp_path):
+    """--resume of a warm-started run continues from its checkpoint (the parent is not copied in again) and the
+    model still names the parent."""
+    ds, models = parents
+    run = tmp_path / "child"
+    p = train(ds, run, "--iterations", "2", "--checkpoint-every", "1", "--init-from", models["micd"])
+    assert p.returncode == 0, p.stdout[-2000:]
+    q = train(ds, run, "--iterations", "3", "--resume")
+    assert q.returncode == 0, q.stdout[-2000:]
+    starts = [e for e in read_events(str(run / "events.jsonl")) if e["event"] == "start"]
+    assert len(starts) == 2 and starts[1]["start_iter"] == 2
+    assert any("--init-from" in n for n in starts[0]["notes"])
+    assert not any("--init-from" in n for n in starts[1]["notes"]), "weights come from the checkpoint on resume"
+    meta = json.load(open(run / "model" / "model.json"))
+    assert meta["provenance"]["iterations"] == 3
+    assert meta["provenance"]["parent_model"]["path"] == os.path.abspath(models["micd"])
