@@ -225,3 +225,24 @@ def test_thick_slice_set_gets_an_anisotropic_patch_within_the_budget(tmp_path, s
     slowdown = max(1.0, (its[-1]["time"] - its[0]["time"]) / max(1, len(its) - 1) /
                    start["budget_plan"]["calibration"]["sec_per_iter"])
     assert wall <= budget * 1.1 * slowdown and events[-1]["event"] == "done"
+
+
+def test_budget_under_two_ranks(tmp_path, shared_data):
+    """`--nproc 2`: every rank takes the same calibration steps (no collective left waiting), they agree on one count,
+    and the budget counts from the user's command, not from the later start of the ranks."""
+    ds = write_dataset(tmp_path, 2, 2, 1)
+    budget = 60
+    t0 = time.time()
+    p = run_micd("train", "--dataset", ds, "--out", os.path.join(tmp_path, "run"), "--time-budget", f"{budget}s",
+                 "--nproc", "2", *TINY, timeout=400)
+    wall = time.time() - t0
+    assert p.returncode == 0, p.stdout[-1500:] + p.stderr[-1500:]
+    events = read_events(os.path.join(tmp_path, "run", "events.jsonl"))
+    start = _start(events)[0]
+    n = start["iterations"]
+    assert start["world_size"] == 2 and start["budget_plan"]["planned_iterations"] and n >= 10
+    assert start["expected_total_s"] <= budget and events[-1]["event"] == "done" and events[-1]["iter"] == n
+    its = [e for e in events if e["event"] == "iteration"]
+    slowdown = max(1.0, (its[-1]["time"] - its[0]["time"]) / max(1, len(its) - 1) /
+                   start["budget_plan"]["calibration"]["sec_per_iter"])
+    assert wall <= budget * 1.15 * slowdown, f"{wall:.0f} s (slowdown {slowdown:.2f})"

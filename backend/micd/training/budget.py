@@ -70,8 +70,17 @@ def parse_duration(text) -> float:
     return seconds
 
 
+START_TIME_VARIABLE = "MICD_START_TIME"  # set by `micd train --nproc N` for its ranks: the user's command started then
+
+
 def process_start_time() -> float:
-    """When this process started (the budget covers start-up and preprocessing too); now when unknown."""
+    """When this process (or the `micd train --nproc` that launched it) started: the budget covers start-up and
+    preprocessing too; now when unknown."""
+    if os.environ.get(START_TIME_VARIABLE):
+        try:
+            return float(os.environ[START_TIME_VARIABLE])
+        except ValueError:
+            pass
     try:
         import psutil
 

@@ -50,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_DATA
     try:
         if opts.nproc and opts.nproc > 1 and "WORLD_SIZE" not in os.environ:
+            from micd.training.budget import START_TIME_VARIABLE, process_start_time
             from micd.training.distributed import launch_local
+            os.environ.setdefault(START_TIME_VARIABLE, repr(process_start_time()))  # --time-budget counts from here
             argv = sys.argv[1:] if sys.argv[1:2] == ["train"] else ["train", *sys.argv[1:]]
             return launch_local(opts.nproc, argv, opts.out, lock.fd)
         return Trainer(opts).run()
