@@ -164,3 +164,25 @@ def test_refusals_leave_user_files_alone(trained, tmp_path):
     out = json.load(open(tmp_path / "m.json"))
     assert [os.path.basename(e["file"]) for e in out["ranking"]] == [names[0]]
     assert [os.path.basename(f) for f in out["failed"]] == ["broken.nii.gz"]
+
+
+def test_slabs_add_up_to_the_whole_volume(trained, tmp_path):
+    """A memory budget too small for one pass cuts the grid into slabs: the per-label counts summed over the slabs
+    are those of the written segmentation (hippocampus is at the training spacing, so the grids coincide), which is
+    what micd predict makes under the same budget."""
+    model, unl, names = trained
+    path = os.path.join(unl, names[1])
+    p = suggest("--model", model, "--input", path, "--json", tmp_path / "slabs.json", "--max-buffer-gb", "0.0004",
+                "--predictions", tmp_path / "seg")
+    assert p.returncode == 0, p.stderr[-2000:]
+    plan = next(json.loads(l) for l in p.stdout.splitlines() if '"plan"' in l)["plan"]
+    assert plan["n_slabs"] > 2
+    got = json.load(open(tmp_path / "slabs.json"))["ranking"][0]
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(got["prediction"]))
+    for v in ("1", "2"):
+        assert got["labels"][v]["predicted_voxels"] == int((seg == int(v)).sum())
+    assert got["foreground_voxels"] >= int((seg > 0).sum())
+    q = run_micd("predict", "--model", model, "--input", path, "--output", tmp_path / "ref.nii.gz", "--device", "cpu",
+                 "--max-buffer-gb", "0.0004")
+    assert q.returncode == 0, q.stderr[-2000:]
+    assert (seg == sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "ref.nii.gz")))).mean() > 0.995

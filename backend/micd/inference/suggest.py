@@ -84,18 +84,29 @@ class DisagreementStats:
     overlap: Dict[int, Tuple[int, int, int]] = field(default_factory=dict)  # |A∩B|, |A|, |B| per label
 
     def reduce(self, probs: torch.Tensor) -> Tuple[np.ndarray, None]:
+        """probs (2C, ...): student A's C channels, then student B's. One class at a time, so that the temporaries
+        stay one channel big (float32), as in `reduce.reduce_probabilities`."""
         c = self.n_classes
-        pa, pb = probs[:c].float(), probs[c:].float()
-        mean = (pa + pb) * 0.5
-        lab = torch.argmax(mean, 0)
-        la, lb = torch.argmax(pa, 0), torch.argmax(pb, 0)
-        tv = (pa - pb).abs_().sum(0).mul_(0.5)
+        small = torch.uint8 if c <= 256 else torch.int32
+        la, lb = torch.argmax(probs[:c], 0).to(small), torch.argmax(probs[c:], 0).to(small)
+        shape = probs.shape[1:]
+        tv = torch.zeros(shape, dtype=torch.float32, device=probs.device)
         ent = torch.zeros_like(tv)
-        for k in range(c):  # per class: temporaries stay one channel big
-            p = mean[k]
-            ent.sub_(p * torch.log(p.clamp_min(1e-12)))
+        best = torch.full_like(tv, -1.0)
+        lab = torch.zeros(shape, dtype=small, device=probs.device)
+        for k in range(c):
+            a, b = probs[k].float(), probs[c + k].float()
+            tv.add_((a - b).abs_())
+            m = a.add_(b).mul_(0.5)  # the ensemble mean of class k
+            del b
+            ent.sub_(m * torch.log(m.clamp_min(1e-12)))
+            upd = m > best  # strict: ties keep the lower class, as torch.argmax does
+            lab[upd] = k
+            best = torch.where(upd, m, best)
+            del m, upd
+        del best
+        tv.mul_(0.5)
         ent.div_(math.log(c) if c > 1 else 1.0).clamp_(0.0, 1.0)
-        del pa, pb, mean
         self._add(self.foreground, (lab > 0) | (la > 0) | (lb > 0), tv, ent)
         for v in range(1, c):
             a, b = la == v, lb == v
@@ -103,7 +114,7 @@ class DisagreementStats:
             self.predicted[v] = self.predicted.get(v, 0) + int((lab == v).sum())
             i, na, nb = self.overlap.get(v, (0, 0, 0))
             self.overlap[v] = (i + int((a & b).sum()), na + int(a.sum()), nb + int(b.sum()))
-        return lab.to(torch.uint8 if c <= 256 else torch.int32).cpu().numpy().astype(label_dtype(c)), None
+        return lab.cpu().numpy().astype(label_dtype(c), copy=False), None
 
     @staticmethod
     def _add(s: _Sums, mask: torch.Tensor, tv: torch.Tensor, ent: torch.Tensor) -> None:
