@@ -111,10 +111,11 @@ def test_settings_stored_before_the_time_budget_existed_keep_only_chosen_iterati
 
     _panel, logic = mock_training_panel
     qt.QSettings().setValue(SETTINGS_KEY, json.dumps({"model_name": "Old", "iterations": 6000}))
-    old_default = TrainingWidget(logic, dependency_check=lambda: True).settings()
-    assert (old_default.iterations, old_default.time_budget) == (None, "30m")  # the old default was no choice
+    old_default = TrainingWidget(logic, dependency_check=lambda: True)  # kept until the scene is released
+    assert (old_default.settings().iterations, old_default.settings().time_budget) == (None, "30m")  # no choice
     qt.QSettings().setValue(SETTINGS_KEY, json.dumps({"model_name": "Old", "iterations": 2000}))
-    assert TrainingWidget(logic, dependency_check=lambda: True).settings().iterations == 2000
+    chosen = TrainingWidget(logic, dependency_check=lambda: True)
+    assert chosen.settings().iterations == 2000
 
 
 def test_the_plan_of_the_start_event_is_shown_with_precision_and_why(mock_training_panel, hippocampus_cases):
