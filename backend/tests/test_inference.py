@@ -47,12 +47,10 @@ def test_output_keeps_oblique_anisotropic_offset_geometry(model_dir, tmp_path, s
     assert lines[0]["plan"]["buffer_device"] == "cpu" and lines[0]["plan"]["n_slabs"] == 1
 
 
-def test_seg_nrrd_has_segment_names_and_colours(model_dir, tmp_path):
+def test_seg_nrrd_has_segment_names_and_colours(model_dir, tmp_path, shared_data):
     import slicerio
 
     src = os.path.join(HIPPO, "imagesTr", "hippocampus_001.nii.gz")
-    if not os.path.exists(src):
-        pytest.skip("shared data missing")
     out = tmp_path / "h.seg.nrrd"
     assert predict("--model", model_dir, "--input", src, "--output", out, "--tta") == 0
     seg = slicerio.read_segmentation(str(out))
