@@ -118,3 +118,19 @@ def test_resume_keeps_its_own_weights_and_the_parent(parents, tmp_path):
     meta = json.load(open(run / "model" / "model.json"))
     assert meta["provenance"]["iterations"] == 3
     assert meta["provenance"]["parent_model"]["path"] == os.path.abspath(models["micd"])
+
+
+def test_any_tensor_shape_difference_is_a_clear_refusal(parents):
+    """What the options do not set directly (e.g. strides planned from the data) is caught by comparing every
+    tensor before loading, with the differing setting named, instead of a torch error."""
+    from micd.model_package import load_model_package
+    from micd.nets.vnet import NetworkConfig, build_network
+    from micd.training.warm_start import WarmStartError, check_shapes
+
+    _, models = parents
+    pkg = load_model_package(models["micd"])
+    check_shapes(pkg, "student_a", build_network(NetworkConfig(out_channels=3, filters=4)))
+    with pytest.raises(WarmStartError) as e:
+        check_shapes(pkg, "student_a", build_network(NetworkConfig(out_channels=3, filters=4,
+                                                                   normalization="none")))
+    assert "normalization none here, batchnorm in the parent" in str(e.value) and "tensor(s) differ" in str(e.value)

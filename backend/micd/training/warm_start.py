@@ -74,6 +74,27 @@ def check_parent(opts, resuming: bool) -> Tuple[Optional[ModelPackage], Optional
     return parent, record
 
 
+def check_shapes(parent: ModelPackage, branch: str, net) -> None:
+    """Every tensor of the new network exists in the parent with the same shape (this also covers what the options
+    do not set directly, e.g. strides planned from the data's slice thickness)."""
+    mine, theirs = net.state_dict(), parent.networks[branch].state_dict()
+    bad = sorted(set(mine) ^ set(theirs)) + [n for n in mine if n in theirs and mine[n].shape != theirs[n].shape]
+    if not bad:
+        return
+    have = parent.network_config.to_dict()
+    want = getattr(net, "config", None)
+    want = want.to_dict() if want is not None else {}
+    diff = ", ".join(f"{f} {want.get(f)} here, {have.get(f)} in the parent" for f in sorted(set(want) | set(have))
+                     if f != "dropout" and want.get(f) != have.get(f))
+    n = bad[0]
+    shapes = (f"{tuple(mine[n].shape) if n in mine else 'absent'} here, "
+              f"{tuple(theirs[n].shape) if n in theirs else 'absent'} in the parent")
+    raise WarmStartError(f"--init-from {parent.path}: the network does not match ({diff or 'layer shapes'}; "
+                         f"{len(bad)} tensor(s) differ, e.g. {n}: {shapes})",
+                         "train with the parent's network settings (see its model.json \"network\"), or drop "
+                         "--init-from")
+
+
 def apply(method, parent: ModelPackage, labels: Dict[int, str], plan) -> List[str]:
     """Check the labels, copy the parent's weights into the method's students (and teachers); returns notes for
     the start event."""
@@ -88,6 +109,7 @@ def apply(method, parent: ModelPackage, labels: Dict[int, str], plan) -> List[st
         if k not in parent.networks:
             raise WarmStartError(f"--init-from {parent.path}: the model has no {k}",
                                  "give a model folder written by micd train (it stores both students)")
+        check_shapes(parent, k, students[k])
         students[k].load_state_dict(parent.networks[k].state_dict(), strict=True)
     teachers = getattr(method, "teachers", None)
     if teachers is not None:
