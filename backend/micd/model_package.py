@@ -4,7 +4,8 @@ Schema version 1 (`MODEL_SCHEMA_VERSION`). `model.json` fields:
 
 - `format`: "micd-model"; `schema_version`: 1
 - `labels`: {"1": "liver", ...} (background 0 is implicit); `colors`: {"1": [r, g, b] in 0..1, ...}
-- `network`: `NetworkConfig` fields (architecture, in/out channels, filters, normalization, dropout)
+- `network`: `NetworkConfig` fields (architecture, in/out channels, filters, normalization, dropout, and for
+  thick-slice data `strides`: per downsampling stage the stride along z, y, x; absent means 2 everywhere)
 - `branches`: names of the networks stored in the weights file, e.g. ["student_a", "student_b", "teacher_a",
   "teacher_b"]; tensor names in the weights file are "<branch>.<parameter name>"
 - `default_ensemble`: the branches `micd predict` averages by default (e.g. the two students)

@@ -52,6 +52,7 @@ def test_speed_cut_keeps_a_thick_slice_patch_anisotropic():
     assert patch == (16, 256, 208) and "memory allows" in note
     cut = shrink_for_speed(patch, 3.0, (16, 16, 16))
     assert cut[0] == 16 and cut[1] < 256 and cut[2] < 208 and abs(cut[1] - cut[2]) <= 16
+    assert shrink_for_speed((12, 256, 208), 3.0, (12, 16, 16), (4, 16, 16))[0] == 12
     assert np.prod(cut) <= np.prod(patch) / 3 and np.prod(cut) > np.prod(patch) / 3 * 0.8  # the largest that is fast enough
     assert shrink_for_speed(patch, 1.0, (16, 16, 16)) == patch
     assert shrink_for_speed(patch, 1e9, (16, 16, 16)) == (16, 16, 16)
@@ -217,14 +218,39 @@ def test_thick_slice_set_gets_an_anisotropic_patch_within_the_budget(tmp_path, s
     events = read_events(os.path.join(tmp_path, "run", "events.jsonl"))
     start = _start(events)[0]
     planned = start["budget_plan"]["calibration"]["patch_candidates"][0]["patch_size"]
-    assert planned[0] == 16 and planned[1] >= 240 and planned[2] >= 160  # memory alone: every voxel in plane
+    # the network keeps the 3.6 mm slice axis (stride 1 there), so the patch holds the 10 slices without padding
+    assert planned[0] == 10 and planned[1] >= 240 and planned[2] >= 160  # memory alone: every voxel in plane
+    assert any("thick slices" in n for n in start["notes"])
     patch = start["patch_size"]
-    assert patch[0] == 16 and patch[1] < planned[1] and patch[2] < planned[2], patch  # slices kept, plane cut
+    assert patch[0] == 10 and patch[1] < planned[1] and patch[2] < planned[2], patch  # slices kept, plane cut
     assert start["expected_total_s"] <= budget and start["iterations"] >= 10
     its = [e for e in events if e["event"] == "iteration"]
     slowdown = max(1.0, (its[-1]["time"] - its[0]["time"]) / max(1, len(its) - 1) /
                    start["budget_plan"]["calibration"]["sec_per_iter"])
     assert wall <= budget * 1.1 * slowdown and events[-1]["event"] == "done"
+    # the model keeps its strides, and predicts a thick-slice image back onto its own grid
+    model = events[-1]["model"]
+    assert json.load(open(os.path.join(model, "model.json")))["network"]["strides"] == [[1, 2, 2]] * 4
+    out = os.path.join(tmp_path, "pred.nii.gz")
+    p = run_micd("predict", "--model", model, "--input", cases[3]["image"], "--output", out, "--device", "cpu")
+    assert p.returncode == 0, p.stderr[-1500:]
+    import SimpleITK as sitk
+    a, b = sitk.ReadImage(out), sitk.ReadImage(cases[3]["image"])
+    assert a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing())
+
+
+def test_thick_slices_keep_the_slice_axis():
+    from micd.data.planning import plan_strides
+    from micd.nets.vnet import NetworkConfig
+
+    cardiac = plan_strides((10.0, 1.5, 1.5))  # z y x, the set of issue 10
+    assert cardiac == [[1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2]]
+    assert NetworkConfig(strides=cardiac).divisors == (4, 16, 16)
+    assert plan_strides((1.0, 1.0, 1.0)) is None and plan_strides((2.9, 1.0, 1.0)) is None  # not thick: the spec's
+    assert plan_strides((1.2, 1.2, 4.0)) == [[2, 2, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]]  # any axis can be the thick one
+    patch, _ = plan_patch_size((10, 256, 208), 64 * 2 ** 30, 16, 4, n_classes=4, divisor=(4, 16, 16))
+    assert patch == (12, 256, 208)  # 10 slices padded to 12, not 16
+    assert "strides" not in NetworkConfig().to_dict()  # isotropic model folders are unchanged
 
 
 def test_budget_under_two_ranks(tmp_path, shared_data):

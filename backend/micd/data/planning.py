@@ -80,17 +80,20 @@ def _fmt(shape: Sequence[int]) -> str:
 
 
 def plan_patch_size(median_shape_zyx: Sequence[int], available_bytes: Optional[int], filters: int, batch: int,
-                    divisor: int = 16, max_patch: Sequence[int] = (64, 128, 128), n_classes: int = 3,
+                    divisor=16, max_patch: Sequence[int] = (64, 128, 128), n_classes: int = 3,
                     bytes_per_value: int = 4, memory_fraction: float = 0.8) -> Tuple[Tuple[int, int, int], str]:
     """Choose the patch (D, H, W) and say why in one sentence (for the `start` event).
 
     Each axis: the median preprocessed size rounded up to a multiple of `divisor` (at least `divisor`). Without a
     memory figure it is capped at `max_patch`; with one, it shrinks (largest axis first) until the estimate fits
     `memory_fraction` of `available_bytes`, or grows beyond `max_patch` towards the median shape while it fits.
+    `divisor` is one number or one per axis (z, y, x), e.g. (4, 16, 16) for a network that keeps thick slices.
     """
-    target = [max(divisor, int(math.ceil(m / divisor)) * divisor) for m in median_shape_zyx]
-    patch = [min(t, m) for t, m in zip(target, max_patch)]
-    why = f"median preprocessed shape {_fmt(median_shape_zyx)} rounded up to a multiple of {divisor}"
+    d = [int(divisor)] * 3 if isinstance(divisor, (int, np.integer)) else [int(v) for v in divisor]
+    target = [max(k, int(math.ceil(m / k)) * k) for m, k in zip(median_shape_zyx, d)]
+    patch = [min(t, (m // k) * k or k) for t, m, k in zip(target, max_patch, d)]
+    multiple = d[0] if len(set(d)) == 1 else _fmt(d)
+    why = f"median preprocessed shape {_fmt(median_shape_zyx)} rounded up to a multiple of {multiple}"
     if any(t > m for t, m in zip(target, max_patch)):
         why += f", capped at {_fmt(max_patch)}"
     if available_bytes is None:
@@ -101,9 +104,9 @@ def plan_patch_size(median_shape_zyx: Sequence[int], available_bytes: Optional[i
     budget = memory_fraction * available_bytes
     fits = lambda p: estimate_training_bytes(p, filters, batch, n_classes, bytes_per_value) <= budget  # noqa: E731
     shrunk = grown = False
-    while not fits(patch) and max(patch) > divisor:
-        axis = int(np.argmax(patch))
-        patch[axis] -= divisor
+    while not fits(patch) and any(p > k for p, k in zip(patch, d)):
+        axis = max((a for a in range(3) if patch[a] > d[a]), key=lambda a: patch[a])
+        patch[axis] -= d[axis]
         shrunk = True
     if not shrunk:
         while True:
@@ -111,7 +114,7 @@ def plan_patch_size(median_shape_zyx: Sequence[int], available_bytes: Optional[i
             trial = None
             for a in sorted(room, key=lambda a: patch[a] / target[a]):
                 candidate = list(patch)
-                candidate[a] += divisor
+                candidate[a] += d[a]
                 if fits(candidate):
                     trial = candidate
                     break
@@ -122,7 +125,7 @@ def plan_patch_size(median_shape_zyx: Sequence[int], available_bytes: Optional[i
     if shrunk:
         why += f"; reduced to fit {memory_fraction:.0%} of {available_bytes / 2 ** 30:.1f} GiB"
     elif grown:
-        why = (f"median preprocessed shape {_fmt(median_shape_zyx)} rounded up to a multiple of {divisor}; grown "
+        why = (f"median preprocessed shape {_fmt(median_shape_zyx)} rounded up to a multiple of {multiple}; grown "
                f"beyond {_fmt(max_patch)} because memory allows")
     if not fits(patch):
         why += " (still above the memory budget at the smallest patch)"
@@ -131,7 +134,7 @@ def plan_patch_size(median_shape_zyx: Sequence[int], available_bytes: Optional[i
     return tuple(patch), note  # type: ignore[return-value]
 
 
-def shrink_for_speed(patch: Sequence[int], speedup: float, floor: Sequence[int], divisor: int = 16
+def shrink_for_speed(patch: Sequence[int], speedup: float, floor: Sequence[int], divisor=16
                      ) -> Tuple[int, int, int]:
     """The largest patch with at most 1/`speedup` of `patch`'s voxels, shrinking the largest axis first in steps of
     `divisor` and no axis below `floor` (per axis, a multiple of `divisor`).
@@ -141,13 +144,58 @@ def shrink_for_speed(patch: Sequence[int], speedup: float, floor: Sequence[int],
     that is about `speedup` times faster, then measured again. Shrinking the largest axis first keeps an anisotropic
     patch (few thick slices, large in-plane) anisotropic: the thin axis is the last to shrink.
     """
+    d = [int(divisor)] * 3 if isinstance(divisor, (int, np.integer)) else [int(v) for v in divisor]
     p = [int(v) for v in patch]
-    lo = [max(divisor, int(f) // divisor * divisor) for f in floor]
+    lo = [max(k, int(f) // k * k) for f, k in zip(floor, d)]
     goal = float(np.prod(p)) / max(speedup, 1.0)
     while float(np.prod(p)) > goal:
-        room = [a for a in range(3) if p[a] - divisor >= lo[a]]
+        room = [a for a in range(3) if p[a] - d[a] >= lo[a]]
         if not room:
             break
         axis = max(room, key=lambda a: (p[a], -a))
-        p[axis] -= divisor
+        p[axis] -= d[axis]
     return tuple(p)  # type: ignore[return-value]
+
+
+ANISOTROPY = 3.0  # slice spacing at least this many times the in-plane spacing: thick slices
+
+
+def plan_strides(spacing_zyx: Sequence[float], stages: int = 4) -> Optional[list]:
+    """Per-stage strides (z, y, x) of the VNet's downsamplings for data of this spacing, as nnU-Net pools: an axis is
+    downsampled in a stage only while its (current) spacing is at most twice the finest current spacing. None for
+    data that is not thick-sliced (largest spacing below ANISOTROPY x the smallest): every stage then strides 2 along
+    every axis, the network the spec uses.
+
+    10 mm slices at 1.5 mm in plane give [[1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2]]: the slice axis is kept until
+    the in-plane resolution is comparable, and its divisor is 4 instead of 16.
+    """
+    sp = [float(v) for v in spacing_zyx]
+    if max(sp) < ANISOTROPY * min(sp):
+        return None
+    out = []
+    for _ in range(stages):
+        finest = min(sp)
+        stride = [2 if v <= 2.0 * finest else 1 for v in sp]
+        out.append(stride)
+        sp = [v * k for v, k in zip(sp, stride)]
+    return out
+
+
+def network_strides(trainer) -> Optional[list]:
+    """The strides of the run's network: from the checkpoint on --resume, from the parent with --init-from (its
+    weights must fit), else planned from the preprocessed spacing; a note on the `start` event says so."""
+    if trainer.resume_state is not None:
+        return trainer.resume_state["network"].get("strides")
+    parent = getattr(trainer, "parent", None)
+    if parent is not None:
+        return parent.network_config.strides
+    zyx = list(reversed([float(v) for v in trainer.data.plan.target_spacing]))
+    strides = plan_strides(zyx)
+    if strides is not None:
+        kept = [a for a in range(3) if strides[0][a] == 1]
+        names = "/".join("zyx"[a] for a in kept)
+        trainer.data.notes.append(
+            f"thick slices (spacing {' x '.join(f'{v:g}' for v in zyx)} mm, z y x): the network does not downsample "
+            f"{names} while its spacing is over twice the finest (strides per stage {strides}), so patch sizes there "
+            f"are multiples of {'/'.join(str(int(np.prod([s[a] for s in strides]))) for a in kept)}")
+    return strides

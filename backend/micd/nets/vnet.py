@@ -26,19 +26,36 @@ class NetworkConfig:
     normalization: str = "batchnorm"  # batchnorm | instancenorm | none
     dropout: float = 0.5
     architecture: str = "vnet"
+    # Per downsampling stage (4), the stride along (z, y, x); None: 2 along every axis. Thick-slice data keeps a
+    # stride of 1 along the slice axis in the first stages (micd.data.planning.plan_strides), as nnU-Net pools.
+    strides: Optional[List[List[int]]] = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["strides"] is None:
+            del d["strides"]  # model folders and checkpoints of isotropic networks stay as they were
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "NetworkConfig":
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         return cls(**known)
 
+    def stage_strides(self) -> List[Tuple[int, int, int]]:
+        return [tuple(int(v) for v in s) for s in self.strides] if self.strides else [(2, 2, 2)] * 4
+
+    @property
+    def divisors(self) -> Tuple[int, int, int]:
+        """Every spatial size fed to the network must be a multiple of these along (z, y, x)."""
+        out = [1, 1, 1]
+        for s in self.stage_strides():
+            out = [o * int(v) for o, v in zip(out, s)]
+        return tuple(out)  # type: ignore[return-value]
+
     @property
     def divisor(self) -> int:
-        """Every spatial size fed to the network must be a multiple of this (four 2x downsamplings)."""
-        return 16
+        """The largest of `divisors` (16 for four 2x downsamplings along every axis)."""
+        return max(self.divisors)
 
 
 class SplitBatchNorm3d(nn.BatchNorm3d):
@@ -102,13 +119,15 @@ class _ConvStage(nn.Sequential):
 
 
 class _Down(nn.Sequential):
-    def __init__(self, cin: int, cout: int, norm: str):
-        super().__init__(nn.Conv3d(cin, cout, 2, stride=2), _norm(norm, cout), nn.ReLU(inplace=True))
+    def __init__(self, cin: int, cout: int, norm: str, stride=(2, 2, 2)):
+        super().__init__(nn.Conv3d(cin, cout, tuple(stride), stride=tuple(stride)), _norm(norm, cout),
+                         nn.ReLU(inplace=True))
 
 
 class _Up(nn.Sequential):
-    def __init__(self, cin: int, cout: int, norm: str):
-        super().__init__(nn.ConvTranspose3d(cin, cout, 2, stride=2), _norm(norm, cout), nn.ReLU(inplace=True))
+    def __init__(self, cin: int, cout: int, norm: str, stride=(2, 2, 2)):
+        super().__init__(nn.ConvTranspose3d(cin, cout, tuple(stride), stride=tuple(stride)), _norm(norm, cout),
+                         nn.ReLU(inplace=True))
 
 
 SMALL_VOXELS = 64  # stages whose input has at most this many voxels run in float32 under autocast
@@ -136,22 +155,23 @@ class VNet(nn.Module):
         super().__init__()
         self.config = config
         f, n = config.filters, config.normalization
+        s1, s2, s3, s4 = config.stage_strides()
         self.enc1 = _ConvStage(1, config.in_channels, f, n)
-        self.down1 = _Down(f, 2 * f, n)
+        self.down1 = _Down(f, 2 * f, n, s1)
         self.enc2 = _ConvStage(2, 2 * f, 2 * f, n)
-        self.down2 = _Down(2 * f, 4 * f, n)
+        self.down2 = _Down(2 * f, 4 * f, n, s2)
         self.enc3 = _ConvStage(3, 4 * f, 4 * f, n)
-        self.down3 = _Down(4 * f, 8 * f, n)
+        self.down3 = _Down(4 * f, 8 * f, n, s3)
         self.enc4 = _ConvStage(3, 8 * f, 8 * f, n)
-        self.down4 = _Down(8 * f, 16 * f, n)
+        self.down4 = _Down(8 * f, 16 * f, n, s4)
         self.enc5 = _ConvStage(3, 16 * f, 16 * f, n)
-        self.up5 = _Up(16 * f, 8 * f, n)
+        self.up5 = _Up(16 * f, 8 * f, n, s4)
         self.dec6 = _ConvStage(3, 8 * f, 8 * f, n)
-        self.up6 = _Up(8 * f, 4 * f, n)
+        self.up6 = _Up(8 * f, 4 * f, n, s3)
         self.dec7 = _ConvStage(3, 4 * f, 4 * f, n)
-        self.up7 = _Up(4 * f, 2 * f, n)
+        self.up7 = _Up(4 * f, 2 * f, n, s2)
         self.dec8 = _ConvStage(2, 2 * f, 2 * f, n)
-        self.up8 = _Up(2 * f, f, n)
+        self.up8 = _Up(2 * f, f, n, s1)
         self.dec9 = _ConvStage(1, f, f, n)
         self.dropout = nn.Dropout3d(config.dropout) if config.dropout > 0 else nn.Identity()
         self.head = nn.Conv3d(f, config.out_channels, 1)

@@ -359,7 +359,8 @@ def _choose_patch_for_speed(trainer, budget_s: float, t0: float, candidates: lis
         return
     old = list(trainer.patch)
     floor = [min(int(v), SPEED_FLOOR) for v in old]
-    probe = list(shrink_for_speed(old, float("inf"), [min(int(v), PROBE_SIZE) for v in old]))
+    divs = trainer.net_config.divisors
+    probe = list(shrink_for_speed(old, float("inf"), [min(int(v), PROBE_SIZE) for v in old], divs))
     if probe == old:
         return
     trainer.patch = probe
@@ -369,7 +370,7 @@ def _choose_patch_for_speed(trainer, budget_s: float, t0: float, candidates: lis
     # what one iteration may take for ENOUGH_ITERATIONS, after the chosen patch's calibration (~5 steps) and export
     left = SAFETY * (budget_s - (time.time() - t0)) - 5 * cal.sec_per_iter - 2.0
     want = max(left, 1e-3) / ENOUGH_ITERATIONS
-    new = list(D.broadcast_object(trainer.ctx, shrink_for_speed(old, cal.sec_per_iter * ratio / want, floor)))
+    new = list(D.broadcast_object(trainer.ctx, shrink_for_speed(old, cal.sec_per_iter * ratio / want, floor, divs)))
     candidates[:] = [{"patch_size": old, "modelled_sec_per_iter": round(cal.sec_per_iter * ratio, 4)},
                      {"patch_size": probe, "sec_per_iter": round(cal.sec_per_iter, 4), "probe": True}]
     trainer.patch = new

@@ -282,17 +282,19 @@ class Trainer:
 
         if self.resume_state is not None:
             return list(self.resume_state["patch_size"])
+        divs = NetworkConfig(strides=self.strides).divisors  # (16, 16, 16), or e.g. (4, 16, 16) for thick slices
         if self.o.patch_size:
             p = [int(v) for v in self.o.patch_size]
-            if any(v % 16 for v in p):
-                raise DataProblem(f"--patch-size {' '.join(map(str, p))}: every size must be a multiple of 16 "
+            if any(v % k for v, k in zip(p, divs)):
+                need = "16" if set(divs) == {16} else " ".join(map(str, divs)) + " along z y x"
+                raise DataProblem(f"--patch-size {' '.join(map(str, p))}: every size must be a multiple of {need} "
                                   "(the VNet downsamples four times)", [])
             self.patch_note = "given by --patch-size"
             return p
         shapes = np.array([np.asarray(c.image.shape) for c in self.data.labeled])
         patch, note = plan_patch_size(tuple(int(v) for v in np.median(shapes, 0)), free_device_bytes(self.device),
                                       self.o.filters, self.o.batch_labeled + self.o.batch_unlabeled,
-                                      n_classes=max(self.data.labels) + 1,
+                                      divisor=divs, n_classes=max(self.data.labels) + 1,
                                       bytes_per_value=2 if amp_dtype(self.o.amp, self.device) else 4)
         self.patch_note = note
         return list(patch)
@@ -300,10 +302,12 @@ class Trainer:
     def _build_model(self) -> None:
         o = self.o
         self.patch_note = "restored from the checkpoint"
+        from micd.data.planning import network_strides
+        self.strides = network_strides(self)  # thick slices: no early downsampling along them (data/planning.py)
         self.patch = self._plan_patch()
         n_classes = max(self.data.labels) + 1
         self.net_config = NetworkConfig(out_channels=n_classes, filters=o.filters, dropout=o.dropout,
-                                        normalization=o.normalization)
+                                        normalization=o.normalization, strides=self.strides)
         if self.resume_state is not None:
             self.net_config = NetworkConfig.from_dict(self.resume_state["network"])
         self.method = build_method(o.method, self.net_config, n_classes, o.method_config())
