@@ -74,6 +74,17 @@ def test_folder_input_gives_folder_output(model_dir, tmp_path, capsys):
     assert sorted(os.listdir(tmp_path / "unc")) == ["case0.mha", "case1.mha"]
     plans = [json.loads(l) for l in capsys.readouterr().out.splitlines() if '"plan"' in l]
     assert all(p["branches"] == ["student_b"] for p in plans)
+    # each file of the folder output is that case's own prediction, on that case's grid
+    for i in range(2):
+        single = tmp_path / f"single{i}.mha"
+        assert predict("--model", model_dir, "--input", inp / f"case{i}.nii.gz", "--output", single,
+                       "--uncertainty", tmp_path / f"single_unc{i}.mha", "--branches", "student_b") == 0
+        from_folder = sitk.ReadImage(str(tmp_path / "out" / f"case{i}.mha"))
+        assert_same_geometry(from_folder, sitk.ReadImage(str(inp / f"case{i}.nii.gz")))
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(from_folder),
+                                      sitk.GetArrayFromImage(sitk.ReadImage(str(single))))
+        np.testing.assert_allclose(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "unc" / f"case{i}.mha"))),
+                                   sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"single_unc{i}.mha"))))
 
 
 def test_branches_and_device_errors_are_one_line(model_dir, tmp_path, capsys):
