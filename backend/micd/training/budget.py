@@ -188,10 +188,21 @@ def calibrate(trainer, timed: int = TIMED_STEPS, extras: bool = True) -> Calibra
     sync = (lambda: torch.cuda.synchronize(trainer.device)) if trainer.device.type == "cuda" else (lambda: None)
 
     def step() -> float:
-        t = time.time()
-        trainer._train_step(o.beta_max)
-        sync()
-        return time.time() - t
+        from micd.training.devices import is_oom
+        from micd.training.trainer import MAX_OOM_RETRIES
+
+        for attempt in range(MAX_OOM_RETRIES + 1):
+            t = time.time()
+            try:
+                trainer._train_step(o.beta_max)
+            except RuntimeError as e:  # as the loop does: a smaller patch (a `retry` event), then time again
+                if trainer.device.type != "cuda" or not is_oom(e) or attempt == MAX_OOM_RETRIES:
+                    raise
+                trainer._shrink_after_oom()
+                continue
+            sync()
+            return time.time() - t
+        raise AssertionError("unreachable")
 
     warm = [step() for _ in range(WARMUP_STEPS)]
     # Slow steps on a short budget: fewer timed steps (at least one). The count comes from the warm-up time averaged
