@@ -45,9 +45,9 @@ class TrainedModel:
 def trained_model(tmp_path_factory, shared_data):
     """A model trained with `micd train` (TRAINED_MODEL_ARGS) once per session; the other tests only read it.
 
-    Time, measured: 78 s of CPU for the 600 iterations (one thread, bf16 autocast on this CPU; about 1.7x that where
-    the CPU has no bf16); 135 s wall for the fixture on a shared 2-core machine under load average 5-9, about 85 s
-    alone. This run's own cost is in `.wall_s` and `.cpu_s`."""
+    Time, measured on the 2-core development machine: 78 s of CPU for the 600 iterations (one thread, bf16
+    autocast there; about 1.7x that on a CPU without bf16), 82 s wall for the fixture at load average 2.5 and 135 s
+    at 5-9 (other jobs running). This run's own cost is in `.wall_s` and `.cpu_s`."""
     folder = tmp_path_factory.mktemp("trained")
     cases = hippo_cases(TRAIN_CASES[0], TRAIN_CASES[1] + VALIDATION_CASES[1])
     held_out = hippo_cases(*HELD_OUT_CASES)
