@@ -92,3 +92,20 @@ def test_cmd_mode_names_the_teacher_each_student_learns_from():
     own, cross, own_swapped = _cmd("own_teacher", False), _cmd("cross_teacher", False), _cmd("own_teacher", True)
     assert cross == pytest.approx(own_swapped, rel=1e-5)
     assert abs(cross - own) > 1e-3 * abs(own)
+
+
+@pytest.mark.parametrize("init_a,init_b", [("xavier", "kaiming"), ("kaiming", "xavier")])
+def test_init_options_set_each_students_weight_scale(init_a, init_b):
+    """--init-a/--init-b: the conv weights of each student have the spread of the named initialisation
+    (Kaiming normal: sqrt(2 / fan_in); Xavier normal: sqrt(2 / (fan_in + fan_out)))."""
+    m = micd(init_a=init_a, init_b=init_b)
+    for key, scheme in (("student_a", init_a), ("student_b", init_b)):
+        convs = [c for c in m.students[key].modules() if isinstance(c, torch.nn.Conv3d) and c.weight.numel() > 2000]
+        assert convs
+        for conv in convs:
+            out_c, in_c, *k = conv.weight.shape
+            fan_in, fan_out = in_c * k[0] * k[1] * k[2], out_c * k[0] * k[1] * k[2]
+            expected = (2 / fan_in) ** 0.5 if scheme == "kaiming" else (2 / (fan_in + fan_out)) ** 0.5
+            other = (2 / (fan_in + fan_out)) ** 0.5 if scheme == "kaiming" else (2 / fan_in) ** 0.5
+            std = conv.weight.std().item()
+            assert abs(std - expected) < 0.15 * expected and abs(std - other) > 0.2 * other, (key, conv, std)
