@@ -230,3 +230,34 @@ def test_tta_keeps_the_held_out_dice(trained_model, tmp_path):
         base, _ = predict(trained_model.model_dir, case["image"], tmp_path / f"b{i}.nii.gz")
         tta, _ = predict(trained_model.model_dir, case["image"], tmp_path / f"t{i}.nii.gz", "--tta")
         assert mean_dice(tta, ref) > mean_dice(base, ref) - 0.05, i
+
+
+def test_uncertainty_is_the_normalised_entropy_of_the_students_mean(trained_model, tmp_path):
+    """--uncertainty, recomputed independently: MONAI's sliding window over the two students' mean softmax on the
+    network grid, entropy / ln(3), brought onto the scan's grid; and it is high where the labels are unsure."""
+    from monai.inferers import sliding_window_inference
+
+    from micd.data.preprocess import preprocess_image
+
+    case = trained_model.held_out[0]
+    out, unc = tmp_path / "l.nii.gz", tmp_path / "u.nii.gz"
+    labels, _ = predict(trained_model.model_dir, case["image"], out, "--uncertainty", unc)
+    written = sitk.ReadImage(str(unc))
+    package = load_model_package(trained_model.model_dir)
+    scan = sitk.ReadImage(case["image"])
+    array, grid = preprocess_image(scan, package.plan)
+    nets = [package.networks[b] for b in ("student_a", "student_b")]
+    with torch.no_grad():
+        probs = sliding_window_inference(
+            torch.from_numpy(array)[None, None], tuple(package.patch_size), 2,
+            lambda x: sum(torch.softmax(n(x, turnoff_drop=True)[0], 1) for n in nets) / 2,
+            overlap=0.25, mode="gaussian", cval=float(array.min()))[0].numpy().astype(np.float64)
+    entropy = -(probs * np.log(np.clip(probs, 1e-12, 1))).sum(0) / np.log(3)
+    by_hand = sitk.GetImageFromArray(entropy.astype(np.float32))
+    by_hand.CopyInformation(grid)
+    by_hand = sitk.GetArrayFromImage(sitk.Resample(by_hand, scan, sitk.Transform(), sitk.sitkLinear, 0.0))
+    got = sitk.GetArrayFromImage(written)
+    assert got.shape == by_hand.shape and np.abs(got - by_hand).max() < 1e-3
+    # unsure where the label is foreground or next to it, sure far from it
+    fg = labels > 0
+    assert got[fg].mean() > 3 * got[~fg].mean()
