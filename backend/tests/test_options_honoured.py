@@ -261,3 +261,22 @@ def test_uncertainty_is_the_normalised_entropy_of_the_students_mean(trained_mode
     # unsure where the label is foreground or next to it, sure far from it
     fg = labels > 0
     assert got[fg].mean() > 3 * got[~fg].mean()
+
+
+@pytest.mark.parametrize("fraction,held_out", [("0", 0), ("0.4", 2)])
+def test_val_fraction_holds_out_that_share_of_the_labeled_cases(tmp_path, shared_data, fraction, held_out):
+    ds = write_dataset(tmp_path, n_lab=5, n_unlab=1, n_val=0)
+    run = tmp_path / "run"
+    p = run_micd("train", "--dataset", ds, "--out", str(run), "--iterations", "2", "--method", "supervised",
+                 "--val-fraction", fraction, "--patch-size", "16", "32", "16", "--filters", "4", "--device", "cpu",
+                 "--num-threads", "1")
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    events = [json.loads(line) for line in open(run / "events.jsonl", encoding="utf-8")]
+    (start,) = [e for e in events if e["event"] == "start"]
+    assert (start["labeled"], start["validation"]) == (5 - held_out, held_out)
+    validations = [e for e in events if e["event"] == "validation"]
+    meta = json.load(open(run / "model" / "model.json", encoding="utf-8"))
+    if held_out:
+        assert validations and meta["weights_from"].startswith("best validation")
+    else:
+        assert not validations and meta["weights_from"] == "last" and meta["metrics"]["best_mean_dice"] is None
