@@ -9,7 +9,13 @@ bash scripts/setup.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} QT_QPA_PLATFORM=${QT_QPA_PLATFORM:-offscreen}
 SLICER_SIDE=(MICDCommon MICDTraining MICDSegmentation Testing)
 .venv/bin/vermin -q -t=3.9- --violations --eval-annotations "${SLICER_SIDE[@]}"
-PY39=$(command -v python3.9 || ls "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.9*/bin/python 2>/dev/null | head -1 || true)
+# The first 3.9 interpreter that runs (a pyenv shim for python3.9 exists even where 3.9 is not selected, and fails).
+PY39=""
+for cand in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.9*/bin/python $(command -v python3.9 || true); do
+  if [[ -x "$cand" ]] && "$cand" -c "import sys; assert sys.version_info[:2] == (3, 9)" 2>/dev/null; then
+    PY39=$cand; break
+  fi
+done
 if [[ -n "$PY39" ]]; then
   "$PY39" -m compileall -q "${SLICER_SIDE[@]}"
   (cd MICDCommon && "$PY39" -c "import MICDCommon, MICDCommon.dependencies, MICDCommon.qtsupport, MICDCommon.slicermodule")
