@@ -280,3 +280,22 @@ def test_val_fraction_holds_out_that_share_of_the_labeled_cases(tmp_path, shared
         assert validations and meta["weights_from"].startswith("best validation")
     else:
         assert not validations and meta["weights_from"] == "last" and meta["metrics"]["best_mean_dice"] is None
+
+
+def test_precedence_defaults_saved_run_config_flags(tmp_path):
+    """defaults < the resumed run's config.json < --config < flags; where/how-to-run options are not restored."""
+    import argparse
+
+    from micd.training.options import add_arguments, resolve
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    (tmp_path / "c.json").write_text(json.dumps({"lr": 0.2, "seed": 7, "mask-shared": False}), encoding="utf-8")
+    saved = {"lr": 0.5, "seed": 1, "filters": 8, "iterations": 100, "device": "cuda", "num_threads": 9,
+             "mask_shared": True}
+    o = resolve(parser.parse_args(["--config", str(tmp_path / "c.json"), "--seed", "9"]), saved)
+    assert (o.filters, o.iterations) == (8, 100)  # the saved run's, over the defaults
+    assert o.lr == 0.2 and o.mask_shared is False  # --config over the saved run
+    assert o.seed == 9  # the flag over --config
+    assert (o.device, o.num_threads) == ("auto", 0)  # per invocation: not taken from the saved run
+    assert o.batch_labeled == 2  # untouched: the default
