@@ -109,3 +109,21 @@ def test_init_options_set_each_students_weight_scale(init_a, init_b):
             other = (2 / (fan_in + fan_out)) ** 0.5 if scheme == "kaiming" else (2 / fan_in) ** 0.5
             std = conv.weight.std().item()
             assert abs(std - expected) < 0.15 * expected and abs(std - other) > 0.2 * other, (key, conv, std)
+
+
+def _cfc(cfc_inputs, mask_ratio):
+    torch.manual_seed(0)
+    m = build_method("micd", NetworkConfig(out_channels=3, filters=4, dropout=0.0, normalization="none"), 3,
+                     MethodConfig(cfc_inputs=cfc_inputs, mask_ratio=mask_ratio, bn_passes="joint"))
+    x = batch()
+    y = (x[:N_L, 0] > 1.0).long()
+    return m.step(x[:N_L], y, x[N_L:], 0.1, torch.Generator().manual_seed(3))["cfc"].item()
+
+
+def test_cfc_inputs_names_the_inputs_whose_features_are_compared():
+    """With nothing masked (--mask-ratio 0) masked and clean inputs are the same, so CFC is the same either way
+    (no normalisation layers and no dropout: a sample's features do not depend on the rest of the batch);
+    with masking, --cfc-inputs masked and clean compare different features."""
+    assert _cfc("masked", 0.0) == pytest.approx(_cfc("clean", 0.0), rel=1e-5)
+    assert abs(_cfc("masked", 0.5) - _cfc("clean", 0.5)) > 1e-3 * abs(_cfc("clean", 0.5))
+    assert _cfc("clean", 0.5) == pytest.approx(_cfc("clean", 0.0), rel=1e-5)  # clean features: the mask plays no part
