@@ -43,6 +43,9 @@ def extract_patch(volume: np.ndarray, start: np.ndarray, patch: Sequence[int], p
     return out
 
 
+TRAIN_FLIP_AXES: Tuple[int, ...] = (1, 2)  # (z, y, x) axes mirrored in training (DHC: y and x); TTA uses the same
+
+
 class PatchSampler:
     """Draws batches of patches: x float32 (n, 1, D, H, W) and y int64 (n, D, H, W), or y None for unlabeled cases.
 
@@ -52,7 +55,7 @@ class PatchSampler:
     """
 
     def __init__(self, cases: List[PreparedCase], patch_size: Tuple[int, int, int], rng: np.random.Generator,
-                 foreground_fraction: float = 0.33, flip_axes: Sequence[int] = (1, 2)):
+                 foreground_fraction: float = 0.33, flip_axes: Sequence[int] = TRAIN_FLIP_AXES):
         if not cases:
             raise ValueError("PatchSampler needs at least one case")
         labeled = {c.label is not None for c in cases}

@@ -1,8 +1,9 @@
 """The window predictor handed to MONAI: mean softmax of the selected networks, optionally over flips (TTA).
 
 Averaging probabilities (not logits) is what the students were trained to agree on, and keeps the ensemble a
-proper distribution for the entropy map. TTA mirrors each window along every combination of the three spatial axes
-(8 passes per network, as nnU-Net does) and un-mirrors the probabilities before averaging.
+proper distribution for the entropy map. TTA mirrors each window along every combination of the axes training
+mirrored (y and x: 4 passes per network) and un-mirrors the probabilities before averaging. Mirroring z as well, as
+nnU-Net does for models trained with z flips, took the held-out anterior hippocampus Dice from about 0.65 to 0.1.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from micd.data.sampling import TRAIN_FLIP_AXES
+
 FLIPS_NONE: List[Tuple[int, ...]] = [()]
-FLIPS_ALL: List[Tuple[int, ...]] = [c for r in range(4) for c in itertools.combinations((2, 3, 4), r)]
+_AXES = tuple(a + 2 for a in TRAIN_FLIP_AXES)  # (z, y, x) -> tensor dims of (B, C, D, H, W)
+FLIPS_ALL: List[Tuple[int, ...]] = [c for r in range(len(_AXES) + 1) for c in itertools.combinations(_AXES, r)]
 
 
 class EnsembleProbabilities(nn.Module):
