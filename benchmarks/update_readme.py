@@ -6,7 +6,7 @@ import re
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 README = os.path.join(os.path.dirname(HERE), "README.md")
-SOURCES = {"ssl": os.path.join(HERE, "results", "ssl-cpu-quick.md"),
+SOURCES = {"ssl": os.path.join(HERE, "results", "ssl-cpu.md"),
            "speed": os.path.join(HERE, "results", "speed", "speed.md")}
 
 
