@@ -129,7 +129,7 @@ def test_suggest_failures_and_stop_reach_the_user(loop, tmp_path):
     assert job.state == "failed" and job.job.returncode == 2
     (dialog,) = DIALOGS.shown
     assert dialog.kind == "slicer.util.errorDisplay" and dialog.parent == MAIN_WINDOW
-    assert dialog.text.startswith("Ranking failed: micd suggest: error:") and "no image files" in dialog.text
+    assert dialog.text.startswith("Ranking failed: ") and "folder holds no image files" in dialog.text.splitlines()[0]
     assert panel.suggestTable.rowCount == 0 and panel.suggestButton.enabled
 
     panel.unlabeled = []

@@ -95,3 +95,24 @@ def test_no_cases_and_empty_segmentation(scene, hippocampus_cases):
     volume = load_volume(hippocampus_cases[0][0], "v")
     empty = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")
     assert "has no segments" in check_cases([(volume, empty)]).text()
+
+
+def test_a_corrected_unlabeled_case_leaves_the_unlabeled_set(scene, tmp_path, hippocampus_cases):
+    """The annotate-next loop: a volume loaded from the unlabeled folder and then labeled is exported with its
+    origin, and the trainer's dataset (the backend's own reader) no longer counts that file as unlabeled."""
+    import os
+
+    from micd.data.dataset import load_dataset_spec
+
+    (img_a, lab_a), (img_b, _) = hippocampus_cases[:2]
+    unlabeled = tmp_path / "unlabeled"
+    unlabeled.mkdir()
+    for image in (img_a, img_b):
+        os.symlink(image, unlabeled / os.path.basename(image))
+    corrected = load_case(scene, unlabeled / os.path.basename(img_a), lab_a)  # loaded from the unlabeled folder
+    export_dataset([corrected], [str(unlabeled)], tmp_path / "out")
+    dataset = json.loads((tmp_path / "out" / "dataset.json").read_text(encoding="utf-8"))
+    assert dataset["labeled"][0]["origin"] == str(unlabeled / os.path.basename(img_a))
+    spec = load_dataset_spec(str(tmp_path / "out" / "dataset.json"))
+    assert [os.path.basename(p) for p in spec.unlabeled] == [os.path.basename(img_b)]
+    assert any("also labeled" in n for n in spec.notes)

@@ -189,7 +189,7 @@ def test_real_budget_error_reaches_the_user_as_a_dialog(scene, launcher, hippoca
                           runs_root=str(tmp_path / "runs"))
     panel = TrainingWidget(logic, dependency_check=lambda: True)
     panel.autoPairButton.click()
-    panel.timeBudgetCombo.setCurrentText("2s")  # start-up alone takes longer
+    panel.timeBudgetCombo.setCurrentText("1s")  # start-up alone takes longer
     panel.patchEdit.text = "16 32 16"
     panel.filtersSpin.value = 4
     panel.deviceCombo.setCurrentIndex(panel.deviceCombo.findText("cpu"))
@@ -201,7 +201,7 @@ def test_real_budget_error_reaches_the_user_as_a_dialog(scene, launcher, hippoca
     assert job.job.error_event["kind"] == "budget"
     (dialog,) = DIALOGS.shown
     assert dialog.kind == "slicer.util.errorDisplay" and dialog.parent == MAIN_WINDOW
-    assert "--time-budget 2s" in dialog.text and "What to do: give a longer --time-budget" in dialog.text
+    assert "--time-budget 1s" in dialog.text and "What to do: give a longer --time-budget" in dialog.text
     assert panel.trainButton.enabled and not panel.cancelButton.enabled
 
 

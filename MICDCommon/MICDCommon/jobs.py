@@ -335,6 +335,16 @@ def log_excerpt(job, lines=8):
     return f"\nLast lines of the log:\n{tail}" if tail else ""
 
 
+def failure_message(job, program):
+    """Why a backend job failed, for the user: its `error` event (message, and the hint as "What to do"), else the
+    state and exit code; then the end of its log."""
+    error = job.error_event or {}
+    text = error.get("message") or f"{program} ended with state {job.state} (exit code {job.returncode})."
+    if error.get("hint"):
+        text += f"\nWhat to do: {error['hint']}"
+    return text + log_excerpt(job)
+
+
 def _file_size(path):
     return os.path.getsize(path) if path and os.path.isfile(path) else 0
 

@@ -9,7 +9,7 @@ import time
 
 from MICDCommon import (CANCELLED, SUCCEEDED, BackendLauncher, BackgroundJob, ModelRegistry, PredictionProgress,
                         describe_event, micd_home, sceneio)
-from MICDCommon.jobs import JobWrapper, log_excerpt
+from MICDCommon.jobs import JobWrapper, failure_message, log_excerpt
 
 from .Parameters import SegmentationSettings
 from .ResultImport import find_previous_result, import_label_file, import_uncertainty, result_name
@@ -75,11 +75,7 @@ class SegmentationJob(JobWrapper):
             elif job.state == CANCELLED:
                 self.message = "Segmentation cancelled."
             else:
-                error = job.error_event or {}
-                self.message = (error.get("message") or f"Segmentation {job.state} (exit code {job.returncode}).")
-                if error.get("hint"):
-                    self.message += f"\nWhat to do: {error['hint']}"
-                self.message += log_excerpt(job)
+                self.message = failure_message(job, "micd predict")
         except Exception as e:  # noqa: BLE001 - reported to the panel / console
             job.state = "failed"
             self.message = f"Could not load the result: {e}"

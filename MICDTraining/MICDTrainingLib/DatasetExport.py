@@ -235,6 +235,13 @@ class ExportedDataset:
         self.cases = cases  # [{"image": path, "label": path, "source": title}]
 
 
+def _loaded_from(volume):
+    """The file a volume node was loaded from (its storage node's), or None."""
+    storage = volume.GetStorageNode()
+    name = storage.GetFileName() if storage is not None else None
+    return os.path.abspath(name) if name and os.path.isfile(name) else None
+
+
 def export_dataset(labeled, unlabeled_folders, out_dir, report=None, colors=None):
     """Write images/, labels/ and dataset.json under `out_dir`; returns ExportedDataset. Runs the checks first
     (or uses `report`) and raises ValueError listing the errors when there are any."""
@@ -256,13 +263,19 @@ def export_dataset(labeled, unlabeled_folders, out_dir, report=None, colors=None
         used.add(stem)
         image_path = sceneio.write_volume(case.volume, os.path.join(images_dir, stem + ".nrrd"))
         label_path = write_labelmap(case, report.labels, os.path.join(labels_dir, stem + ".nrrd"))
-        entries.append({"image": os.path.relpath(image_path, out_dir), "label": os.path.relpath(label_path, out_dir),
-                        "source": case.title})
+        entry = {"image": os.path.relpath(image_path, out_dir), "label": os.path.relpath(label_path, out_dir),
+                 "source": case.title}
+        origin = _loaded_from(case.volume)
+        if origin:
+            entry["origin"] = origin
+        entries.append(entry)
     colors = colors or report.colors
     dataset = {
         "labels": {str(v): n for v, n in sorted(report.labels.items())},
         "colors": {str(v): list(c) for v, c in sorted(colors.items())},
-        "labeled": [{"image": e["image"], "label": e["label"]} for e in entries],
+        # "origin": the file a scene volume was loaded from, so the backend leaves that file out of the unlabeled
+        # images (a suggested case, once corrected, is labeled and no longer unlabeled)
+        "labeled": [{k: e[k] for k in ("image", "label", "origin") if k in e} for e in entries],
         "unlabeled": [os.path.abspath(f) for f in unlabeled_folders],
         "cases": entries,  # provenance for people: which scene nodes each file came from
     }

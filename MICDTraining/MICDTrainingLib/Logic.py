@@ -8,7 +8,7 @@ import time
 
 from MICDCommon import (CANCELLED, CANCELLING, FAILED, LOST, RUNNING, SUCCEEDED, BackendLauncher, BackgroundJob,
                         ModelRegistry, TrainingProgress, describe_event, find_jobs, micd_home)
-from MICDCommon.jobs import JobRecord, JobWrapper, log_excerpt
+from MICDCommon.jobs import JobRecord, JobWrapper, failure_message
 from MICDCommon.registry import safe_name
 
 from .CasePairing import folder_labels, pair_folder_cases, summarize_unlabeled_folder
@@ -63,10 +63,7 @@ class TrainingJob(JobWrapper):
             self.message = ("Cancelled" + (f"; the checkpoint of iteration {checkpoint[1]} is kept: Resume continues "
                                            "from there." if checkpoint else "."))
         else:
-            error = job.error_event or {}
-            self.message = (error.get("message") or f"micd train ended with state {job.state} "
-                            f"(exit code {job.returncode})") + (f"\nWhat to do: {error['hint']}" if error.get("hint")
-                                                                else "") + log_excerpt(job)
+            self.message = failure_message(job, "micd train")
         if self._on_log and self.message:
             self._on_log(self.message)
         if self._on_finished:

@@ -8,7 +8,7 @@ import json
 import os
 
 from MICDCommon import CANCELLED, SUCCEEDED, PredictionProgress, describe_event, sceneio
-from MICDCommon.jobs import JobWrapper, log_excerpt
+from MICDCommon.jobs import JobWrapper, failure_message, log_excerpt
 from MICDCommon.resultimport import find_previous_result, import_label_file, result_name
 
 RANKING_FILE = "suggest.json"
@@ -66,9 +66,7 @@ class SuggestJob(JobWrapper):
         elif job.state == CANCELLED:
             self.message = "Ranking cancelled."
         else:
-            errors = [ln for ln in job.log_tail(40).splitlines() if ": error:" in ln]
-            self.message = ((errors[-1] if errors else f"micd suggest ended with state {job.state} (exit code "
-                             f"{job.returncode}).") + log_excerpt(job))
+            self.message = failure_message(job, "micd suggest")
         if self._on_log and self.message:
             self._on_log(self.message)
         if self._on_finished:

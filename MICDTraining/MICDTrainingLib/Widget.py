@@ -15,7 +15,7 @@ from .CasePairing import pair_scene_cases, summarize_unlabeled_folder
 from .Curves import TrainingCurves
 from .CurvesView import CurvesView
 from .DatasetExport import FileCase, LabeledCase
-from .Parameters import ADVANCED_OPTIONS, DEFAULT_TIME_BUDGET, METHOD_TITLES, METHODS, TrainingSettings
+from .Parameters import ADVANCED_OPTIONS, METHOD_TITLES, METHODS, TrainingSettings
 
 try:
     from slicer.i18n import tr as _

@@ -272,3 +272,14 @@ def test_budget_under_two_ranks(tmp_path, shared_data):
     slowdown = max(1.0, (its[-1]["time"] - its[0]["time"]) / max(1, len(its) - 1) /
                    start["budget_plan"]["calibration"]["sec_per_iter"])
     assert wall <= budget * 1.15 * slowdown, f"{wall:.0f} s (slowdown {slowdown:.2f})"
+
+
+def test_the_budget_clock_starts_with_the_process(tmp_path):
+    """`micd train --time-budget` counts start-up: the clock is the process start from the OS, not the moment the
+    budget code is first imported (what it fell back to when psutil was missing, so slow start-ups went uncounted)."""
+    code = ("import time; time.sleep(1.5); t = time.time(); from micd.proctime import process_start_time; "
+            "print(t - process_start_time())")
+    out = subprocess.run([*micd_cmd()[:1], "-c", code], capture_output=True, text=True, check=True).stdout
+    assert 1.5 <= float(out) < 60
+    in_process = __import__("micd.training.budget", fromlist=["command_start_time"]).command_start_time()
+    assert abs(in_process - time.time()) < 1  # inside another program (pytest) it is the command's own start

@@ -206,3 +206,26 @@ def test_dicom_series_folder_is_one_input(model_dir, tmp_path):
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
     assert (labels == sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "written_seg.nrrd")))).mean() > 0.93
     assert len(np.unique(labels)) > 1  # a random model still labels something, so the comparison means something
+
+
+def _error_events(out):
+    return [e for e in map(json.loads, filter(None, out.splitlines())) if e.get("event") == "error"]
+
+
+def test_failures_reach_programs_as_error_events(model_dir, tmp_path, capsys):
+    """The Slicer panel reads `micd predict`'s stdout: each failure is an `error` event with what to do, beside the
+    one stderr line for people; a volume that cannot be read ends a single-image run with that event."""
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not an image")
+    assert predict("--model", model_dir, "--input", broken, "--output", tmp_path / "o.nii.gz") == 2
+    cap = capsys.readouterr()
+    (event,) = _error_events(cap.out)
+    assert event["kind"] == "data" and "broken.nii.gz" in event["message"]
+    assert len(cap.err.strip().splitlines()) == 1 and "broken.nii.gz" in cap.err
+    assert predict("--model", model_dir, "--input", os.path.join(HIPPO, "imagesTr"), "--output", tmp_path / "o",
+                   "--overlap", "1.5") == 2
+    (event,) = _error_events(capsys.readouterr().out)
+    assert event["kind"] == "data" and "--overlap 1.5" in event["message"]
+    assert predict("--model", tmp_path, "--input", broken, "--output", tmp_path / "o.nii.gz") == 2
+    (event,) = _error_events(capsys.readouterr().out)
+    assert "model" in event["message"]

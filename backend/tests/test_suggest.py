@@ -149,6 +149,9 @@ def test_refusals_leave_user_files_alone(trained, tmp_path):
     assert p.returncode == 2 and "no image files" in p.stderr
     p = suggest("--model", tmp_path / "nothing", "--input", unl)
     assert p.returncode == 2 and "not a model folder" in p.stderr
+    # programs (the Slicer panel) get the same refusal as an error event on stdout
+    (event,) = [e for e in map(json.loads, p.stdout.splitlines()) if e["event"] == "error"]
+    assert event["kind"] == "data" and "not a model folder" in event["message"]
     pkg = load_model_package(model)
     one = save_model_package(str(tmp_path / "one"), {**pkg.meta, "default_ensemble": ["student_a"]},
                              {"student_a": pkg.networks["student_a"]})

@@ -49,6 +49,7 @@ class Case:
 
     image: str
     label: Optional[str] = None
+    origin: Optional[str] = None  # the file the image was exported from (Slicer), if it is not `image` itself
 
     @property
     def name(self) -> str:
@@ -193,7 +194,9 @@ def _parse_cases(obj: Any, key: str, where: str, base: str) -> Tuple[List[Case],
             problems.append(Problem(where, f'{key}[{i}] must be an object with string "image" and "label" paths, '
                                            f"got {json.dumps(entry)[:120]}"))
             continue
-        cases.append(Case(_resolve(entry["image"], base), _resolve(entry["label"], base)))
+        origin = entry.get("origin")
+        cases.append(Case(_resolve(entry["image"], base), _resolve(entry["label"], base),
+                          _resolve(origin, base) if isinstance(origin, str) and origin else None))
     return cases, problems
 
 
@@ -316,10 +319,11 @@ def expand_unlabeled(sources: Sequence[str]) -> Tuple[Dict[str, List[str]], List
 def _fill_unlabeled(spec: DatasetSpec) -> None:
     """Expand the unlabeled sources into spec.unlabeled, without duplicates or images that are labeled cases.
 
-    Files are compared by their real path, so a symlink and its target count as one image.
+    Files are compared by their real path, so a symlink and its target count as one image, and so does a labeled
+    case exported from a scene with the file it was loaded from (its "origin": e.g. a suggested case, corrected).
     """
     groups, _ = expand_unlabeled(spec.unlabeled_sources)  # problems are reported by validation
-    taken = {os.path.realpath(c.image) for c in spec.labeled + spec.validation}
+    taken = {os.path.realpath(p) for c in spec.labeled + spec.validation for p in (c.image, c.origin) if p}
     candidates = [os.path.normpath(p) for p in list(spec.unlabeled) + [q for ps in groups.values() for q in ps]]
     unique: Dict[str, str] = {}
     for p in candidates:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
+
+from micd.inference.cli_common import Reporter, add_window_arguments, check_window_arguments
 
 DESCRIPTION = """Segment images with a trained model folder. The two students' softmax probabilities are averaged
 (Gaussian-blended sliding windows, ROI = the training patch), the argmax is taken on the network grid and resampled
@@ -16,8 +17,10 @@ names and colours) or from --format when --output is a folder.
 --uncertainty writes the normalised predictive entropy of the ensemble mean, H(p)/ln(C), a float map in [0, 1]
 (0 = certain). stdout: JSON lines per case: "plan" (device, buffer placement, dtype, slabs, windows, precision),
 "progress" (windows_done/windows_total, fraction, elapsed_s, eta_s; image i of images; about every 0.5 s and at
-100 %), then "prediction"; a final "done".
+100 %), then "prediction"; a final "done"; on failure an "error" event (kind, message, hint).
 Exit codes: 0 done, 2 bad model folder, input, options or device (one-line error on stderr), 1 other failure."""
+
+REPORT = Reporter("micd predict")
 
 
 def register(sub) -> None:
@@ -30,26 +33,13 @@ def register(sub) -> None:
     p.add_argument("--branches", default="students",
                    help="networks to average: students (default), teachers (when stored), student_a, student_b, "
                         "or a comma list of branch names")
-    p.add_argument("--tta", action="store_true", help="also average over the 8 axis mirrorings of each window")
     p.add_argument("--uncertainty", metavar="PATH",
                    help="also write the normalised predictive entropy map (file, or folder for folder inputs)")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
-    p.add_argument("--overlap", type=float, default=0.25, help="window overlap (default 0.25, as in validation)")
-    p.add_argument("--sw-batch-size", type=int, default=None, help="windows per forward pass (default 2 CPU, 4 GPU)")
-    p.add_argument("--max-buffer-gb", type=float, default=None,
-                   help="CPU memory for the probability buffer (default min(2, 30%% of available RAM) GiB); "
-                        "bigger grids are processed in slabs")
-    p.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")
+    add_window_arguments(p)
     p.set_defaults(func=run)
 
 
-def _fail(msg: str, code: int = 2) -> int:
-    print(f"micd predict: error: {msg}", file=sys.stderr)
-    return code
-
-
 def run(args: argparse.Namespace) -> int:
-    import torch
     from tqdm import tqdm
 
     from micd.data.io import ImageReadError, read_image, write_image, write_label
@@ -59,23 +49,22 @@ def run(args: argparse.Namespace) -> int:
     from micd.model_package import ModelPackageError, load_model_package
     from micd.training.devices import DeviceError, resolve_device
 
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
-    if not 0 <= args.overlap < 1:
-        return _fail(f"--overlap {args.overlap}: must be in [0, 1)")
+    problem = check_window_arguments(args)
+    if problem:
+        return REPORT.fail(problem)
     try:
         resolve_device(args.device)
         package = load_model_package(args.model)
         branch_names(package, args.branches)
         pairs, problems = plan_outputs(args.input, args.output, args.format)
         if not pairs:
-            return _fail("; ".join(problems) or f"--input {args.input}: no images found")
+            return REPORT.fail("; ".join(problems) or f"--input {args.input}: no images found")
         unc = {o: uncertainty_path(args.uncertainty, o, len(pairs) if os.path.isdir(args.input) else 1)
                for _, o in pairs} if args.uncertainty else {}
     except (ModelPackageError, DeviceError, BranchError, OutputError) as e:
-        return _fail(str(e))
+        return REPORT.fail(str(e))
     for p in problems:
-        print(f"micd predict: warning: {p}", file=sys.stderr)
+        REPORT.warn(p)
 
     opts = PredictOptions(branches=args.branches, tta=args.tta, device=args.device, uncertainty=bool(unc),
                           overlap=args.overlap, sw_batch_size=args.sw_batch_size, max_buffer_gib=args.max_buffer_gb)
@@ -85,11 +74,11 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     for index, (inp, out) in enumerate(bar, 1):
         def log(info, inp=inp):
-            _emit({"event": "plan", "input": inp, **info}, bar if many else None)
+            REPORT.emit({"event": "plan", "input": inp, **info}, bar if many else None)
 
         def progress(state, inp=inp, index=index):
-            _emit({"event": "progress", "input": inp, "image": index, "images": len(pairs), **state},
-                  bar if many else None)
+            REPORT.emit({"event": "progress", "input": inp, "image": index, "images": len(pairs), **state},
+                        bar if many else None)
         try:
             image = read_image(inp)
             pred = predict_image(image, package, opts, log, progress)
@@ -97,26 +86,22 @@ def run(args: argparse.Namespace) -> int:
             if pred.uncertainty is not None:
                 write_image(pred.uncertainty, unc[out])
         except (ImageReadError, OSError) as e:
+            if not many:
+                from micd.diskfull import is_disk_full
+                disk = isinstance(e, OSError) and is_disk_full(e)
+                return REPORT.fail(f"{inp}: {e}", "free space on that disk, or write --output elsewhere" if disk
+                                   else "", "disk" if disk else "data")
             failed.append(inp)
-            msg = f"{inp}: {e}"
-            (bar.write if many else print)(f"micd predict: error: {msg}", file=sys.stderr)
+            REPORT.error_line(f"{inp}: {e}", bar if many else None)
             continue
         except (RuntimeError, MemoryError) as e:
             from micd.training.devices import is_oom
             if is_oom(e) or isinstance(e, MemoryError):
-                return _fail(f"{inp}: out of memory ({str(e).splitlines()[0][:200]}); try --max-buffer-gb with a "
-                             "smaller value, --sw-batch-size 1, or --device cpu", 1)
+                return REPORT.out_of_memory(inp, e)
             raise
-        _emit({"event": "prediction", "input": inp, "output": out, "uncertainty": unc.get(out),
-               "labels_found": pred.info["labels_found"], "seconds": pred.info["seconds"]}, bar if many else None)
-    _emit({"event": "done", "images": len(pairs) - len(failed), "failed": failed,
-           "seconds": round(time.time() - t0, 2)}, None)
+        REPORT.emit({"event": "prediction", "input": inp, "output": out, "uncertainty": unc.get(out),
+                     "labels_found": pred.info["labels_found"], "seconds": pred.info["seconds"]},
+                    bar if many else None)
+    REPORT.emit({"event": "done", "images": len(pairs) - len(failed), "failed": failed,
+                 "seconds": round(time.time() - t0, 2)})
     return 2 if failed else 0
-
-
-def _emit(record: dict, bar) -> None:
-    line = json.dumps(record)
-    if bar is not None:
-        bar.write(line, file=sys.stdout)
-    else:
-        print(line, flush=True)

@@ -8,6 +8,8 @@ import os
 import sys
 import time
 
+from micd.inference.cli_common import Reporter, add_window_arguments, check_window_arguments
+
 DESCRIPTION = """Rank unlabeled volumes by how unsure a trained model is about them, to choose what to label next.
 Each volume is predicted once, as `micd predict` does (same preprocessing, Gaussian-blended sliding windows,
 memory plan), keeping both students' probabilities. Score, on the network grid, over the predicted foreground F
@@ -18,14 +20,15 @@ it first (no predicted foreground: score 1). Per label the same means over the v
 that label, the predicted voxel count and the two students' Dice. Ties are broken by file path; the same model and
 input give the same ranking.
 stdout: JSON lines per volume: "plan", "progress" (windows_done/windows_total, fraction, eta_s; image i of
-images; as micd predict), "scored" (index, total, score, its parts); then "done" with the ranking. The ranking
-table goes to stderr. --json FILE: {"ranking": [{"rank", "file", "case", "score", "disagreement", "entropy",
+images; as micd predict), "scored" (index, total, score, its parts); then "done" with the ranking (or an "error" event: kind,
+message, hint). The ranking table goes to stderr. --json FILE: {"ranking": [{"rank", "file", "case", "score", "disagreement", "entropy",
 "foreground_voxels", "labels_found", "least_certain_label", "labels": {"1": {"name", "predicted_voxels",
 "disagreement", "entropy", "score", "student_dice"}}, "prediction"}], "failed", "model", "score_definition", ...}.
 Exit codes: 0 done, 2 bad model, input, options or device, or a volume could not be read (one-line error on
 stderr), 1 other failure."""
 
 FORMAT = "micd-suggest"
+REPORT = Reporter("micd suggest")
 
 
 def register(sub) -> None:
@@ -40,24 +43,8 @@ def register(sub) -> None:
     p.add_argument("--predictions", metavar="FOLDER",
                    help="also write each volume's ensemble segmentation as FOLDER/<case>.seg.nrrd (the starting "
                         "point for correcting it); existing files are not replaced")
-    p.add_argument("--tta", action="store_true", help="also average over the 8 axis mirrorings of each window")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
-    p.add_argument("--overlap", type=float, default=0.25, help="window overlap (default 0.25, as micd predict)")
-    p.add_argument("--sw-batch-size", type=int, default=None, help="windows per forward pass (default 2 CPU, 4 GPU)")
-    p.add_argument("--max-buffer-gb", type=float, default=None,
-                   help="CPU memory for the probability buffer (default min(2, 30%% of available RAM) GiB); "
-                        "bigger grids are processed in slabs")
-    p.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")
+    add_window_arguments(p)
     p.set_defaults(func=run)
-
-
-def _fail(msg: str, code: int = 2) -> int:
-    print(f"micd suggest: error: {msg}", file=sys.stderr)
-    return code
-
-
-def _emit(record: dict) -> None:
-    print(json.dumps(record), flush=True)
 
 
 def check_json_target(path: str) -> None:
@@ -75,8 +62,6 @@ def check_json_target(path: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from micd.data.io import ImageReadError, expand_image_sources, read_image, write_label
     from micd.inference.outputs import case_name
     from micd.inference.predictor import PredictOptions
@@ -84,12 +69,11 @@ def run(args: argparse.Namespace) -> int:
     from micd.model_package import ModelPackageError, load_model_package
     from micd.training.devices import DeviceError, is_oom, resolve_device
 
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
-    if not 0 <= args.overlap < 1:
-        return _fail(f"--overlap {args.overlap}: must be in [0, 1)")
+    problem = check_window_arguments(args)
+    if problem:
+        return REPORT.fail(problem)
     if args.top is not None and args.top < 1:
-        return _fail(f"--top {args.top}: must be at least 1")
+        return REPORT.fail(f"--top {args.top}: must be at least 1")
     try:
         resolve_device(args.device)
         package = load_model_package(args.model)
@@ -97,24 +81,24 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             check_json_target(args.json)
     except (ModelPackageError, DeviceError, SuggestError, ValueError) as e:
-        return _fail(str(e))
+        return REPORT.fail(str(e))
     paths, problems = expand_image_sources(args.input)
     paths = list(dict.fromkeys(paths))
     if not paths:
-        return _fail("; ".join(problems) or "--input: no images found")
+        return REPORT.fail("; ".join(problems) or "--input: no images found")
     for p in problems:
-        print(f"micd suggest: warning: {p}", file=sys.stderr)
+        REPORT.warn(p)
     preds = {}
     if args.predictions:
         if os.path.isfile(args.predictions):
-            return _fail(f"--predictions {args.predictions} is a file; give a folder")
+            return REPORT.fail(f"--predictions {args.predictions} is a file; give a folder")
         preds = {p: os.path.join(args.predictions, case_name(p) + ".seg.nrrd") for p in paths}
         if len(set(preds.values())) < len(preds):
-            return _fail("--predictions: two inputs share a case name; rank them in separate calls")
+            return REPORT.fail("--predictions: two inputs share a case name; rank them in separate calls")
         taken = [o for o in preds.values() if os.path.exists(o)]
         if taken:
-            return _fail(f"--predictions: {taken[0]} already exists ({len(taken)} file(s)); remove them or choose "
-                         "another folder")
+            return REPORT.fail(f"--predictions: {taken[0]} already exists ({len(taken)} file(s))",
+                               "remove them or choose another folder")
 
     opts = PredictOptions(tta=args.tta, device=args.device, overlap=args.overlap, sw_batch_size=args.sw_batch_size,
                           max_buffer_gib=args.max_buffer_gb)
@@ -124,25 +108,24 @@ def run(args: argparse.Namespace) -> int:
         try:
             image = read_image(inp)
             summary, labels = score_image(
-                image, package, opts, lambda info, inp=inp: _emit({"event": "plan", "input": inp, **info}),
-                lambda state, inp=inp, i=i: _emit({"event": "progress", "input": inp, "image": i + 1,
+                image, package, opts, lambda info, inp=inp: REPORT.emit({"event": "plan", "input": inp, **info}),
+                lambda state, inp=inp, i=i: REPORT.emit({"event": "progress", "input": inp, "image": i + 1,
                                                    "images": len(paths), **state}))
             if inp in preds:
                 os.makedirs(args.predictions, exist_ok=True)
                 write_label(labels, preds[inp], package.labels, package.colors)
         except (ImageReadError, OSError) as e:
             failed.append(inp)
-            print(f"micd suggest: error: {inp}: {e}", file=sys.stderr)
+            REPORT.error_line(f"{inp}: {e}")
             continue
         except (RuntimeError, MemoryError) as e:
             if is_oom(e) or isinstance(e, MemoryError):
-                return _fail(f"{inp}: out of memory ({str(e).splitlines()[0][:200]}); try --max-buffer-gb with a "
-                             "smaller value, --sw-batch-size 1, or --device cpu", 1)
+                return REPORT.out_of_memory(inp, e)
             raise
         seconds = summary.pop("seconds")
         entry = {"file": os.path.abspath(inp), "case": case_name(inp), **summary, "prediction": preds.get(inp)}
         entries.append(entry)
-        _emit({"event": "scored", "input": inp, "index": i + 1, "total": len(paths), "score": entry["score"],
+        REPORT.emit({"event": "scored", "input": inp, "index": i + 1, "total": len(paths), "score": entry["score"],
                "disagreement": entry["disagreement"], "entropy": entry["entropy"],
                "labels_found": entry["labels_found"], "prediction": entry["prediction"], "seconds": seconds})
     ranking = rank(entries)[: args.top] if args.top else rank(entries)
@@ -158,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
             json.dump(result, f, indent=1)
         os.replace(tmp, args.json)
     print(table(ranking, package.labels), file=sys.stderr)
-    _emit({"event": "done", "images": len(entries), "failed": failed, "json": args.json,
+    REPORT.emit({"event": "done", "images": len(entries), "failed": failed, "json": args.json,
            "ranking": [{"rank": e["rank"], "file": e["file"], "score": e["score"]} for e in ranking],
            "seconds": round(time.time() - t0, 2)})
     return 2 if failed else 0

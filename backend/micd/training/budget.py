@@ -38,10 +38,13 @@ import json
 import math
 import os
 import re
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional
+
+from micd import proctime
 
 WARMUP_STEPS = 1
 TIMED_STEPS = 3
@@ -73,20 +76,21 @@ def parse_duration(text) -> float:
 START_TIME_VARIABLE = "MICD_START_TIME"  # set by `micd train --nproc N` for its ranks: the user's command started then
 
 
-def process_start_time() -> float:
-    """When this process (or the `micd train --nproc` that launched it) started: the budget covers start-up and
-    preprocessing too; now when unknown."""
+def command_start_time() -> float:
+    """When the user's command started: the `micd train --nproc N` launcher's time for its ranks; this process's
+    start when the process is the `micd` program (start-up and imports count against the budget); now when micd
+    runs inside another program (a test, a notebook)."""
     if os.environ.get(START_TIME_VARIABLE):
         try:
             return float(os.environ[START_TIME_VARIABLE])
         except ValueError:
             pass
-    try:
-        import psutil
-
-        return float(psutil.Process().create_time())
-    except Exception:  # noqa: BLE001 - psutil missing or no permission
-        return time.time()
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    program = os.path.splitext(os.path.basename(sys.argv[0] if sys.argv else ""))[0]
+    if (spec is not None and spec.name.startswith("micd")) or program in ("micd", "micd-script"):
+        return proctime.process_start_time()
+    return time.time()
 
 
 @dataclass
@@ -266,7 +270,7 @@ def apply_time_budget(trainer) -> None:
         return
     given = getattr(o, "iterations_given", False)
     costs = RunCosts(o.validate_every, o.checkpoint_every, bool(trainer.data.validation))
-    t0 = getattr(trainer, "process_t0", None) or process_start_time()
+    t0 = trainer.process_t0
     candidates: list = []
     threads = _choose_threads(trainer)
     if not given:

@@ -48,13 +48,16 @@ def run(args: argparse.Namespace) -> int:
         EventWriter(None, sys.stdout).error("data", str(e), "wait for that run to end, or stop it (Cancel in Slicer, "
                                             "or end the process), then continue it with --resume")
         return EXIT_DATA
+    from micd.training.budget import START_TIME_VARIABLE, command_start_time
+
     try:
         if opts.nproc and opts.nproc > 1 and "WORLD_SIZE" not in os.environ:
-            from micd.training.budget import START_TIME_VARIABLE, process_start_time
             from micd.training.distributed import launch_local
-            os.environ.setdefault(START_TIME_VARIABLE, repr(process_start_time()))  # --time-budget counts from here
+            os.environ.setdefault(START_TIME_VARIABLE, repr(command_start_time()))  # --time-budget counts from here
             argv = sys.argv[1:] if sys.argv[1:2] == ["train"] else ["train", *sys.argv[1:]]
             return launch_local(opts.nproc, argv, opts.out, lock.fd)
-        return Trainer(opts).run()
+        trainer = Trainer(opts)
+        trainer.process_t0 = command_start_time()
+        return trainer.run()
     finally:
         lock.release()

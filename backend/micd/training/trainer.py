@@ -84,6 +84,8 @@ class Trainer:
         self.events: Optional[EventWriter] = None
         self.ctx = D.DistContext()
         self.bar = None
+        # --time-budget counts from here; `micd train` moves it back to the process start (start-up included)
+        self.process_t0 = time.time()
 
     # ------------------------------------------------------------------ entry point
     def run(self) -> int:
