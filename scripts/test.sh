@@ -20,4 +20,4 @@ if [[ -n "$PY39" ]]; then
   "$PY39" -m compileall -q "${SLICER_SIDE[@]}"
   (cd MICDCommon && "$PY39" -c "import MICDCommon, MICDCommon.dependencies, MICDCommon.qtsupport, MICDCommon.slicermodule")
 fi
-.venv/bin/python -m pytest -q backend/tests Testing "$@"
+.venv/bin/python -m pytest -q --durations=25 backend/tests Testing "$@"

@@ -135,6 +135,83 @@ def test_config_unknown_key_and_bad_file_are_refused(tmp_path, shared_data):
     assert p.returncode == 2 and "expected a JSON object" in p.stdout
 
 
+def test_network_and_optimizer_options_reach_torch(options_run):
+    """--dropout and --normalization are the layers of the trained networks; --momentum and --weight-decay the SGD
+    that made the checkpoint's optimizer state (Nesterov whenever there is momentum); --num-threads torch's thread
+    count in the run."""
+    from micd.training.checkpoint import load_checkpoint
+
+    _, run, events, _ = options_run
+    net = load_model_package(str(run / "model")).networks["student_a"]
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)]
+    assert norms and all(isinstance(m, torch.nn.InstanceNorm3d) for m in norms)
+    drops = [m for m in net.modules() if isinstance(m, torch.nn.Dropout3d)]
+    assert drops and all(d.p == pytest.approx(0.2) for d in drops)
+    (group,) = load_checkpoint(str(run / "checkpoints" / "last.pt"))["optimizer"]["param_groups"]
+    assert (group["momentum"], group["weight_decay"], group["nesterov"]) == (0.5, 0.001, True)
+    (start,) = [e for e in events if e["event"] == "start"]
+    assert start["threads"] == 1
+
+
+@pytest.mark.parametrize("amp,name", [("off", "off"), ("bf16", "bfloat16")])
+def test_amp_sets_the_autocast_of_the_training_step(tmp_path, shared_data, amp, name):
+    """--amp off trains in float32, --amp bf16 under bfloat16 autocast: same seed and patches, the first losses
+    differ by rounding only, and the start event names the precision chosen and why."""
+    ds = write_dataset(tmp_path, n_lab=1, n_unlab=1, n_val=0)
+    losses = {}
+    for mode in ("off", amp):
+        run = tmp_path / f"run-{mode}"
+        if not run.exists():
+            p = run_micd("train", "--dataset", ds, "--out", str(run), "--iterations", "1", "--amp", mode,
+                         "--patch-size", "16", "32", "16", "--filters", "4", "--device", "cpu", "--num-threads",
+                         "1", "--method", "supervised", "--val-fraction", "0", "--cache-dir", str(tmp_path / "c"))
+            assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+        events = [json.loads(line) for line in open(run / "events.jsonl", encoding="utf-8")]
+        (start,) = [e for e in events if e["event"] == "start"]
+        assert start["amp"] == ("off" if mode == "off" else name) and "--amp" in start["precision_reason"]
+        losses[mode] = next(e for e in events if e["event"] == "iteration")["loss"]["total"]
+    if amp == "off":
+        return
+    assert np.isfinite(losses[amp]) and losses[amp] != losses["off"]
+    assert losses[amp] == pytest.approx(losses["off"], rel=0.05)
+
+
+def test_sync_bn_on_cpu_ranks_is_refused_with_what_to_do(tmp_path, shared_data):
+    """--sync-bn is torch's SyncBatchNorm, CUDA only: on CPU ranks it is refused before training, with the way out."""
+    ds = write_dataset(tmp_path, n_lab=2, n_unlab=2, n_val=0)
+    p = run_micd("train", "--dataset", ds, "--out", str(tmp_path / "run"), "--nproc", "2", "--sync-bn",
+                 "--iterations", "1", "--patch-size", "16", "32", "16", "--filters", "4", "--device", "cpu",
+                 "--num-threads", "1", "--val-fraction", "0", timeout=300)
+    assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
+    error = next(json.loads(line) for line in p.stdout.splitlines() if '"error"' in line)
+    assert error["kind"] == "data" and "--sync-bn needs CUDA" in error["message"]
+    assert "instancenorm" in error["hint"]
+    assert not os.path.exists(tmp_path / "run" / "model")
+
+
+def test_ct_window_maps_the_window_onto_zero_to_one(tmp_path, shared_data):
+    """--ct-window LOW HIGH: the CT's Hounsfield units are clipped to the window and mapped linearly onto [0, 1] in
+    the arrays the network trains on, and the window is the model's, so prediction repeats it. One case: its own
+    spacing is the target, so the cached array holds exactly the original voxels (reoriented)."""
+    ct = os.path.join(shared_data, "data", "ct_abdomen_example")
+    ds = tmp_path / "ds.json"
+    labels = json.load(open(os.path.join(ct, "dataset.json"), encoding="utf-8"))["labels"]
+    ds.write_text(json.dumps({"labels": labels, "modality": "CT", "labeled": [
+        {"image": os.path.join(ct, "ct.nii.gz"), "label": os.path.join(ct, "labels.nii.gz")}]}), encoding="utf-8")
+    p = run_micd("train", "--dataset", str(ds), "--out", str(tmp_path / "run"), "--ct-window", "-100", "200",
+                 "--iterations", "1", "--patch-size", "16", "32", "32", "--filters", "4", "--device", "cpu",
+                 "--num-threads", "1", "--method", "supervised", "--val-fraction", "0", "--cache-dir",
+                 str(tmp_path / "cache"))
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    (cached,) = [np.load(os.path.join(d, "image.npy")) for d, _, files in os.walk(tmp_path / "cache")
+                 if "image.npy" in files]
+    hu = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(ct, "ct.nii.gz"))).astype(np.float64)
+    assert cached.size == hu.size
+    assert np.allclose(np.sort(cached.ravel()), np.sort(np.clip((hu.ravel() + 100) / 300, 0, 1)), atol=1e-5)
+    meta = json.load(open(tmp_path / "run" / "model" / "model.json", encoding="utf-8"))
+    assert meta["preprocessing"]["ct_window"] == [-100.0, 200.0]
+
+
 # --- micd predict ----------------------------------------------------------------------------------------------------
 
 def predict(model_dir, src, out, *extra, capsys=None):

@@ -210,7 +210,8 @@ def launch_local(nproc: int, argv: List[str], run_dir: str, lock_fd: Optional[in
     """`micd train --nproc N ...`: re-run this command under torchrun on this machine with N processes.
 
     SIGTERM/SIGINT are passed on to torchrun (which passes them to every rank), and the exit code follows the
-    single-process convention: 3 when the ranks stopped on a cancel, else torchrun's own code.
+    single-process convention: the exit code of the ranks' last error event (3 on a cancel, 2 for bad data), else
+    torchrun's own code.
     """
     import signal
 
@@ -238,16 +239,20 @@ def launch_local(nproc: int, argv: List[str], run_dir: str, lock_fd: Optional[in
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-    if rc != 0 and _last_error_kind(run_dir) == "cancelled":
-        return 3
+    if rc != 0:
+        error = _last_error(run_dir)
+        if error.get("kind") == "cancelled":
+            return 3
+        if isinstance(error.get("exit_code"), int) and error["exit_code"] > 0:
+            return error["exit_code"]
     return rc
 
 
-def _last_error_kind(run_dir: str):
+def _last_error(run_dir: str) -> dict:
     from micd.events import read_events
 
     path = os.path.join(run_dir, "events.jsonl")
     if not os.path.exists(path):
-        return None
+        return {}
     errors = [e for e in read_events(path) if e.get("event") == "error"]
-    return errors[-1].get("kind") if errors else None
+    return errors[-1] if errors else {}

@@ -38,6 +38,8 @@ from micd.training.warm_start import WarmStartError, check_parent
 from micd.training.warm_start import apply as apply_parent
 
 EXIT_OK, EXIT_FAILED, EXIT_DATA, EXIT_CANCELLED = 0, 1, 2, 3
+# the exit code that goes with each error kind (an error event carries it, so `--nproc` can return the ranks' code)
+KIND_EXIT = {"data": EXIT_DATA, "budget": EXIT_DATA, "cancelled": EXIT_CANCELLED}
 CONFIG_FILE = "config.json"
 MAX_OOM_RETRIES = 3
 
@@ -112,7 +114,7 @@ class Trainer:
             self._emit_error("data", str(e), e.hint, problems=[{"file": self.o.init_from, "reason": str(e)}])
             return EXIT_DATA
         except DeviceError as e:
-            self._emit_error("cuda", str(e), "use --device cpu, or install a CUDA build of torch")
+            self._emit_error("cuda", str(e), "use --device cpu, or install a CUDA build of torch", exit_code=EXIT_DATA)
             return EXIT_DATA
         except CheckpointError as e:
             self._emit_error("data", str(e), e.hint, problems=[{"file": e.path, "reason": e.reason}])
@@ -187,6 +189,7 @@ class Trainer:
             self.events.emit(event, **fields)
 
     def _emit_error(self, kind: str, message: str, hint: str, **fields) -> None:
+        fields.setdefault("exit_code", KIND_EXIT.get(kind, EXIT_FAILED))
         if self.events is None:
             self.events = EventWriter(None, sys.stdout)
         if self.ctx.enabled:
@@ -447,7 +450,7 @@ class Trainer:
                    memory_estimate_gib=round(need / 2 ** 30, 2),
                    free_memory_gib=None if free is None else round(free / 2 ** 30, 2),
                    batch_size={"labeled": o.batch_labeled, "unlabeled": o.batch_unlabeled},
-                   world_size=self.ctx.world_size, ranks=self.ctx.world_size,
+                   world_size=self.ctx.world_size, ranks=self.ctx.world_size, threads=torch.get_num_threads(),
                    amp=str(self.amp).replace("torch.", "") if self.amp else "off",
                    **dict(zip(("precision", "precision_reason"), precision_reason(o.amp, self.device))),
                    **getattr(self, "budget_fields", {}),
