@@ -9,11 +9,14 @@ benchmarks/results/speed/<name>.json and speed.md; a finished measurement is ski
   training: 2 labeled + 2 unlabeled patches of 32 x 64 x 64, students of width 16 (the issue's reference setting;
             the only other public MICD implementation takes 4.6 s per iteration on these 2 cores), with and without
             bf16 autocast; median of the timed iterations after two warm-up iterations.
-  ct:       the shared abdominal CT (122 x 101 x 30 at 3 mm, 41 labels), model of width 16, 118 output channels.
-  big:      a synthetic 512 x 512 x 400 volume at 1 mm, a 118-channel model of width 4 with 64x128x128 windows (no
-            resampling), one network, to show the memory bound; the plain MONAI call is run under a 12 GiB
-            address-space limit and may fail, which is recorded as such.
-The inference models have random weights: speed and memory do not depend on the weights.
+  ct:       the shared abdominal CT (122 x 101 x 30 at 3 mm, 41 labels), model of width 16 with 118 output channels
+            (what `micd train` makes for its label values, which run up to 117); the speed ratio to plain MONAI.
+  big42:    a synthetic 512 x 512 x 400 volume at 1 mm and a model of width 4 with 64x128x128 windows and 42 channels
+            (the shared CT's 41 labels and background), one network, default options: the 4 GB memory bound.
+  big118:   the same with 118 channels, the CT model as `micd train` makes it today.
+  The plain MONAI call on the big volumes runs under a 12 GiB address-space limit and may fail, which is recorded.
+The inference models have random weights: speed and memory do not depend on the weights. Every row records the CPU
+flags that decide the precision (AMX / AVX512-BF16).
 """
 
 from __future__ import annotations
@@ -114,7 +117,8 @@ def make_model(folder: str, spacing, n_out: int, patch, filters: int) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", nargs="+", default=["training", "ct", "big"], choices=["training", "ct", "big"])
+    ap.add_argument("--parts", nargs="+", default=["training", "ct", "big42", "big118"],
+                    choices=["training", "ct", "big42", "big118"])
     ap.add_argument("--shared", default=os.path.join(ROOT, "..", "shared"))
     ap.add_argument("--results", default=os.path.join(HERE, "results", "speed"))
     ap.add_argument("--work", default=os.path.join(HERE, "runs", "speed"))
@@ -125,7 +129,10 @@ def main() -> None:
     os.makedirs(a.work, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="2")
     py = sys.executable
-    host = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version()}
+    from ssl_benchmark import cpu_flags
+
+    host = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "python": platform.python_version(), "cpu_flags": cpu_flags()}
 
     def record(name: str, fn) -> dict:
         path = os.path.join(a.results, name + ".json")
@@ -149,14 +156,10 @@ def main() -> None:
                     return r
                 record(f"train-{method}-{amp}", train)
 
-    def inference_pair(tag: str, image: str, model: str, limit_gb: float, branch_sets=("student_a", "students"),
-                       low_memory: bool = False):
+    def inference_pair(tag: str, image: str, model: str, limit_gb: float, branch_sets=("student_a", "students")):
         out_dir = os.path.join(a.work, tag)
         os.makedirs(out_dir, exist_ok=True)
-        variants = [(b, []) for b in branch_sets]
-        if low_memory:  # the settings for an 8 GB machine: one window at a time, a 1 GiB buffer
-            variants.append((branch_sets[0], ["--sw-batch-size", "1", "--max-buffer-gb", "1"]))
-        for branches, extra in variants:
+        for branches, extra in [(b, []) for b in branch_sets]:
             def ours(branches=branches, extra=extra):
                 r = run_measured([py, "-m", "micd", "predict", "--model", model, "--input", image, "--output",
                                   os.path.join(out_dir, f"micd_{branches}.nii.gz"), "--device", "cpu",
@@ -177,8 +180,10 @@ def main() -> None:
         ct = os.path.join(a.shared, "data", "ct_abdomen_example", "ct.nii.gz")
         model = make_model(os.path.join(a.work, "model_ct"), (1.5, 1.5, 3.0), 118, (32, 128, 128), 16)
         inference_pair("ct", ct, model, 20)
-    if "big" in a.parts:
-        big = os.path.join(a.work, "synthetic_512x512x400.nrrd")
+    big = os.path.join(a.work, "synthetic_512x512x400.nrrd")
+    for part, channels in (("big42", 42), ("big118", 118)):
+        if part not in a.parts:
+            continue
         if not os.path.exists(big):
             import numpy as np
             import SimpleITK as sitk
@@ -186,9 +191,9 @@ def main() -> None:
             img = sitk.GetImageFromArray(arr)
             img.SetSpacing((1.0, 1.0, 1.0))
             sitk.WriteImage(img, big, useCompression=False)
-            del arr
-        model = make_model(os.path.join(a.work, "model_big"), (1.0, 1.0, 1.0), 118, (64, 128, 128), 4)
-        inference_pair("big", big, model, 12, branch_sets=("student_a",), low_memory=True)
+            del arr, img
+        model = make_model(os.path.join(a.work, f"model_{part}"), (1.0, 1.0, 1.0), channels, (64, 128, 128), 4)
+        inference_pair(part, big, model, 12, branch_sets=("student_a",))
 
     rows = [json.load(open(os.path.join(a.results, f))) for f in sorted(os.listdir(a.results)) if f.endswith(".json")]
     lines = ["# Speed and memory (generated by `benchmarks/speed_benchmark.py`; do not edit)", "",
@@ -198,12 +203,21 @@ def main() -> None:
         if r.get("kind") == "training":
             lines.append(f"| {r['method']} | {r['amp']} | {r.get('sec_per_iter', float('nan')):.2f} | "
                          f"{r.get('cpu_sec_per_iter', float('nan')):.2f} | {', '.join(r.get('loss_terms', []))} |")
-    lines += ["", "## Inference (CPU, 2 threads, overlap 0.25, Gaussian blending)", "",
-              "| case | tool | networks | wall s | CPU s | peak RSS MiB | exit |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if r.get("kind") == "inference":
-            lines.append(f"| {r['name'].split('-')[0]} | {r['tool']} | {r['branches']} | {r['wall_s']} | "
-                         f"{r['cpu_s']} | {r['peak_rss_mib']} | {r['returncode']} |")
+    lines += ["", "## Inference (CPU, 2 threads, overlap 0.25, Gaussian blending, default options)", "",
+              "Wall and CPU seconds and peak resident memory of the whole process (start-up, reading, preprocessing, "
+              "windows, writing); the ratio is to the plain MONAI call on the same case, measured in the same run.", "",
+              "| case | tool | networks | wall s | CPU s | ratio to MONAI (wall) | peak RSS MiB | exit | measured |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    inference = [r for r in rows if r.get("kind") == "inference"]
+    for r in inference:
+        case = r["name"].split("-")[0]
+        base = next((b for b in inference if b["name"] == f"{case}-plain-monai" and b["returncode"] == 0), None)
+        ratio = (f"{r['wall_s'] / base['wall_s']:.2f}" if base is not None and r is not base and r["returncode"] == 0
+                 and r["branches"] == base["branches"] else "–")
+        lines.append(f"| {case} | {r['tool']} | {r['branches']} | {r['wall_s']} | {r['cpu_s']} | {ratio} | "
+                     f"{r['peak_rss_mib']} | {r['returncode']} | {r.get('measured', '')} |")
+    flags = sorted({" ".join(r.get("host", {}).get("cpu_flags") or []) or "not recorded" for r in rows})
+    lines += ["", "CPU flags of the measuring machines: " + "; ".join(flags) + "."]
     with open(os.path.join(a.results, "speed.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -229,3 +229,23 @@ def test_failures_reach_programs_as_error_events(model_dir, tmp_path, capsys):
     assert predict("--model", tmp_path, "--input", broken, "--output", tmp_path / "o.nii.gz") == 2
     (event,) = _error_events(capsys.readouterr().out)
     assert "model" in event["message"]
+
+
+def test_default_cpu_plan_keeps_a_big_ct_within_the_4_gb_promise():
+    """The issue's case: a 512 x 512 x 400 CT with the shared CT's 41 labels (42 channels) and 64x128x128 windows.
+    By default the window batch and the buffer are chosen so that the whole process (libraries, image, its float32
+    copy, label maps, one batch of windows, buffer) is planned within 3.5 GiB; small problems keep batching."""
+    from micd.inference.memory import CPU_PEAK_TARGET, cpu_budget, default_sw_batch, fixed_bytes
+
+    cpu = torch.device("cpu")
+    image = sitk.Image(512, 512, 400, sitk.sitkInt16)
+    grid = np.empty((400, 512, 512), np.float32)  # not touched: only its size counts
+    roi, channels = (64, 128, 128), 42
+    sw = default_sw_batch(cpu, roi, channels)
+    assert sw == 1 and default_sw_batch(cpu, (32, 48, 32), 3) == 2 and default_sw_batch(torch.device("cuda"), roi, 3) == 4
+    fixed = fixed_bytes(image, grid, roi, channels, sw, 4)
+    budget = cpu_budget(None, fixed)
+    plan = plan_accumulation(grid.shape, channels, roi, cpu, budget)
+    assert plan.n_slabs > 1 and plan.buffer_bytes <= budget
+    assert fixed + plan.buffer_bytes <= CPU_PEAK_TARGET
+    assert cpu_budget(1.5, fixed) == int(1.5 * GIB)  # --max-buffer-gb wins

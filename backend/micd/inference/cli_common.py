@@ -18,10 +18,11 @@ def add_window_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", action="store_true", help="also average over the 8 axis mirrorings of each window")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     p.add_argument("--overlap", type=float, default=0.25, help="window overlap (default 0.25, as in validation)")
-    p.add_argument("--sw-batch-size", type=int, default=None, help="windows per forward pass (default 2 CPU, 4 GPU)")
+    p.add_argument("--sw-batch-size", type=int, default=None, help="windows per forward pass (default 4 on a GPU; on the CPU 2, or 1 "
+                   "when a window's class probabilities are big)")
     p.add_argument("--max-buffer-gb", type=float, default=None,
-                   help="CPU memory for the probability buffer (default min(2, 30%% of available RAM) GiB); "
-                        "bigger grids are processed in slabs")
+                   help="CPU memory for the probability buffer in GiB (default: what keeps the whole prediction within "
+                        "3.5 GiB, and half the available RAM); bigger grids are processed in slabs")
     p.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")
 
 

@@ -42,8 +42,18 @@ class EnsembleProbabilities(nn.Module):
                 with torch.autocast(x.device.type, dtype=self.amp_dtype or torch.float32,
                                     enabled=self.amp_dtype is not None):
                     logits = net(xi, turnoff_drop=True)[0]
-                p = torch.softmax(logits.float(), 1)
+                p = softmax_(logits.float())
                 if dims:
                     p = torch.flip(p, dims)
                 total = p if total is None else total.add_(p)
-        return total.div_(len(self.flips) * len(self.nets)).to(self.out_dtype)
+                del logits, p
+        if len(self.flips) * len(self.nets) > 1:
+            total.div_(len(self.flips) * len(self.nets))
+        return total.to(self.out_dtype)
+
+
+def softmax_(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the class axis (1), computed in the logits' own memory: with many classes one window's logits
+    are hundreds of MB, and torch.softmax would allocate as much again."""
+    logits.sub_(logits.amax(1, keepdim=True)).exp_()
+    return logits.div_(logits.sum(1, keepdim=True))

@@ -9,8 +9,10 @@ context (axis and thickness chosen to need the fewest windows in all); each slab
 reduced to labels at once, so only one slab's probabilities exist at a time. Inside a slab the blending is the same
 as in a single pass; only window placement near a seam differs (rare voxels at class boundaries).
 
-The budgets are `budget_bytes` (CPU: min(2 GiB, 30% of available RAM) unless given; GPU: 70% of free memory minus
-the network's working memory).
+The budgets are `budget_bytes`. CPU: what is left for the buffer when the whole process is to stay within
+CPU_PEAK_TARGET (and half the available RAM), after what it needs besides the buffer (`fixed_bytes`: libraries, the
+input and its float32 copy on the network grid, the label maps, one batch of windows); `--max-buffer-gb` sets it
+instead. GPU: 70% of free memory minus the network's working memory.
 """
 
 from __future__ import annotations
@@ -55,11 +57,42 @@ def bytes_per_voxel(n_classes: int, itemsize: int) -> int:
     return (n_classes + 2) * itemsize + 16
 
 
-def cpu_budget(max_gib: Optional[float] = None) -> int:
+CPU_PEAK_TARGET = 3.5 * GIB  # a CPU prediction stays within 4 GB of RAM by default, as Auto3DSeg's CPU models do
+LIBRARIES_BYTES = 600 * 1024 ** 2  # torch, MONAI, SimpleITK and the interpreter, resident (measured: about 0.5 GB)
+MIN_BUFFER_BYTES = 256 * 1024 ** 2
+WINDOW_OUTPUT_BATCH_BYTES = 64 * 1024 ** 2  # on the CPU, batch windows only while their float32 output is this small
+
+
+def default_sw_batch(device: torch.device, roi: Sequence[int], channels: int) -> int:
+    """Windows per forward pass: 4 on a GPU; on the CPU 2, or 1 when one window's float32 class probabilities are
+    big (many classes): batching gains little on a CPU, and each window's output is a temporary of that size."""
+    if device.type == "cuda":
+        return 4
+    return 2 if 2 * math.prod(roi) * channels * 4 <= WINDOW_OUTPUT_BATCH_BYTES else 1
+
+
+def window_bytes(roi: Sequence[int], channels: int, sw_batch: int, filters: int = 16) -> int:
+    """One batch of windows on the CPU: float32 logits (softmax in place), their float16 copy and MONAI's weighted
+    float16 temporary, and the network's activations (about 6 maps of `filters` channels at full resolution)."""
+    return sw_batch * math.prod(roi) * (channels * (4 + 2 + 2) + 6 * filters * 4)
+
+
+def fixed_bytes(image, array, roi: Sequence[int], channels: int, sw_batch: int, filters: int = 16) -> int:
+    """What a CPU prediction holds beside the probability buffer: libraries, the input image, its float32 copy and
+    the label map on the network grid, one batch of windows. (The label map on the input grid is made after the
+    buffer is freed; the slab's input copy is counted in `bytes_per_voxel`.)"""
+    return (LIBRARIES_BYTES + int(image.GetNumberOfPixels()) * image.GetSizeOfPixelComponent()
+            + int(array.size) * (4 + 1) + window_bytes(roi, channels, sw_batch, filters))
+
+
+def cpu_budget(max_gib: Optional[float] = None, fixed: int = 0) -> int:
+    """Bytes for the CPU probability buffer: `max_gib` when given, else what is left of CPU_PEAK_TARGET (at most
+    half the available RAM) after `fixed`, and at least MIN_BUFFER_BYTES."""
     if max_gib is not None:
         return int(max_gib * GIB)
     avail = _available_ram()
-    return int(min(2 * GIB, 0.3 * avail)) if avail else 2 * GIB
+    target = min(CPU_PEAK_TARGET, 0.5 * avail) if avail else CPU_PEAK_TARGET
+    return int(max(MIN_BUFFER_BYTES, target - fixed))
 
 
 def gpu_budget(device: torch.device, roi: Sequence[int], n_classes: int, filters: int, sw_batch: int) -> int:

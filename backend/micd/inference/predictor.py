@@ -19,7 +19,8 @@ import torch
 from micd.data.preprocess import preprocess_image, restore_geometry
 from micd.inference.branches import branch_names
 from micd.inference.ensemble import EnsembleProbabilities
-from micd.inference.memory import cpu_budget, gpu_budget, plan_accumulation
+from micd.inference.memory import (AccumulationPlan, cpu_budget, default_sw_batch, fixed_bytes, gpu_budget,
+                                   plan_accumulation)
 from micd.inference.progress import CountingPredictor, count_windows
 from micd.inference.sliding import segment_grid
 from micd.model_package import ModelPackage
@@ -44,51 +45,85 @@ class Prediction:
     info: dict = field(default_factory=dict)
 
 
+@dataclass
+class GridRun:
+    """An image brought onto the network grid with everything its windows need: the networks on their device, the
+    memory plan for `channels` blended channels, the window batch and count, and the plan as the `plan` event."""
+
+    image: sitk.Image
+    array: np.ndarray
+    grid: tuple  # origin, spacing, direction of the network grid
+    nets: list
+    plan: AccumulationPlan
+    amp: Optional[torch.dtype]
+    sw_batch: int
+    windows: int
+    info: dict
+    t0: float
+
+    def segment(self, predictor: Callable, channels: int, opts: PredictOptions, want_entropy: bool = False,
+                reduce: Optional[Callable] = None, progress: Optional[Callable[[dict], None]] = None):
+        """Run the windows with `predictor` (x -> `channels` blended probabilities); (labels, entropy) on the grid."""
+        counter = CountingPredictor(predictor, self.windows, progress) if progress else None
+        out = segment_grid(self.array, counter or predictor, self.info["roi"], self.plan, channels, want_entropy,
+                           opts.overlap, self.sw_batch, reduce=reduce)
+        if counter:
+            counter.finish()
+        self.array = None  # the grid's intensities are no longer needed
+        return out
+
+    def on_input_grid(self, labels: np.ndarray) -> sitk.Image:
+        """Labels on the network grid -> on the input's exact grid (nearest neighbour)."""
+        return restore_geometry(_on_grid(labels, self.grid), self.image)
+
+
+def prepare_grid(image: sitk.Image, package: ModelPackage, opts: PredictOptions, names, channels: int,
+                 log: Optional[Callable[[dict], None]] = None) -> GridRun:
+    """Preprocess `image` as in training and plan its windows for `channels` blended channels (C for the ensemble,
+    2C for `micd suggest`'s two students side by side); `log` gets the plan before anything heavy runs."""
+    t0 = time.time()
+    device = resolve_device(opts.device)
+    nets = [package.networks[n].to(device).eval() for n in names]
+    roi = package.patch_size
+    sw_batch = opts.sw_batch_size or default_sw_batch(device, roi, channels)
+    array, ref = preprocess_image(image, package.plan)
+    grid = (ref.GetOrigin(), ref.GetSpacing(), ref.GetDirection())
+    del ref  # keep the geometry only; the resampled image is no longer needed
+    gpu_bytes = (gpu_budget(device, roi, channels, package.network_config.filters, sw_batch)
+                 if device.type == "cuda" else None)
+    cpu_bytes = cpu_budget(opts.max_buffer_gib, fixed_bytes(image, array, roi, channels, sw_batch,
+                                                         package.network_config.filters))
+    plan = plan_accumulation(array.shape, channels, roi, device, cpu_bytes, gpu_bytes, opts.overlap)
+    amp = torch.float16 if device.type == "cuda" else None
+    windows = count_windows(array.shape, roi, plan, opts.overlap)
+    info = {"branches": list(names), "tta": bool(opts.tta), "device": str(device), "grid_shape": list(array.shape),
+            "input_size": list(image.GetSize()), "roi": roi, "overlap": opts.overlap, "sw_batch_size": sw_batch,
+            "classes": package.network_config.out_channels, "plan": plan.to_dict(), "windows": windows,
+            "precision": "fp16" if amp else "fp32",
+            "precision_reason": "fp16 autocast: the default on CUDA" if amp else
+            "fp32: micd predict runs the networks in full precision on the CPU"}
+    if log:
+        log(info)
+    return GridRun(image, array, grid, nets, plan, amp, sw_batch, windows, info, t0)
+
+
 def predict_image(image: sitk.Image, package: ModelPackage, options: Optional[PredictOptions] = None,
                   log: Optional[Callable[[dict], None]] = None,
                   progress: Optional[Callable[[dict], None]] = None) -> Prediction:
     """Segment `image` with `package`; `log` receives the chosen plan as a dict before the windows run, `progress`
     {windows_done, windows_total, fraction, elapsed_s, eta_s} while they run (micd/inference/progress.py)."""
     opts = options or PredictOptions()
-    t0 = time.time()
-    device = resolve_device(opts.device)
-    names = branch_names(package, opts.branches)
-    nets = [package.networks[n].to(device).eval() for n in names]
     n_classes = package.network_config.out_channels
-    roi = package.patch_size
-    sw_batch = opts.sw_batch_size or (4 if device.type == "cuda" else 2)
-
-    array, ref = preprocess_image(image, package.plan)
-    grid = (ref.GetOrigin(), ref.GetSpacing(), ref.GetDirection())
-    del ref  # keep the geometry only; the resampled float image is no longer needed
-    gpu_bytes = (gpu_budget(device, roi, n_classes, package.network_config.filters, sw_batch)
-                 if device.type == "cuda" else None)
-    plan = plan_accumulation(array.shape, n_classes, roi, device, cpu_budget(opts.max_buffer_gib), gpu_bytes,
-                              opts.overlap)
-    amp = torch.float16 if device.type == "cuda" else None
-    windows = count_windows(array.shape, roi, plan, opts.overlap)
-    info = {"branches": names, "tta": bool(opts.tta), "device": str(device), "grid_shape": list(array.shape),
-            "input_size": list(image.GetSize()), "roi": roi, "overlap": opts.overlap, "sw_batch_size": sw_batch,
-            "classes": n_classes, "plan": plan.to_dict(), "windows": windows,
-            "precision": "fp16" if amp else "fp32",
-            "precision_reason": "fp16 autocast: the default on CUDA" if amp else
-            "fp32: micd predict runs the networks in full precision on the CPU"}
-    if log:
-        log(info)
-    predictor = EnsembleProbabilities(nets, opts.tta, plan.torch_dtype, amp)
-    counter = CountingPredictor(predictor, windows, progress) if progress else None
-    labels, entropy = segment_grid(array, counter or predictor, roi, plan, n_classes, opts.uncertainty, opts.overlap,
-                                   sw_batch)
-    if counter:
-        counter.finish()
-    del array
-
-    out = restore_geometry(_on_grid(labels, grid), image)
+    run = prepare_grid(image, package, opts, branch_names(package, opts.branches), n_classes, log)
+    predictor = EnsembleProbabilities(run.nets, opts.tta, run.plan.torch_dtype, run.amp)
+    labels, entropy = run.segment(predictor, n_classes, opts, opts.uncertainty, progress=progress)
+    out = run.on_input_grid(labels)
     unc = None
     if entropy is not None:
-        unc = sitk.Resample(_on_grid(entropy, grid), image, sitk.Transform(), sitk.sitkLinear, 0.0,
+        unc = sitk.Resample(_on_grid(entropy, run.grid), image, sitk.Transform(), sitk.sitkLinear, 0.0,
                             sitk.sitkFloat32)
-    info["seconds"] = round(time.time() - t0, 2)
+    info = dict(run.info)
+    info["seconds"] = round(time.time() - run.t0, 2)
     info["labels_found"] = [int(v) for v in np.flatnonzero(np.bincount(labels.ravel())) if v]
     return Prediction(out, unc, info)
 

@@ -28,15 +28,10 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from micd.data.preprocess import preprocess_image, restore_geometry
 from micd.inference.ensemble import EnsembleProbabilities
-from micd.inference.memory import cpu_budget, gpu_budget, plan_accumulation
-from micd.inference.predictor import PredictOptions, _on_grid
-from micd.inference.progress import CountingPredictor, count_windows
+from micd.inference.predictor import PredictOptions, prepare_grid
 from micd.inference.reduce import label_dtype
-from micd.inference.sliding import segment_grid
 from micd.model_package import ModelPackage
-from micd.training.devices import resolve_device
 
 SCORE_DEFINITION = ("score = (disagreement + entropy) / 2 over the predicted foreground F (voxels where the ensemble "
                     "or either student predicts a foreground label, on the network grid); disagreement = mean over F "
@@ -169,38 +164,14 @@ def score_image(image: sitk.Image, package: ModelPackage, options: Optional[Pred
     restore); only the window predictor (both students' probabilities, stacked) and the per-slab reduction differ.
     The memory plan is made for the 2C stacked channels."""
     opts = options or PredictOptions()
-    t0 = time.time()
-    device = resolve_device(opts.device)
-    names = student_branches(package)
-    nets = [package.networks[n].to(device).eval() for n in names]
     n_classes = package.network_config.out_channels
-    roi = package.patch_size
-    sw_batch = opts.sw_batch_size or (4 if device.type == "cuda" else 2)
-    array, ref = preprocess_image(image, package.plan)
-    grid = (ref.GetOrigin(), ref.GetSpacing(), ref.GetDirection())
-    del ref
-    gpu_bytes = (gpu_budget(device, roi, 2 * n_classes, package.network_config.filters, sw_batch)
-                 if device.type == "cuda" else None)
-    plan = plan_accumulation(array.shape, 2 * n_classes, roi, device, cpu_budget(opts.max_buffer_gib), gpu_bytes,
-                             opts.overlap)
-    amp = torch.float16 if device.type == "cuda" else None
-    windows = count_windows(array.shape, roi, plan, opts.overlap)
-    if log:
-        log({"branches": names, "tta": bool(opts.tta), "device": str(device), "grid_shape": list(array.shape),
-             "input_size": list(image.GetSize()), "roi": roi, "overlap": opts.overlap, "sw_batch_size": sw_batch,
-             "classes": n_classes, "plan": plan.to_dict(), "windows": windows,
-             "precision": "fp16" if amp else "fp32"})
+    run = prepare_grid(image, package, opts, student_branches(package), 2 * n_classes, log)
     stats = DisagreementStats(n_classes)
-    predictor = PairProbabilities(nets, opts.tta, plan.torch_dtype, amp)
-    counter = CountingPredictor(predictor, windows, progress) if progress else None
-    labels, _ = segment_grid(array, counter or predictor, roi, plan, 2 * n_classes, False, opts.overlap, sw_batch,
-                             reduce=stats.reduce)
-    if counter:
-        counter.finish()
-    del array
+    predictor = PairProbabilities(run.nets, opts.tta, run.plan.torch_dtype, run.amp)
+    labels, _ = run.segment(predictor, 2 * n_classes, opts, reduce=stats.reduce, progress=progress)
     summary = stats.summary(package.labels)
-    summary["seconds"] = round(time.time() - t0, 2)
-    return summary, restore_geometry(_on_grid(labels, grid), image)
+    summary["seconds"] = round(time.time() - run.t0, 2)
+    return summary, run.on_input_grid(labels)
 
 
 def rank(entries: List[dict]) -> List[dict]:

@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass, field
 from typing import List, Optional
 
 from micd import proctime
+from micd.training.outcome import CONFIG_FILE, MAX_OOM_RETRIES, DataProblem
 
 WARMUP_STEPS = 1
 TIMED_STEPS = 3
@@ -193,7 +194,6 @@ def calibrate(trainer, timed: int = TIMED_STEPS, extras: bool = True) -> Calibra
 
     def step() -> float:
         from micd.training.devices import is_oom
-        from micd.training.trainer import MAX_OOM_RETRIES
 
         for attempt in range(MAX_OOM_RETRIES + 1):
             t = time.time()
@@ -257,7 +257,6 @@ def apply_time_budget(trainer) -> None:
     Sets `trainer.budget_fields` (merged into the `start` event); raises DataProblem(kind="budget") when even the
     shortest sensible run would overrun the budget by far."""
     from micd.training import distributed as D
-    from micd.training.trainer import CONFIG_FILE, DataProblem
 
     o = trainer.o
     trainer.budget_fields = {}

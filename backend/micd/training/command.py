@@ -23,7 +23,8 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from micd.events import EventWriter
-    from micd.training.trainer import CONFIG_FILE, EXIT_DATA, Trainer
+    from micd.training.outcome import CONFIG_FILE, EXIT_DATA
+    from micd.training.trainer import Trainer
     from micd.training.runlock import HOLDER_VARIABLE, RunFolderBusy, RunLock
 
     saved = None

@@ -31,31 +31,13 @@ from micd.training.checkpoint import (BEST, LAST, CheckpointError, load_checkpoi
 from micd.training.devices import (DeviceError, amp_dtype, free_device_bytes, is_cuda_error, is_oom,
                                    precision_reason, resolve_device)
 from micd.training.options import TrainOptions
+from micd.training.outcome import (CONFIG_FILE, EXIT_CANCELLED, EXIT_DATA, EXIT_FAILED, EXIT_OK, KIND_EXIT,  # noqa: F401
+                                   MAX_OOM_RETRIES, Cancelled, DataProblem)
 from micd.training.schedule import consistency_weight, learning_rate
 from micd.training.signals import CancelFlag
 from micd.training.validation import validate
 from micd.training.warm_start import WarmStartError, check_parent
 from micd.training.warm_start import apply as apply_parent
-
-EXIT_OK, EXIT_FAILED, EXIT_DATA, EXIT_CANCELLED = 0, 1, 2, 3
-# the exit code that goes with each error kind (an error event carries it, so `--nproc` can return the ranks' code)
-KIND_EXIT = {"data": EXIT_DATA, "budget": EXIT_DATA, "cancelled": EXIT_CANCELLED}
-CONFIG_FILE = "config.json"
-MAX_OOM_RETRIES = 3
-
-
-class DataProblem(Exception):
-    """Input problems found before training; `problems` is a list of {"file", "reason"}."""
-
-    def __init__(self, message: str, problems: Optional[List[dict]] = None, hint: str = ""):
-        super().__init__(message)
-        self.problems = problems or []
-        self.hint = hint
-
-
-class Cancelled(Exception):
-    pass
-
 
 @dataclass
 class RunData:
@@ -413,7 +395,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def _batch(self):
-        o, sl = self.o, None
+        o = self.o
         x_l, y_l = self.lab_sampler.sample(o.batch_labeled)
         x_u = None
         if self.method.uses_unlabeled:
