@@ -17,7 +17,7 @@ from micd.data.planning import plan_patch_size, shrink_for_speed
 from micd.training.budget import Calibration, RunCosts, parse_duration
 from micd.training.devices import cpu_has_fast_bf16
 
-BUDGET = 60  # seconds: 6-25 s of start-up and preprocessing (the more, the busier the machine), then ~1 s iterations
+BUDGET = 40  # seconds: 6-25 s of start-up and preprocessing (the more, the busier the machine), then ~1 s iterations
 RESUME_BUDGET = 30  # the resume test trains the TINY patch (0.2-0.9 s iterations)
 AUTO_PATCH = ["--filters", "4", "--device", "cpu", "--num-threads", "1"]  # TINY without --patch-size
 
@@ -257,7 +257,7 @@ def test_budget_under_two_ranks(tmp_path, shared_data):
     """`--nproc 2`: every rank takes the same calibration steps (no collective left waiting), they agree on one count,
     and the budget counts from the user's command, not from the later start of the ranks."""
     ds = write_dataset(tmp_path, 2, 2, 1)
-    budget = 60
+    budget = 45
     t0 = time.time()
     p = run_micd("train", "--dataset", ds, "--out", os.path.join(tmp_path, "run"), "--time-budget", f"{budget}s",
                  "--nproc", "2", *TINY, timeout=400)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -60,15 +60,12 @@ def bytes_per_voxel(n_classes: int, itemsize: int) -> int:
 CPU_PEAK_TARGET = 3.5 * GIB  # a CPU prediction stays within 4 GB of RAM by default, as Auto3DSeg's CPU models do
 LIBRARIES_BYTES = 600 * 1024 ** 2  # torch, MONAI, SimpleITK and the interpreter, resident (measured: about 0.5 GB)
 MIN_BUFFER_BYTES = 256 * 1024 ** 2
-WINDOW_OUTPUT_BATCH_BYTES = 64 * 1024 ** 2  # on the CPU, batch windows only while their float32 output is this small
 
 
-def default_sw_batch(device: torch.device, roi: Sequence[int], channels: int) -> int:
-    """Windows per forward pass: 4 on a GPU; on the CPU 2, or 1 when one window's float32 class probabilities are
-    big (many classes): batching gains little on a CPU, and each window's output is a temporary of that size."""
-    if device.type == "cuda":
-        return 4
-    return 2 if 2 * math.prod(roi) * channels * 4 <= WINDOW_OUTPUT_BATCH_BYTES else 1
+def default_sw_batches(device: torch.device) -> Tuple[int, ...]:
+    """Window batches to try, best first: 4 on a GPU; on the CPU 2 (two windows keep both cores of a small machine
+    busier than one), then 1 when a batch of 2 leaves too little of the memory target for the buffer."""
+    return (4,) if device.type == "cuda" else (2, 1)
 
 
 def window_bytes(roi: Sequence[int], channels: int, sw_batch: int, filters: int = 16) -> int:

@@ -19,7 +19,7 @@ import torch
 from micd.data.preprocess import preprocess_image, restore_geometry
 from micd.inference.branches import branch_names
 from micd.inference.ensemble import EnsembleProbabilities
-from micd.inference.memory import (AccumulationPlan, cpu_budget, default_sw_batch, fixed_bytes, gpu_budget,
+from micd.inference.memory import (AccumulationPlan, cpu_budget, default_sw_batches, fixed_bytes, gpu_budget,
                                    plan_accumulation)
 from micd.inference.progress import CountingPredictor, count_windows
 from micd.inference.sliding import segment_grid
@@ -85,15 +85,17 @@ def prepare_grid(image: sitk.Image, package: ModelPackage, opts: PredictOptions,
     device = resolve_device(opts.device)
     nets = [package.networks[n].to(device).eval() for n in names]
     roi = package.patch_size
-    sw_batch = opts.sw_batch_size or default_sw_batch(device, roi, channels)
     array, ref = preprocess_image(image, package.plan)
     grid = (ref.GetOrigin(), ref.GetSpacing(), ref.GetDirection())
     del ref  # keep the geometry only; the resampled image is no longer needed
-    gpu_bytes = (gpu_budget(device, roi, channels, package.network_config.filters, sw_batch)
-                 if device.type == "cuda" else None)
-    cpu_bytes = cpu_budget(opts.max_buffer_gib, fixed_bytes(image, array, roi, channels, sw_batch,
-                                                         package.network_config.filters))
-    plan = plan_accumulation(array.shape, channels, roi, device, cpu_bytes, gpu_bytes, opts.overlap)
+    filters = package.network_config.filters
+    # The window batch: as given; on a GPU 4; on the CPU 2 when the plan still fits the memory target, else 1.
+    for sw_batch in ([opts.sw_batch_size] if opts.sw_batch_size else default_sw_batches(device)):
+        gpu_bytes = gpu_budget(device, roi, channels, filters, sw_batch) if device.type == "cuda" else None
+        cpu_bytes = cpu_budget(opts.max_buffer_gib, fixed_bytes(image, array, roi, channels, sw_batch, filters))
+        plan = plan_accumulation(array.shape, channels, roi, device, cpu_bytes, gpu_bytes, opts.overlap)
+        if device.type == "cuda" or plan.buffer_bytes <= plan.budget_bytes:
+            break
     amp = torch.float16 if device.type == "cuda" else None
     windows = count_windows(array.shape, roi, plan, opts.overlap)
     info = {"branches": list(names), "tta": bool(opts.tta), "device": str(device), "grid_shape": list(array.shape),
