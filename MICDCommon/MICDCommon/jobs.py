@@ -11,7 +11,7 @@ import subprocess
 import time
 
 from . import processes, runlock
-from .events import EventTail, LineTail, parse_event
+from .events import EventTail, LineTail, describe_event, parse_event
 
 RECORD_FILE = "job.json"
 LOG_FILE = "job.log"
@@ -288,10 +288,48 @@ class BackgroundJob:
 
 
 class JobWrapper:
-    """What a training or segmentation job shares: it wraps a BackgroundJob (`job`) and passes these through."""
+    """What a training, segmentation or ranking job shares: it wraps a BackgroundJob (`job`), follows its events
+    into `progress`, passes each event and log line on (`on_event`, `on_log`: the panel, the console), and once the
+    job ends lets the subclass `conclude` (set `message`, import or register the result) before it tells
+    `on_finished`."""
 
-    def __init__(self, job):
+    def __init__(self, job, progress=None, on_event=None, on_log=None, on_finished=None):
         self.job = job
+        self.progress = progress
+        self.message = ""
+        self._on_event, self._on_log, self._on_finished = on_event, on_log, on_finished
+        job.on_event, job.on_log, job.on_finished = self._event, self._log, self._finished
+
+    def describe(self, event):
+        """The log line for an event (None: none)."""
+        return describe_event(event)
+
+    def observe(self, event):
+        """A subclass's own use of each event (e.g. the training curves)."""
+
+    def conclude(self, job):
+        """Called once when the job has ended: set `message`, import or register what it made."""
+
+    def _event(self, event):
+        if self.progress is not None:
+            self.progress.update(event)
+        self.observe(event)
+        text = self.describe(event)
+        if text and self._on_log:
+            self._on_log(text)
+        if self._on_event:
+            self._on_event(event)
+
+    def _log(self, line):
+        if self._on_log:
+            self._on_log(line)
+
+    def _finished(self, job):
+        self.conclude(job)
+        if self._on_log and self.message:
+            self._on_log(self.message)
+        if self._on_finished:
+            self._on_finished(self)
 
     @property
     def run_dir(self):

@@ -8,7 +8,7 @@ import tempfile
 import time
 
 from MICDCommon import (CANCELLED, SUCCEEDED, BackendLauncher, BackgroundJob, ModelRegistry, PredictionProgress,
-                        describe_event, micd_home, sceneio)
+                        micd_home, sceneio)
 from MICDCommon.jobs import JobWrapper, failure_message, log_excerpt
 
 from .Parameters import SegmentationSettings
@@ -27,7 +27,7 @@ class SegmentationJob(JobWrapper):
 
     def __init__(self, job, volume, model, target, want_uncertainty, keep_files, on_log=None, on_finished=None,
                  on_event=None):
-        super().__init__(job)
+        super().__init__(job, PredictionProgress(), on_event, on_log, on_finished)
         self.volume = volume
         self.model = model
         self.target = target
@@ -35,11 +35,7 @@ class SegmentationJob(JobWrapper):
         self.keep_files = keep_files
         self.segmentation = None
         self.uncertainty = None
-        self.message = ""
-        self.progress = PredictionProgress()
         self.started = time.time()
-        self._on_log, self._on_finished, self._on_event = on_log, on_finished, on_event
-        job.on_event, job.on_log, job.on_finished = self._event, self._log, self._finished
 
     @property
     def output_path(self):
@@ -53,19 +49,7 @@ class SegmentationJob(JobWrapper):
     def elapsed_s(self):
         return time.time() - self.started
 
-    def _event(self, event):
-        self.progress.update(event)
-        text = describe_event(event)
-        if text and self._on_log:
-            self._on_log(text)
-        if self._on_event:
-            self._on_event(event)
-
-    def _log(self, line):
-        if self._on_log:
-            self._on_log(line)
-
-    def _finished(self, job):
+    def conclude(self, job):
         try:
             if job.state == SUCCEEDED and os.path.isfile(self.output_path):
                 self._import()
@@ -82,10 +66,6 @@ class SegmentationJob(JobWrapper):
         finally:
             if not self.keep_files and job.state in (SUCCEEDED, "cancelled"):
                 shutil.rmtree(job.run_dir, ignore_errors=True)
-        if self._on_log and self.message:
-            self._on_log(self.message)
-        if self._on_finished:
-            self._on_finished(self)
 
     def _import(self):
         self.segmentation = import_label_file(self.output_path, self.volume, self.model.labels, self.model.colors,

@@ -7,7 +7,7 @@ import os
 import time
 
 from MICDCommon import (CANCELLED, CANCELLING, FAILED, LOST, RUNNING, SUCCEEDED, BackendLauncher, BackgroundJob,
-                        ModelRegistry, TrainingProgress, describe_event, find_jobs, micd_home)
+                        ModelRegistry, TrainingProgress, find_jobs, micd_home)
 from MICDCommon.jobs import JobRecord, JobWrapper, failure_message
 from MICDCommon.registry import safe_name
 
@@ -27,35 +27,20 @@ class TrainingJob(JobWrapper):
     the last checkpoint (see `resume`)."""
 
     def __init__(self, job, registry, on_event=None, on_log=None, on_finished=None, curves=None):
-        super().__init__(job)
+        super().__init__(job, TrainingProgress(), on_event, on_log, on_finished)
         self.registry = registry
-        self.progress = TrainingProgress()
         self.model = None
-        self.message = ""
         self.curves = curves
-        self._on_event, self._on_log, self._on_finished = on_event, on_log, on_finished
-        job.on_event, job.on_log, job.on_finished = self._event, self._log, self._finished
 
     @property
     def model_name(self):
         return self.job.record.info.get("model_name", os.path.basename(self.run_dir))
 
-    # callbacks from the job
-    def _event(self, event):
-        self.progress.update(event)
+    def observe(self, event):
         if self.curves is not None:
             self.curves.add_event(event)
-        text = describe_event(event)
-        if text and self._on_log:
-            self._on_log(text)
-        if self._on_event:
-            self._on_event(event)
 
-    def _log(self, line):
-        if self._on_log:
-            self._on_log(line)
-
-    def _finished(self, job):
+    def conclude(self, job):
         if job.state == SUCCEEDED:
             self._register()
         elif job.state == CANCELLED:
@@ -64,10 +49,6 @@ class TrainingJob(JobWrapper):
                                            "from there." if checkpoint else "."))
         else:
             self.message = failure_message(job, "micd train")
-        if self._on_log and self.message:
-            self._on_log(self.message)
-        if self._on_finished:
-            self._on_finished(self)
 
     def _register(self):
         info = self.job.record.info

@@ -27,32 +27,19 @@ class SuggestJob(JobWrapper):
     cancel_grace_s = 5.0  # ranking keeps nothing worth waiting for
 
     def __init__(self, job, model, on_event=None, on_log=None, on_finished=None):
-        super().__init__(job)
+        super().__init__(job, PredictionProgress(), on_event, on_log, on_finished)
         self.model = model
-        self.progress = PredictionProgress()
         self.ranking = []
         self.failed = []
-        self.message = ""
-        self._on_event, self._on_log, self._on_finished = on_event, on_log, on_finished
-        job.on_event, job.on_log, job.on_finished = self._event, self._log, self._finished
 
     @property
     def ranking_path(self):
         return os.path.join(self.run_dir, RANKING_FILE)
 
-    def _event(self, event):
-        self.progress.update(event)
-        text = describe_event(event) if event.get("event") != "done" else None
-        if text and self._on_log:
-            self._on_log(text)
-        if self._on_event:
-            self._on_event(event)
+    def describe(self, event):
+        return describe_event(event) if event.get("event") != "done" else None  # the ranking message says it
 
-    def _log(self, line):
-        if self._on_log:
-            self._on_log(line)
-
-    def _finished(self, job):
+    def conclude(self, job):
         if job.state == SUCCEEDED:
             try:
                 with open(self.ranking_path, encoding="utf-8") as f:
@@ -67,10 +54,6 @@ class SuggestJob(JobWrapper):
             self.message = "Ranking cancelled."
         else:
             self.message = failure_message(job, "micd suggest")
-        if self._on_log and self.message:
-            self._on_log(self.message)
-        if self._on_finished:
-            self._on_finished(self)
 
 
 def _ranked_message(ranking, failed):
