@@ -269,3 +269,28 @@ def test_failed_install_reaches_the_user_as_a_dialog_with_the_next_step(training
     assert question.kind == "QMessageBox.question" and "monai>=1.3" in question.text
     assert error.kind == "slicer.util.errorDisplay" and error.parent == MAIN_WINDOW
     assert "monai>=1.3" in error.text and "What to do" in error.text and "-m pip install" in error.text
+
+
+def test_add_folder_says_why_a_folder_gives_no_cases(training_panel, hippocampus_cases, tmp_path):
+    """Add folder... on a folder without image/label pairs opens an error that says what was found and how the
+    files must be laid out, instead of a bare refusal."""
+    import os
+
+    from MICDTrainingLib.Logic import TrainingLogic
+
+    panel, logic = training_panel
+    logic.cases_from_folder.side_effect = TrainingLogic.cases_from_folder  # the real pairing
+    images = tmp_path / "only_images"
+    images.mkdir()
+    for image, _label in hippocampus_cases[:2]:
+        os.symlink(image, images / os.path.basename(image))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    DIALOGS.answer(str(images), str(empty))
+    panel.addFolderButton.click()
+    panel.addFolderButton.click()
+    errors = [d for d in DIALOGS.shown if d.kind == "slicer.util.errorDisplay"]
+    assert len(errors) == 2 and not panel.cases
+    assert "2 image(s) but no label file" in errors[0].text and "hippocampus_001.nii.gz" in errors[0].text
+    assert "labelsTr/ beside imagesTr/" in errors[0].text and "X_seg.nii.gz" in errors[0].text
+    assert "holds no image files" in errors[1].text

@@ -120,6 +120,19 @@ def pair_folder_cases(folder):
     return pairs, unpaired
 
 
+def no_pairs_reason(folder, unpaired):
+    """Why a folder gave no image/label pairs, and how the files should be laid out, for the user."""
+    if not os.path.isdir(folder):
+        return f"{folder} is not a folder."
+    layout = ("Put the labels in labelsTr/ beside imagesTr/ (or labels/ beside images/) with the same file names, "
+              "or name each label after its image: X.nii.gz with X_seg.nii.gz, X_label.nrrd or X.seg.nrrd.")
+    if not unpaired:
+        return (f"{folder} holds no image files (NIfTI .nii/.nii.gz, NRRD .nrrd/.nhdr, MetaImage .mha/.mhd). "
+                + layout)
+    shown = ", ".join(unpaired[:5]) + (", ..." if len(unpaired) > 5 else "")
+    return f"{folder}: {len(unpaired)} image(s) but no label file for any of them ({shown}). " + layout
+
+
 def _looks_readable(path):
     """Cheap check of a file's signature (NIfTI, NRRD, MetaImage); no full read."""
     low = path.lower()

@@ -11,7 +11,7 @@ import slicer
 from MICDCommon import FAILED, LOST, SUCCEEDED, qtsupport
 from MICDCommon.events import TrainingProgress
 
-from .CasePairing import pair_scene_cases, summarize_unlabeled_folder
+from .CasePairing import no_pairs_reason, pair_scene_cases, summarize_unlabeled_folder
 from .Curves import TrainingCurves
 from .CurvesView import CurvesView
 from .DatasetExport import FileCase, LabeledCase
@@ -342,7 +342,7 @@ class TrainingWidget:
             return
         cases, labels, unpaired = self.logic.cases_from_folder(folder)
         if not cases:
-            self.show_error(_("No image/label pairs found in ") + folder)
+            self.show_error(_("No image/label pairs found. ") + no_pairs_reason(folder, unpaired))
             return
         self.file_labels.update(labels)
         for case in cases:
