@@ -325,6 +325,9 @@ class _ValueMeta(_QtClassMeta):
         return isinstance(unwrap(obj), cls._pyqt)
 
 
+dialogs.DIALOGS.present = wrap  # dialog parents as the Slicer code sees them
+
+
 def wrapper_class(pyqt_class):
     """The PythonQt class for a PyQt class (same name, same inheritance), made on first use."""
     if pyqt_class in _wrapper_classes:
