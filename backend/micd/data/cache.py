@@ -10,6 +10,7 @@ place, so a killed run never leaves a torn entry; the OS pages arrays in on dema
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -58,6 +59,10 @@ class PreparedCase:
     @property
     def classes(self) -> List[int]:
         return sorted(c for c, v in self.fg_coords.items() if len(v))
+
+    def without_label(self) -> "PreparedCase":
+        """The same image as an unlabeled case (for samplers that must not look at labels)."""
+        return dataclasses.replace(self, label=None, label_source=None, fg_coords={})
 
 
 # ----------------------------------------------------------------------------------------------------- cache key

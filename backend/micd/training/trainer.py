@@ -533,7 +533,20 @@ class Trainer:
         self._emit("retry", reason="CUDA out of memory", patch_size=list(self.patch),
                    batch_size={"labeled": self.o.batch_labeled, "unlabeled": self.o.batch_unlabeled})
 
+    def _recalibrate_bn(self, it: int) -> None:
+        """--bn-recalibrate N: precise BatchNorm statistics for what is validated and exported (bn_statistics.py),
+        from a generator of their own, so the training streams are untouched. Every rank does the same."""
+        if self.o.bn_recalibrate <= 0:
+            return
+        from micd.training.bn_statistics import recalibrate
+
+        recalibrate(self.method.export_networks().values(), self.data.unlabeled, self.patch, self.o.bn_recalibrate,
+                    self.o.batch_labeled + self.o.batch_unlabeled, np.random.default_rng([self.o.seed, 2, it]),
+                    self.device)
+
     def _run_validation(self, it: int) -> None:
+        self._recalibrate_bn(it)
+        self.final_validated = it
         if self.ctx.is_main:
             res = validate(self.method.inference_networks(), self.data.validation, self.data.labels, self.patch,
                            self.device)
@@ -586,6 +599,8 @@ class Trainer:
     # ------------------------------------------------------------------ result
     def _finish(self) -> None:
         it = self.final_iter
+        if getattr(self, "final_validated", None) != it:
+            self._recalibrate_bn(it)  # (a validation at the last iteration has just done it)
         D.record_state_digest(self.run_dir, self.ctx, self.method)
         if not self.ctx.is_main:
             D.barrier(self.ctx)
