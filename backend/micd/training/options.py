@@ -72,7 +72,8 @@ class TrainOptions:
     foreground_fraction: float = opt(0.33, "share of labeled patches centred on a foreground voxel")
     bn_recalibrate: int = opt(0, "before each validation and the export, re-estimate the BatchNorm running statistics "
                               "of the networks from this many batches of uniform patches of the unlabeled images "
-                              "(precise BN; 0: off, keep the running averages of training)")
+                              "(precise BN; 0: off, keep the running averages of training; helped DHC's last weights and hurt "
+                              "the supervised baseline in benchmarks/bn_posthoc.py)")
     val_fraction: float = opt(0.2, "share of labeled cases held out for validation when the dataset gives none "
                           "(at most 20; 0: none, the model keeps the last weights)")
     export_last: bool = opt(False, "when validation picks the best weights for RUN_DIR/model, also export the last "

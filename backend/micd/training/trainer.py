@@ -538,11 +538,11 @@ class Trainer:
         from a generator of their own, so the training streams are untouched. Every rank does the same."""
         if self.o.bn_recalibrate <= 0:
             return
-        from micd.training.bn_statistics import recalibrate
+        from micd.training.bn_statistics import recalibrate, uniform_batches
 
-        recalibrate(self.method.export_networks().values(), self.data.unlabeled, self.patch, self.o.bn_recalibrate,
-                    self.o.batch_labeled + self.o.batch_unlabeled, np.random.default_rng([self.o.seed, 2, it]),
-                    self.device)
+        draw = uniform_batches(self.data.unlabeled, self.patch, self.o.batch_labeled + self.o.batch_unlabeled,
+                               np.random.default_rng([self.o.seed, 2, it]))
+        recalibrate(self.method.export_networks().values(), self.o.bn_recalibrate, draw, self.device)
 
     def _run_validation(self, it: int) -> None:
         self._recalibrate_bn(it)
