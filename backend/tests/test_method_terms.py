@@ -135,3 +135,33 @@ def test_term_weights_scale_each_regulariser_in_the_total():
     assert terms["total"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert base["total"].item() == pytest.approx(
         (base["sup"] + BETA * (base["mcpc"] + base["cfc"] + base["cmd"])).item(), rel=1e-5)
+
+
+def test_pseudo_threshold_leaves_unsure_voxels_out_of_mcpc():
+    """--pseudo-threshold t: voxels whose pseudo-label source is less sure than t (softmax maximum) add nothing to
+    MCPC; the rest are averaged as before (torch's ignore_index)."""
+    t = 0.4
+    terms, o = _step(pseudo_threshold=t)
+    wa, wb = o["w"]
+
+    def ce_sure(logits, source, weight):
+        conf, lab = torch.softmax(source, 1).max(1)
+        target = torch.where(conf >= t, lab, torch.full_like(lab, -100))
+        assert 0 < int((target == -100).sum()) < target.numel()  # the threshold bites, but not everywhere
+        return F.cross_entropy(logits, target, weight=weight, ignore_index=-100)
+
+    expected = ce_sure(o["za_m"], o["tb"], wa) + ce_sure(o["zb_m"], o["ta"], wb)
+    assert terms["mcpc"].item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_ema_alpha_is_the_teachers_decay():
+    """--ema-alpha a: after warm-up each optimizer step moves a teacher to a * teacher + (1 - a) * student."""
+    m, _ = _method(ema_alpha=0.9)
+    m.optimizer_steps = 1000  # past the warm-up min(1 - 1/(t+1), a)
+    before = {k: v.clone() for k, v in m.teachers["teacher_a"].state_dict().items()}
+    student = m.students["student_a"].state_dict()
+    m.after_step()
+    after = m.teachers["teacher_a"].state_dict()
+    for k, v in after.items():
+        if v.dtype.is_floating_point:
+            assert torch.allclose(v, 0.9 * before[k] + 0.1 * student[k], atol=1e-6), k

@@ -373,3 +373,14 @@ def test_precedence_defaults_saved_run_config_flags(tmp_path):
     assert o.seed == 9  # the flag over --config
     assert (o.device, o.num_threads) == ("auto", 0)  # per invocation: not taken from the saved run
     assert o.batch_labeled == 2  # untouched: the default
+
+
+def test_lr_schedule_constant_keeps_the_learning_rate(tmp_path, shared_data):
+    """--lr-schedule constant: every iteration steps with --lr itself (poly, the default, is checked above)."""
+    ds = write_dataset(tmp_path, n_lab=1, n_unlab=1, n_val=0)
+    p = run_micd("train", "--dataset", ds, "--out", str(tmp_path / "run"), "--iterations", "3", "--lr-schedule",
+                 "constant", "--lr", "0.02", "--method", "supervised", "--patch-size", "16", "32", "16", "--filters",
+                 "4", "--device", "cpu", "--num-threads", "1", "--val-fraction", "0")
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    lrs = [e["lr"] for e in map(json.loads, open(tmp_path / "run" / "events.jsonl")) if e["event"] == "iteration"]
+    assert len(lrs) == 3 and all(v == pytest.approx(0.02) for v in lrs)
