@@ -18,7 +18,7 @@ from micd.training.budget import Calibration, RunCosts, parse_duration
 from micd.training.devices import cpu_has_fast_bf16
 
 BUDGET = 40  # seconds: 6-25 s of start-up and preprocessing (the more, the busier the machine), then ~1 s iterations
-RESUME_BUDGET = 30  # the resume test trains the TINY patch (0.2-0.9 s iterations)
+RESUME_BUDGET = 20  # the resume test trains the TINY patch (0.2-0.9 s iterations)
 AUTO_PATCH = ["--filters", "4", "--device", "cpu", "--num-threads", "1"]  # TINY without --patch-size
 
 
@@ -209,7 +209,7 @@ def test_thick_slice_set_gets_an_anisotropic_patch_within_the_budget(tmp_path, s
     ds = os.path.join(tmp_path, "thick.json")
     json.dump({"labels": LABELS, "labeled": cases[:2], "unlabeled": [cases[2]["image"]], "validation": cases[3:]},
               open(ds, "w"))
-    budget = 45
+    budget = 32
     t0 = time.time()
     p = run_micd("train", "--dataset", ds, "--out", os.path.join(tmp_path, "run"), "--time-budget", f"{budget}s",
                  *AUTO_PATCH)
@@ -257,7 +257,7 @@ def test_budget_under_two_ranks(tmp_path, shared_data):
     """`--nproc 2`: every rank takes the same calibration steps (no collective left waiting), they agree on one count,
     and the budget counts from the user's command, not from the later start of the ranks."""
     ds = write_dataset(tmp_path, 2, 2, 1)
-    budget = 45
+    budget = 36
     t0 = time.time()
     p = run_micd("train", "--dataset", ds, "--out", os.path.join(tmp_path, "run"), "--time-budget", f"{budget}s",
                  "--nproc", "2", *TINY, timeout=400)

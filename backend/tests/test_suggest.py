@@ -37,6 +37,20 @@ def suggest(*args):
     return run_micd("suggest", "--device", "cpu", "--num-threads", "1", *map(str, args))
 
 
+def suggest_here(*args):
+    """`micd suggest` in this process (the refusals return before any prediction; start-up would dominate)."""
+    import contextlib
+    import io
+    import types
+
+    from micd.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["suggest", "--device", "cpu", "--num-threads", "1", *map(str, args)])
+    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
 def test_ranks_folder_deterministically_and_segments_as_predict(trained, tmp_path):
     model, unl, names = trained
     runs = []
@@ -134,20 +148,20 @@ def test_refusals_leave_user_files_alone(trained, tmp_path):
     model, unl, names = trained
     mine = tmp_path / "notes.json"
     mine.write_text('{"my": "notes"}')
-    p = suggest("--model", model, "--input", unl, "--json", mine)
+    p = suggest_here("--model", model, "--input", unl, "--json", mine)
     assert p.returncode == 2 and "not a micd suggest file" in p.stderr
     assert mine.read_text() == '{"my": "notes"}'
     seg = tmp_path / "seg"
     seg.mkdir()
     taken = seg / (names[1].replace(".nii.gz", ".seg.nrrd"))
     taken.write_text("a user's segmentation")
-    p = suggest("--model", model, "--input", unl, "--predictions", seg)
+    p = suggest_here("--model", model, "--input", unl, "--predictions", seg)
     assert p.returncode == 2 and "already exists" in p.stderr and taken.read_text() == "a user's segmentation"
     empty = tmp_path / "empty"
     empty.mkdir()
-    p = suggest("--model", model, "--input", empty)
+    p = suggest_here("--model", model, "--input", empty)
     assert p.returncode == 2 and "no image files" in p.stderr
-    p = suggest("--model", tmp_path / "nothing", "--input", unl)
+    p = suggest_here("--model", tmp_path / "nothing", "--input", unl)
     assert p.returncode == 2 and "not a model folder" in p.stderr
     # programs (the Slicer panel) get the same refusal as an error event on stdout
     (event,) = [e for e in map(json.loads, p.stdout.splitlines()) if e["event"] == "error"]
@@ -155,14 +169,14 @@ def test_refusals_leave_user_files_alone(trained, tmp_path):
     pkg = load_model_package(model)
     one = save_model_package(str(tmp_path / "one"), {**pkg.meta, "default_ensemble": ["student_a"]},
                              {"student_a": pkg.networks["student_a"]})
-    p = suggest("--model", one, "--input", unl)
+    p = suggest_here("--model", one, "--input", unl)
     assert p.returncode == 2 and "two students" in p.stderr
     # an unreadable volume is reported, the others are still ranked, and the exit code says so
     bad = tmp_path / "mixed"
     bad.mkdir()
     os.symlink(os.path.join(unl, names[0]), bad / names[0])
     (bad / "broken.nii.gz").write_bytes(b"not an image")
-    p = suggest("--model", model, "--input", bad, "--json", tmp_path / "m.json")
+    p = suggest_here("--model", model, "--input", bad, "--json", tmp_path / "m.json")
     assert p.returncode == 2 and "broken.nii.gz" in p.stderr
     out = json.load(open(tmp_path / "m.json"))
     assert [os.path.basename(e["file"]) for e in out["ranking"]] == [names[0]]
