@@ -74,6 +74,16 @@ def test_every_train_option_is_recorded(options_run):
     assert (mo["mask_shared"], mo["mask_labeled"], mo["mcpc_mode"], mo["cmd_mode"]) == \
         (False, False, "clean_from_masked", "cross_teacher")
     assert mo["term_weights"] == [1, 0.5, 0.25] and mo["class_weights"] == "none" and mo["ema_alpha"] == 0.9
+    # every method option given reaches the method the model was trained with, not only the run's config
+    from micd.methods import MethodConfig
+    method_flags = {f: v for f, v in FLAGS.items() if f[2:].replace("-", "_") in MethodConfig.__dataclass_fields__}
+    assert len(method_flags) >= 15
+    for flag, value in method_flags.items():
+        assert mo[flag[2:].replace("-", "_")] == pytest.approx(_value(value)), flag
+    for switch in SWITCHES:
+        key = switch[2:].replace("no-", "", 1).replace("-", "_")
+        if key in MethodConfig.__dataclass_fields__:
+            assert mo[key] is (not switch.startswith("--no-")), switch
     assert meta["network"]["normalization"] == "instancenorm" and meta["network"]["dropout"] == 0.2
     assert meta["network"]["filters"] == 8 and meta["provenance"]["seed"] == 5
 
