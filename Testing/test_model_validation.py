@@ -82,6 +82,14 @@ def _out_channels_mismatch(f):
     _edit(f, labels={**LABELS, "3": "extra"})
 
 
+def _channels_not_labels(f):  # a channel map (sparse label values packed) that names other values
+    _edit(f, labels={"5": "anterior", "117": "posterior"}, channels=[0, 5, 116])
+
+
+def _channels_not_outputs(f):
+    _edit(f, labels={**LABELS, "7": "extra"}, channels=[0, 1, 2, 7])
+
+
 def _future_schema(f):
     _edit(f, schema_version=2)
 
@@ -99,6 +107,8 @@ BROKEN = [(_cut_weights, "not a readable safetensors file", True),
           (_missing_branch, "no weights for branch 'teacher_a'", True),
           (_label_zero, "not 0", True),
           (_out_channels_mismatch, "has 3 outputs but the labels go up to 3", True),
+          (_channels_not_labels, "do not list the labels' values", True),
+          (_channels_not_outputs, "has 3 outputs but 'channels' lists 4", True),
           (_future_schema, "schema version 2", True),
           (_wider_network, "do not match the declared network", False)]
 IDS = [b.__name__.lstrip("_") for b, _, _ in BROKEN]
@@ -119,6 +129,11 @@ def test_a_runnable_model_passes_both_checks(runnable, launcher, tmp_path):
     assert [m.name for m in registry.models()] == ["Hippo"] and registry.refused == []
     zipped = registry.export_zip(added, str(tmp_path / "hippo.zip"))
     assert registry.import_path(zipped).folder_name == "Hippo_2"
+    sparse = tmp_path / "sparse"  # label values 5 and 117 on outputs 1 and 2
+    shutil.copytree(runnable, sparse)
+    _edit(sparse, labels={"5": "anterior", "117": "posterior"}, channels=[0, 5, 117])
+    assert check_model_folder(str(sparse))["channels"] == [0, 5, 117]
+    assert check_with_backend(str(sparse), launcher)["labels"] == {"5": "anterior", "117": "posterior"}
 
 
 @pytest.mark.parametrize("breaker,reason,seen_without_backend", BROKEN, ids=IDS)

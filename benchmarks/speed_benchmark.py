@@ -9,11 +9,11 @@ benchmarks/results/speed/<name>.json and speed.md; a finished measurement is ski
   training: 2 labeled + 2 unlabeled patches of 32 x 64 x 64, students of width 16 (the issue's reference setting;
             the only other public MICD implementation takes 4.6 s per iteration on these 2 cores), with and without
             bf16 autocast; median of the timed iterations after two warm-up iterations.
-  ct:       the shared abdominal CT (122 x 101 x 30 at 3 mm, 41 labels), model of width 16 with 118 output channels
-            (what `micd train` makes for its label values, which run up to 117); the speed ratio to plain MONAI.
-  big42:    a synthetic 512 x 512 x 400 volume at 1 mm and a model of width 4 with 64x128x128 windows and 42 channels
-            (the shared CT's 41 labels and background), one network, default options: the 4 GB memory bound.
-  big118:   the same with 118 channels, the CT model as `micd train` makes it today.
+  ct:       the shared abdominal CT (122 x 101 x 30 at 3 mm), a model of width 16 for its 41 labels as `micd train`
+            makes it (values up to 117 packed into 42 output channels, data/label_channels.py); the ratio to MONAI.
+  big42:    a synthetic 512 x 512 x 400 volume at 1 mm and a model of width 4 with 64x128x128 windows for the shared
+            CT's labels (42 channels), one network, default options: the 4 GB memory bound.
+  big118:   the same with a model folder written before the channel map (118 outputs, one per value up to 117).
   The plain MONAI call on the big volumes runs under a 12 GiB address-space limit and may fail, which is recorded.
 The inference models have random weights: speed and memory do not depend on the weights. Every row records the CPU
 flags that decide the precision (AMX / AVX512-BF16).
@@ -95,20 +95,26 @@ def run_measured(cmd, env=None, limit_bytes=None) -> dict:
         fo.seek(0), fe.seek(0)
         out, err = fo.read(), fe.read()
     last = [l for l in out.splitlines() if l.strip()][-1:] or [""]
+    plan = next((l for l in out.splitlines() if l.startswith('{"event": "plan"')), "")
     return {"wall_s": round(time.time() - t0, 2), "cpu_s": round(ru.ru_utime + ru.ru_stime, 2),
             "peak_rss_mib": round(ru.ru_maxrss / 1024, 1), "returncode": p.returncode,
-            "stdout_last": last[0][:2000], "stderr_tail": err[-600:] if p.returncode else ""}
+            "stdout_last": last[0][:2000], "plan_line": plan[:4000], "stderr_tail": err[-600:] if p.returncode else ""}
 
 
-def make_model(folder: str, spacing, n_out: int, patch, filters: int) -> str:
+def make_model(folder: str, spacing, labels: dict, patch, filters: int, packed: bool = True) -> str:
+    """A model folder for `labels` {value: name}: with the channel map `micd train` writes (`packed`), or as older
+    folders were, one output per value up to the largest."""
+    from micd.data.label_channels import LabelChannels
     from micd.data.preprocess import PreprocessPlan
     from micd.model_package import save_model_package
     from micd.nets.vnet import NetworkConfig, build_network
 
     if os.path.isfile(os.path.join(folder, "model.json")):
         return folder
-    cfg = NetworkConfig(out_channels=n_out, filters=filters)
-    meta = {"labels": {str(i): f"label_{i}" for i in range(1, n_out)}, "network": cfg.to_dict(),
+    channels = LabelChannels.for_labels(map(int, labels))
+    cfg = NetworkConfig(out_channels=channels.count if packed else max(map(int, labels)) + 1, filters=filters)
+    meta = {"labels": {str(k): v for k, v in labels.items()}, "network": cfg.to_dict(),
+            **({"channels": list(channels.values)} if packed else {}),
             "preprocessing": PreprocessPlan(target_spacing=tuple(spacing), modality="CT").to_dict(),
             "patch_size": list(patch), "method": "speed-benchmark (random weights)", "provenance": {},
             "metrics": {}, "default_ensemble": ["student_a", "student_b"]}
@@ -156,17 +162,22 @@ def main() -> None:
                     return r
                 record(f"train-{method}-{amp}", train)
 
-    def inference_pair(tag: str, image: str, model: str, limit_gb: float, branch_sets=("student_a", "students")):
+    # (networks, extra options, record suffix): the default (bf16 autocast where the CPU has fast bf16, as training
+    # chooses it), and fp32 beside it, so that both ratios to the fp32 MONAI call are on record
+    default_variants = [("student_a", [], ""), ("student_a", ["--amp", "off"], "-fp32"), ("students", [], "")]
+
+    def inference_pair(tag: str, image: str, model: str, limit_gb: float, variants=default_variants):
         out_dir = os.path.join(a.work, tag)
         os.makedirs(out_dir, exist_ok=True)
-        for branches, extra in [(b, []) for b in branch_sets]:
+        for branches, extra, suffix in variants:
             def ours(branches=branches, extra=extra):
                 r = run_measured([py, "-m", "micd", "predict", "--model", model, "--input", image, "--output",
-                                  os.path.join(out_dir, f"micd_{branches}.nii.gz"), "--device", "cpu",
+                                  os.path.join(out_dir, f"micd_{branches}{suffix}.nii.gz"), "--device", "cpu",
                                   "--branches", branches, "--num-threads", "2", *extra], env)
-                r.update(kind="inference", tool="micd predict " + " ".join(extra), branches=branches, image=image)
+                r.update(kind="inference", tool=" ".join(["micd predict", *extra]), branches=branches, image=image,
+                         precision=json.loads(r["plan_line"]).get("precision") if r["plan_line"] else None)
                 return r
-            record(f"{tag}-micd-predict-{branches}" + ("-lowmem" if extra else ""), ours)
+            record(f"{tag}-micd-predict-{branches}{suffix}", ours)
 
         def plain():
             r = run_measured([py, "-c", BASELINE_SNIPPET, model, image, os.path.join(out_dir, "monai.nii.gz"),
@@ -176,12 +187,14 @@ def main() -> None:
             return r
         record(f"{tag}-plain-monai", plain)
 
+    ct_dir = os.path.join(a.shared, "data", "ct_abdomen_example")
+    with open(os.path.join(ct_dir, "dataset.json")) as f:
+        ct_labels = {int(k): v for k, v in json.load(f)["labels"].items() if int(k)}
     if "ct" in a.parts:
-        ct = os.path.join(a.shared, "data", "ct_abdomen_example", "ct.nii.gz")
-        model = make_model(os.path.join(a.work, "model_ct"), (1.5, 1.5, 3.0), 118, (32, 128, 128), 16)
-        inference_pair("ct", ct, model, 20)
+        model = make_model(os.path.join(a.work, "model_ct42"), (1.5, 1.5, 3.0), ct_labels, (32, 128, 128), 16)
+        inference_pair("ct", os.path.join(ct_dir, "ct.nii.gz"), model, 20)
     big = os.path.join(a.work, "synthetic_512x512x400.nrrd")
-    for part, channels in (("big42", 42), ("big118", 118)):
+    for part, packed in (("big42", True), ("big118", False)):
         if part not in a.parts:
             continue
         if not os.path.exists(big):
@@ -192,8 +205,9 @@ def main() -> None:
             img.SetSpacing((1.0, 1.0, 1.0))
             sitk.WriteImage(img, big, useCompression=False)
             del arr, img
-        model = make_model(os.path.join(a.work, f"model_{part}"), (1.0, 1.0, 1.0), channels, (64, 128, 128), 4)
-        inference_pair(part, big, model, 12, branch_sets=("student_a",))
+        model = make_model(os.path.join(a.work, f"model_{part}_ct_labels"), (1.0, 1.0, 1.0), ct_labels,
+                           (64, 128, 128), 4, packed)
+        inference_pair(part, big, model, 12, variants=[("student_a", [], "")])
 
     rows = [json.load(open(os.path.join(a.results, f))) for f in sorted(os.listdir(a.results)) if f.endswith(".json")]
     lines = ["# Speed and memory (generated by `benchmarks/speed_benchmark.py`; do not edit)", "",
@@ -206,15 +220,16 @@ def main() -> None:
     lines += ["", "## Inference (CPU, 2 threads, overlap 0.25, Gaussian blending, default options)", "",
               "Wall and CPU seconds and peak resident memory of the whole process (start-up, reading, preprocessing, "
               "windows, writing); the ratio is to the plain MONAI call on the same case, measured in the same run.", "",
-              "| case | tool | networks | wall s | CPU s | ratio to MONAI (wall) | peak RSS MiB | exit | measured |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| case | tool | networks | precision | wall s | CPU s | ratio to MONAI (wall) | peak RSS MiB | exit | "
+              "measured |", "|---|---|---|---|---|---|---|---|---|---|"]
     inference = [r for r in rows if r.get("kind") == "inference"]
     for r in inference:
         case = r["name"].split("-")[0]
         base = next((b for b in inference if b["name"] == f"{case}-plain-monai" and b["returncode"] == 0), None)
         ratio = (f"{r['wall_s'] / base['wall_s']:.2f}" if base is not None and r is not base and r["returncode"] == 0
                  and r["branches"] == base["branches"] else "–")
-        lines.append(f"| {case} | {r['tool']} | {r['branches']} | {r['wall_s']} | {r['cpu_s']} | {ratio} | "
+        prec = r.get("precision") or "fp32"  # records made before the column: micd predict ran fp32 on CPUs then
+        lines.append(f"| {case} | {r['tool']} | {r['branches']} | {prec} | {r['wall_s']} | {r['cpu_s']} | {ratio} | "
                      f"{r['peak_rss_mib']} | {r['returncode']} | {r.get('measured', '')} |")
     flags = sorted({" ".join(r.get("host", {}).get("cpu_flags") or []) or "not recorded" for r in rows})
     lines += ["", "CPU flags of the measuring machines: " + "; ".join(flags) + "."]

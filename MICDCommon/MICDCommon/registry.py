@@ -67,8 +67,14 @@ def check_model_folder(folder):
     if not labels or labels[0] <= 0:
         raise RegistryError(f"{mj}: 'labels' must name the foreground label values (1, 2, ...), not 0")
     network, branches = meta["network"], meta["branches"]
-    if not isinstance(network, dict) or network.get("out_channels") != labels[-1] + 1:
-        outputs = network.get("out_channels") if isinstance(network, dict) else None
+    outputs = network.get("out_channels") if isinstance(network, dict) else None
+    if "channels" in meta:  # output k stands for label value channels[k] (background 0, then the labels ascending)
+        if meta["channels"] != [0] + labels:
+            raise RegistryError(f"{mj}: 'channels' {meta['channels']!r} do not list the labels' values {labels} "
+                                "after background 0")
+        if outputs != len(labels) + 1:
+            raise RegistryError(f"{mj}: the network has {outputs} outputs but 'channels' lists {len(labels) + 1}")
+    elif outputs != labels[-1] + 1:  # folders written before the channel map: output k is value k
         raise RegistryError(f"{mj}: the network has {outputs} outputs but the labels go up to {labels[-1]}")
     if not isinstance(branches, list) or not branches or not all(isinstance(b, str) for b in branches):
         raise RegistryError(f"{mj}: 'branches' must list the stored networks")

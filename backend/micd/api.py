@@ -43,15 +43,16 @@ def _image(array: np.ndarray, spacing: Sequence[float], origin: Sequence[float],
 def predict(image_array: np.ndarray, spacing: Sequence[float], origin: Sequence[float],
             direction: Union[Sequence[float], np.ndarray], model: Union[ModelPackage, str], device: str = "auto",
             tta: bool = False, branches: str = "students", return_uncertainty: bool = False,
-            max_buffer_gib: Optional[float] = None) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
+            max_buffer_gib: Optional[float] = None, amp: str = "auto"
+            ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
     """Segment one volume in memory; returns a label array with `image_array`'s shape (z, y, x), uint8 (uint16 for
-    more than 256 classes), and with `return_uncertainty` also the normalised entropy map (float32, same shape).
-    `model` is a loaded `ModelPackage` or a model folder path."""
+    label values above 255), and with `return_uncertainty` also the normalised entropy map (float32, same shape).
+    `model` is a loaded `ModelPackage` or a model folder path; `amp` as `micd predict --amp`."""
     from micd.inference.predictor import PredictOptions, predict_image
 
     package = model if isinstance(model, ModelPackage) else load_model(model, device)
     opts = PredictOptions(branches=branches, tta=tta, device=device, uncertainty=return_uncertainty,
-                          max_buffer_gib=max_buffer_gib)
+                          max_buffer_gib=max_buffer_gib, amp=amp)
     result = predict_image(_image(image_array, spacing, origin, direction), package, opts)
     labels = sitk.GetArrayFromImage(result.labels)
     if return_uncertainty:

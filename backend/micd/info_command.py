@@ -64,6 +64,7 @@ def describe(meta: dict, weights_bytes=None) -> list:
              f"method: {meta.get('method', '?')}",
              f"network: {net.get('architecture')} filters={net.get('filters')} in={net.get('in_channels')} "
              f"out={net.get('out_channels')} norm={net.get('normalization')}",
+             f"output channel -> label value: {meta.get('channels') or 'channel k is value k'}",
              f"branches: {', '.join(meta.get('branches', []))} (default ensemble: "
              f"{', '.join(meta.get('default_ensemble') or [])})",
              f"patch size (D, H, W): {meta.get('patch_size')}",

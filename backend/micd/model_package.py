@@ -4,6 +4,9 @@ Schema version 1 (`MODEL_SCHEMA_VERSION`). `model.json` fields:
 
 - `format`: "micd-model"; `schema_version`: 1
 - `labels`: {"1": "liver", ...} (background 0 is implicit); `colors`: {"1": [r, g, b] in 0..1, ...}
+- `channels`: the label value of each network output, [0, 1, 2, 5, ...]: background, then the labels' values in
+  ascending order, so sparse values cost no outputs (data/label_channels.py). Absent in older folders, where output
+  k meant value k.
 - `network`: `NetworkConfig` fields (architecture, in/out channels, filters, normalization, dropout, and for
   thick-slice data `strides`: per downsampling stage the stride along z, y, x; absent means 2 everywhere)
 - `branches`: names of the networks stored in the weights file, e.g. ["student_a", "student_b", "teacher_a",
@@ -29,6 +32,7 @@ from typing import Dict, List, Mapping, Optional
 import torch
 
 from micd.data.io import default_color
+from micd.data.label_channels import LabelChannels
 from micd.diskfull import disk_guard
 from micd.data.preprocess import PreprocessPlan
 from micd.nets.vnet import NetworkConfig, VNet
@@ -54,6 +58,10 @@ class ModelPackage:
     @property
     def labels(self) -> Dict[int, str]:
         return {int(k): v for k, v in self.meta["labels"].items()}
+
+    @property
+    def channels(self) -> LabelChannels:
+        return LabelChannels.from_model(self.meta.get("channels"), self.network_config.out_channels)
 
     @property
     def colors(self) -> Dict[int, List[float]]:
@@ -148,9 +156,20 @@ def read_model_json(path: str) -> dict:
         raise ModelPackageError(f"{mj}: invalid field value ({e})") from None
     if not labels or 0 in labels:
         raise ModelPackageError(f"{mj}: 'labels' must name the foreground label values (1, 2, ...), not 0")
-    if meta["network"].get("out_channels") != max(labels) + 1:
-        raise ModelPackageError(f"{mj}: the network has {meta['network'].get('out_channels')} outputs but the "
-                                f"labels go up to {max(labels)}")
+    outputs = meta["network"].get("out_channels")
+    if "channels" not in meta:  # folders written before the channel map: one output per value up to the largest
+        if outputs != max(labels) + 1:
+            raise ModelPackageError(f"{mj}: the network has {outputs} outputs but the labels go up to {max(labels)}")
+        return meta
+    try:
+        channels = LabelChannels.from_model(meta["channels"], outputs)
+    except (TypeError, ValueError) as e:
+        raise ModelPackageError(f"{mj}: invalid 'channels' ({e})") from None
+    if set(channels.values[1:]) != set(labels):
+        raise ModelPackageError(f"{mj}: 'channels' {list(channels.values)} do not list the labels' values "
+                                f"{sorted(labels)} after background 0")
+    if outputs != channels.count:
+        raise ModelPackageError(f"{mj}: the network has {outputs} outputs but 'channels' lists {channels.count}")
     return meta
 
 

@@ -12,6 +12,7 @@ import torch
 from realdata import HIPPO
 from inference_helpers import make_model
 from micd.cli import main
+from micd.training.devices import cpu_has_fast_bf16
 from micd.inference.memory import AccumulationPlan
 from micd.inference.progress import CountingPredictor, count_windows
 from micd.inference.sliding import segment_grid
@@ -61,7 +62,9 @@ def test_predict_prints_progress_events(tmp_path, shared_data, capsys):
     lines = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
     plans = [l for l in lines if l["event"] == "plan"]
     assert len(plans) == 2 and all(p["plan"]["n_slabs"] > 1 for p in plans)
-    assert plans[0]["precision"] == "fp32" and "CPU" in plans[0]["precision_reason"]
+    # bf16 autocast where the CPU has fast bf16 (as training chooses it), fp32 elsewhere; the reason names the CPU
+    assert plans[0]["precision"] == ("bf16" if cpu_has_fast_bf16() else "fp32")
+    assert "AMX/AVX512-BF16" in plans[0]["precision_reason"]
     for index, plan in enumerate(plans, 1):
         prog = [l for l in lines if l["event"] == "progress" and l["input"] == plan["input"]]
         assert prog and {(p["image"], p["images"]) for p in prog} == {(index, 2)}

@@ -1,8 +1,9 @@
 """Preprocessing done once, into a cache folder of memory-mapped `.npy` arrays.
 
 Each case becomes one entry folder `<name>-<key>/` holding `image.npy` (float32, z y x, on the network grid),
-`label.npy` (uint8/uint16, same grid; labeled cases only), `fg.npy` (a random subset of foreground voxel coordinates
-per class, for foreground oversampling) and `meta.json`. The key hashes everything the arrays depend on (the files'
+`label.npy` (uint8/uint16, same grid; labeled cases only; network output channels, not label values:
+data/label_channels.py), `fg.npy` (a random subset of foreground voxel coordinates per channel, for foreground
+oversampling) and `meta.json`. The key hashes everything the arrays depend on (the files'
 absolute paths, sizes and modification times, the plan, the label names), so a changed file or plan is preprocessed
 again while an unchanged one is only memory-mapped. An entry is written into a temporary folder and renamed into
 place, so a killed run never leaves a torn entry; the OS pages arrays in on demand, so hundreds of CTs fit.
@@ -25,6 +26,7 @@ import numpy as np
 
 from micd.data.dataset import Case, DatasetSpec, load_label_for_case, normalize_modality, read_image_info
 from micd.data.io import ImageReadError, read_image
+from micd.data.label_channels import LabelChannels
 from micd.data.preprocess import PreprocessPlan, guess_modality, median_spacing, preprocess_image, preprocess_label
 
 CACHE_VERSION = 1  # bump when the entry layout or the preprocessing code changes meaning
@@ -86,6 +88,8 @@ def cache_key(case: Case, plan: PreprocessPlan, labels: Dict[int, str]) -> str:
         "labels": {str(k): v for k, v in sorted(labels.items())} if case.label else None,
         "plan": plan.to_dict(),
     }
+    if case.label and not LabelChannels.for_labels(labels).identity:
+        parts["label_space"] = "channels"  # such entries once held raw label values
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=list).encode()).hexdigest()
 
 
@@ -129,7 +133,8 @@ def _write_entry(case: Case, plan: PreprocessPlan, labels: Dict[int, str], key: 
                 "pad_value": float(arr.min()), "plan": plan.to_dict(), "spacing": list(ref.GetSpacing()),
                 "origin": list(ref.GetOrigin()), "direction": list(ref.GetDirection()), "fg_voxels": {}}
         if case.label:
-            lbl = preprocess_label(load_label_for_case(case.label, labels), ref)
+            lbl = LabelChannels.for_labels(labels).to_channels(
+                preprocess_label(load_label_for_case(case.label, labels), ref))
             np.save(os.path.join(tmp, "label.npy"), lbl)
             np.save(os.path.join(tmp, "fg.npy"), sample_foreground(lbl, seed=int(key[:8], 16)))
             counts = np.bincount(lbl.ravel())

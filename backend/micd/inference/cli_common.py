@@ -24,6 +24,10 @@ def add_window_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPU memory for the probability buffer in GiB (default: what keeps the whole prediction within "
                         "3.5 GiB, and half the available RAM); bigger grids are processed in slabs")
     p.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto",
+                   help="autocast precision of the networks: auto = fp16 on CUDA, bf16 on CPUs with AMX/AVX512-BF16 "
+                        "(about twice as fast there, as in training), else fp32; off = fp32 (the `plan` event says "
+                        "which and why)")
 
 
 class Reporter:

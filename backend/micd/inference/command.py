@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         REPORT.warn(p)
 
     opts = PredictOptions(branches=args.branches, tta=args.tta, device=args.device, uncertainty=bool(unc),
-                          overlap=args.overlap, sw_batch_size=args.sw_batch_size, max_buffer_gib=args.max_buffer_gb)
+                          overlap=args.overlap, sw_batch_size=args.sw_batch_size, max_buffer_gib=args.max_buffer_gb, amp=args.amp)
     many = len(pairs) > 1
     bar = tqdm(pairs, desc="micd predict", unit="image", file=sys.stderr, disable=not many)
     failed = []

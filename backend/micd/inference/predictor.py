@@ -24,7 +24,7 @@ from micd.inference.memory import (AccumulationPlan, cpu_budget, default_sw_batc
 from micd.inference.progress import CountingPredictor, count_windows
 from micd.inference.sliding import segment_grid
 from micd.model_package import ModelPackage
-from micd.training.devices import resolve_device
+from micd.training.devices import amp_dtype, precision_reason, resolve_device
 
 
 @dataclass
@@ -36,6 +36,7 @@ class PredictOptions:
     overlap: float = 0.25  # as in validation during training, so predict reproduces the validation Dice
     sw_batch_size: Optional[int] = None  # default: 2 on CPU, 4 on GPU
     max_buffer_gib: Optional[float] = None  # CPU budget for the probability buffer (default: see memory.py)
+    amp: str = "auto"  # as `micd train --amp`: auto = fp16 on CUDA, bf16 on CPUs with AMX/AVX512-BF16, else fp32
 
 
 @dataclass
@@ -96,14 +97,13 @@ def prepare_grid(image: sitk.Image, package: ModelPackage, opts: PredictOptions,
         plan = plan_accumulation(array.shape, channels, roi, device, cpu_bytes, gpu_bytes, opts.overlap)
         if device.type == "cuda" or plan.buffer_bytes <= plan.budget_bytes:
             break
-    amp = torch.float16 if device.type == "cuda" else None
+    amp = amp_dtype(opts.amp, device)
+    precision, why = precision_reason(opts.amp, device)
     windows = count_windows(array.shape, roi, plan, opts.overlap)
     info = {"branches": list(names), "tta": bool(opts.tta), "device": str(device), "grid_shape": list(array.shape),
             "input_size": list(image.GetSize()), "roi": roi, "overlap": opts.overlap, "sw_batch_size": sw_batch,
             "classes": package.network_config.out_channels, "plan": plan.to_dict(), "windows": windows,
-            "precision": "fp16" if amp else "fp32",
-            "precision_reason": "fp16 autocast: the default on CUDA" if amp else
-            "fp32: micd predict runs the networks in full precision on the CPU"}
+            "precision": precision, "precision_reason": why}
     if log:
         log(info)
     return GridRun(image, array, grid, nets, plan, amp, sw_batch, windows, info, t0)
@@ -119,6 +119,7 @@ def predict_image(image: sitk.Image, package: ModelPackage, options: Optional[Pr
     run = prepare_grid(image, package, opts, branch_names(package, opts.branches), n_classes, log)
     predictor = EnsembleProbabilities(run.nets, opts.tta, run.plan.torch_dtype, run.amp)
     labels, entropy = run.segment(predictor, n_classes, opts, opts.uncertainty, progress=progress)
+    labels = package.channels.to_values(labels)  # argmax channel -> the dataset's label value
     out = run.on_input_grid(labels)
     unc = None
     if entropy is not None:

@@ -14,9 +14,11 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
+from micd.data.label_channels import dtype_for
+
 
 def label_dtype(n_classes: int) -> np.dtype:
-    return np.dtype(np.uint8) if n_classes <= 256 else np.dtype(np.uint16)
+    return dtype_for(n_classes - 1)
 
 
 def reduce_probabilities(probs: torch.Tensor, want_entropy: bool) -> Tuple[np.ndarray, Optional[np.ndarray]]:

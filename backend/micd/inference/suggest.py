@@ -117,7 +117,8 @@ class DisagreementStats:
         s.disagreement += float(tv[mask].double().sum())
         s.entropy += float(ent[mask].double().sum())
 
-    def summary(self, names: Dict[int, str]) -> dict:
+    def summary(self, names: Dict[int, str], values: Sequence[int]) -> dict:
+        """`names` by label value; `values[k]` is the label value of channel k (the model's channel map)."""
         fg = self.foreground
         if fg.voxels:
             d, h = fg.disagreement / fg.voxels, fg.entropy / fg.voxels
@@ -126,16 +127,16 @@ class DisagreementStats:
             d = h = None
             score = 1.0
         labels = {}
-        for v in range(1, self.n_classes):
-            s = self.per_label.get(v, _Sums())
-            i, na, nb = self.overlap.get(v, (0, 0, 0))
+        for k in range(1, self.n_classes):
+            s, v = self.per_label.get(k, _Sums()), int(values[k])
+            i, na, nb = self.overlap.get(k, (0, 0, 0))
             labels[str(v)] = {
-                "name": names.get(v, str(v)), "predicted_voxels": self.predicted.get(v, 0),
+                "name": names.get(v, str(v)), "predicted_voxels": self.predicted.get(k, 0),
                 "disagreement": _r(s.disagreement / s.voxels) if s.voxels else None,
                 "entropy": _r(s.entropy / s.voxels) if s.voxels else None,
                 "score": _r((s.disagreement + s.entropy) / (2 * s.voxels)) if s.voxels else None,
                 "student_dice": _r(2 * i / (na + nb)) if na + nb else None}
-        found = [v for v in range(1, self.n_classes) if self.predicted.get(v, 0)]
+        found = [int(values[k]) for k in range(1, self.n_classes) if self.predicted.get(k, 0)]
         ranked = sorted((k for k in labels if labels[k]["score"] is not None),
                         key=lambda k: (-labels[k]["score"], int(k)))
         return {"score": _r(score), "disagreement": _r(d), "entropy": _r(h), "foreground_voxels": fg.voxels,
@@ -169,9 +170,9 @@ def score_image(image: sitk.Image, package: ModelPackage, options: Optional[Pred
     stats = DisagreementStats(n_classes)
     predictor = PairProbabilities(run.nets, opts.tta, run.plan.torch_dtype, run.amp)
     labels, _ = run.segment(predictor, 2 * n_classes, opts, reduce=stats.reduce, progress=progress)
-    summary = stats.summary(package.labels)
+    summary = stats.summary(package.labels, package.channels.values)
     summary["seconds"] = round(time.time() - run.t0, 2)
-    return summary, run.on_input_grid(labels)
+    return summary, run.on_input_grid(package.channels.to_values(labels))
 
 
 def rank(entries: List[dict]) -> List[dict]:

@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
                                "remove them or choose another folder")
 
     opts = PredictOptions(tta=args.tta, device=args.device, overlap=args.overlap, sw_batch_size=args.sw_batch_size,
-                          max_buffer_gib=args.max_buffer_gb)
+                          max_buffer_gib=args.max_buffer_gb, amp=args.amp)
     entries, failed = [], []
     t0 = time.time()
     for i, inp in enumerate(paths):

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from micd import __version__
+from micd.data.label_channels import LabelChannels
 from micd.diskfull import DiskFull, free_bytes, is_disk_full
 from micd.events import EventWriter
 from micd.methods import build_method
@@ -48,6 +49,11 @@ class RunData:
     validation: list
     notes: List[str]
     spec_counts: Dict[str, int]
+
+    @property
+    def channels(self) -> LabelChannels:
+        """Output channel per label value; the cached label maps hold channel indices (data/label_channels.py)."""
+        return LabelChannels.for_labels(self.labels)
 
 
 MAX_NONFINITE_STEPS = 20
@@ -281,7 +287,7 @@ class Trainer:
         shapes = np.array([np.asarray(c.image.shape) for c in self.data.labeled])
         patch, note = plan_patch_size(tuple(int(v) for v in np.median(shapes, 0)), free_device_bytes(self.device),
                                       self.o.filters, self.o.batch_labeled + self.o.batch_unlabeled,
-                                      divisor=divs, n_classes=max(self.data.labels) + 1,
+                                      divisor=divs, n_classes=self.data.channels.count,
                                       bytes_per_value=2 if amp_dtype(self.o.amp, self.device) else 4)
         self.patch_note = note
         return list(patch)
@@ -292,11 +298,16 @@ class Trainer:
         from micd.data.planning import network_strides
         self.strides = network_strides(self)  # thick slices: no early downsampling along them (data/planning.py)
         self.patch = self._plan_patch()
-        n_classes = max(self.data.labels) + 1
+        n_classes = self.data.channels.count
         self.net_config = NetworkConfig(out_channels=n_classes, filters=o.filters, dropout=o.dropout,
                                         normalization=o.normalization, strides=self.strides)
         if self.resume_state is not None:
             self.net_config = NetworkConfig.from_dict(self.resume_state["network"])
+            if self.net_config.out_channels != n_classes:
+                raise DataProblem(f"the checkpoint's network has {self.net_config.out_channels} outputs, this micd "
+                                  f"trains {n_classes} for these labels (one per label, sparse values packed)", [],
+                                  "a run started by an older micd cannot be resumed here: start a new run "
+                                  "(--init-from does not help either, the output layer differs)")
         self.method = build_method(o.method, self.net_config, n_classes, o.method_config())
         if self.parent is not None:  # --init-from: labels checked, weights copied (training/warm_start.py)
             self.data.notes += apply_parent(self.method, self.parent, self.data.labels, self.data.plan)
@@ -548,7 +559,8 @@ class Trainer:
         self._recalibrate_bn(it)
         self.final_validated = it
         if self.ctx.is_main:
-            res = validate(self.method.inference_networks(), self.data.validation, self.data.labels, self.patch,
+            res = validate(self.method.inference_networks(), self.data.validation,
+                           self.data.channels.names(self.data.labels), self.patch,
                            self.device)
             self._emit("validation", iter=it, **res)
             if res["mean_dice"] > self.best["mean_dice"]:
@@ -575,7 +587,8 @@ class Trainer:
         labels = {str(k): v for k, v in sorted(self.data.labels.items())}
         return {
             "name": os.path.basename(self.run_dir),
-            "labels": labels, "network": self.net_config.to_dict(), "method": self.o.method,
+            "labels": labels, "channels": list(self.data.channels.values),
+            "network": self.net_config.to_dict(), "method": self.o.method,
             "method_options": self.o.method_config().to_dict(),
             "preprocessing": self.data.plan.to_dict(), "patch_size": list(self.patch),
             "default_ensemble": [k for k in nets if k.startswith("student")],
