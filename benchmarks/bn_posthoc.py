@@ -42,20 +42,21 @@ def score(run_dir: str, batches: int) -> dict:
         if not os.path.isfile(os.path.join(folder, "model.json")):
             continue
         pkg = load_model_package(folder)
+        names = pkg.channels.names(labels)  # validate() scores output channels
         val = prepare_cases(spec.validation, pkg.plan, cache, labels)
         lab = prepare_cases(spec.labeled, pkg.plan, cache, labels)
         unl = prepare_cases(spec.unlabeled, pkg.plan, cache, labels)
         dev = torch.device("cpu")
         nets = lambda: [load_model_package(folder).networks[k] for k in ("student_a", "student_b")]  # noqa: E731
         row = {"weights_from": pkg.meta.get("weights_from"),
-               "stored": round(float(validate(nets(), val, labels, pkg.patch_size, dev)["mean_dice"]), 4)}
+               "stored": round(float(validate(nets(), val, names, pkg.patch_size, dev)["mean_dice"]), 4)}
         semi = pkg.meta.get("method") != "supervised"
         for source, draw in (("training_like", training_like_batches(lab, unl if semi else None, pkg.patch_size, 2, 2,
                                                                       0.33, np.random.default_rng(0))),
                              ("unlabeled", uniform_batches(unl, pkg.patch_size, 4, np.random.default_rng(0)))):
             n = nets()
             recalibrate(n, batches, draw, dev)
-            row[source] = round(float(validate(n, val, labels, pkg.patch_size, dev)["mean_dice"]), 4)
+            row[source] = round(float(validate(n, val, names, pkg.patch_size, dev)["mean_dice"]), 4)
         out[which] = row
     return out
 

@@ -120,3 +120,33 @@ def test_model_json_channels_must_match_labels_and_outputs(tmp_path, changes, me
         return
     with pytest.raises(ModelPackageError, match=message):
         read_model_json(_model_json(tmp_path, **changes))
+
+
+def test_a_parent_from_before_the_channel_map_warm_starts_on_its_label_outputs(tmp_path):
+    """--init-from a folder with one output per value (118 for values up to 117): the students take the parent's
+    body and the output rows of background, 5 and 117, so they compute exactly the parent's outputs for those."""
+    import torch
+
+    from micd.methods import MethodConfig, build_method
+    from micd.model_package import load_model_package, save_model_package
+    from micd.nets.vnet import build_network
+    from micd.training.warm_start import apply
+
+    labels = {5: "a", 117: "b"}
+    torch.manual_seed(0)
+    old = NetworkConfig(out_channels=118, filters=4)
+    nets = {b: build_network(old).eval() for b in ("student_a", "student_b", "teacher_a", "teacher_b")}
+    save_model_package(str(tmp_path / "old"), dict(name="old", labels={"5": "a", "117": "b"}, network=old.to_dict(),
+                       preprocessing=PreprocessPlan().to_dict(), patch_size=[16, 16, 16], method="micd",
+                       default_ensemble=["student_a", "student_b"]), nets)
+    parent = load_model_package(str(tmp_path / "old"))
+    assert "channels" not in parent.meta and parent.channels.count == 118
+    method = build_method("micd", NetworkConfig(out_channels=3, filters=4), 3, MethodConfig())
+    notes = apply(method, parent, labels, PreprocessPlan())
+    assert any("one output per label value (118" in n for n in notes)
+    x = torch.randn(1, 1, 16, 16, 16)
+    for name, net in [*method.students.items(), *method.teachers.items()]:
+        with torch.no_grad():
+            mine = net.eval()(x, turnoff_drop=True)[0]
+            theirs = parent.networks[name](x, turnoff_drop=True)[0][:, [0, 5, 117]]
+        torch.testing.assert_close(mine, theirs)

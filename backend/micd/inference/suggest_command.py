@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     result = {"ranking": ranking, "format": FORMAT, "schema_version": 1, "model": package.path,
               "model_name": package.meta.get("name"), "labels": {str(k): v for k, v in package.labels.items()},
               "score_definition": SCORE_DEFINITION, "volumes": len(entries), "failed": failed,
-              "options": {"tta": bool(args.tta), "overlap": args.overlap, "top": args.top}}
+              "options": {"tta": bool(args.tta), "overlap": args.overlap, "top": args.top, "amp": args.amp}}
     if args.json:
         folder = os.path.dirname(os.path.abspath(args.json))
         os.makedirs(folder, exist_ok=True)

@@ -220,7 +220,8 @@ def calibrate(trainer, timed: int = TIMED_STEPS, extras: bool = True) -> Calibra
     if extras and trainer.data.validation and trainer.ctx.is_main:
         case = trainer.data.validation[0]
         t = time.time()
-        validate(trainer.method.inference_networks(), [case], trainer.data.labels, trainer.patch, trainer.device)
+        validate(trainer.method.inference_networks(), [case], trainer.data.channels.names(trainer.data.labels),
+                 trainer.patch, trainer.device)
         sync()
         one = time.time() - t
         voxels = [float(np.prod(c.image.shape)) for c in trainer.data.validation]

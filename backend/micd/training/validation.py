@@ -28,7 +28,10 @@ def dice_per_class(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> 
 @torch.no_grad()
 def validate(nets: Sequence[nn.Module], cases: List, labels: Dict[int, str], patch: Sequence[int],
              device: torch.device) -> Dict[str, object]:
-    """Return {"dice": {name: value}, "mean_dice": value} over `cases` (PreparedCase with image and label)."""
+    """Return {"dice": {name: value}, "mean_dice": value} over `cases` (PreparedCase with image and label).
+
+    `labels` names the foreground **output channels** ({channel: name}, `LabelChannels.names`), not label values:
+    the cached label maps hold channel indices, as the networks' argmax does."""
     was_training = [n.training for n in nets]
     for n in nets:
         n.eval()

@@ -14,9 +14,13 @@ import hashlib
 import os
 from typing import Dict, List, Optional, Tuple
 
+import torch
+
+from micd.data.label_channels import LabelChannels
 from micd.model_package import WEIGHTS_FILE, ModelPackage, ModelPackageError, load_model_package, read_model_json
 from micd.nets.vnet import NetworkConfig
 
+OUTPUT_LAYER = "head."  # the VNet's 1x1x1 convolution to the class channels (nets/vnet.py)
 # Network fields that shape the weights; dropout does not.
 WEIGHT_FIELDS = ("architecture", "in_channels", "filters", "normalization")
 FLAG = {"filters": "--filters", "normalization": "--normalization"}
@@ -74,10 +78,21 @@ def check_parent(opts, resuming: bool) -> Tuple[Optional[ModelPackage], Optional
     return parent, record
 
 
-def check_shapes(parent: ModelPackage, branch: str, net) -> None:
+def parent_state(parent: ModelPackage, branch: str, channels: LabelChannels) -> Dict[str, torch.Tensor]:
+    """The parent's weights of `branch` for this run's output channels. A parent written before the channel map has
+    one output per label value (output k = value k); the output layer's rows of the labels' values are kept, which
+    is the same network on the labels it knows."""
+    state = parent.networks[branch].state_dict()
+    if parent.channels.values != channels.values and set(channels.values) <= set(parent.channels.values):
+        rows = torch.tensor([parent.channels.values.index(v) for v in channels.values])
+        state = {k: (v.index_select(0, rows) if k.startswith(OUTPUT_LAYER) else v) for k, v in state.items()}
+    return state
+
+
+def check_shapes(parent: ModelPackage, branch: str, net, state: Optional[Dict[str, torch.Tensor]] = None) -> None:
     """Every tensor of the new network exists in the parent with the same shape (this also covers what the options
     do not set directly, e.g. strides planned from the data's slice thickness)."""
-    mine, theirs = net.state_dict(), parent.networks[branch].state_dict()
+    mine, theirs = net.state_dict(), (state if state is not None else parent.networks[branch].state_dict())
     bad = sorted(set(mine) ^ set(theirs)) + [n for n in mine if n in theirs and mine[n].shape != theirs[n].shape]
     if not bad:
         return
@@ -99,7 +114,11 @@ def apply(method, parent: ModelPackage, labels: Dict[int, str], plan) -> List[st
     """Check the labels, copy the parent's weights into the method's students (and teachers); returns notes for
     the start event."""
     check_labels(parent, labels)
+    channels = LabelChannels.for_labels(labels)
     notes = []
+    if parent.channels.values != channels.values:
+        notes.append(f"--init-from: the parent has one output per label value ({parent.channels.count}, written "
+                     f"before the channel map); the outputs of the {channels.count - 1} labels and background are used")
     if parent.plan != plan:
         notes.append(f"--init-from: the parent was trained on another grid or normalisation (spacing "
                      f"{list(parent.plan.target_spacing)}, {parent.plan.modality}; this run: "
@@ -109,14 +128,16 @@ def apply(method, parent: ModelPackage, labels: Dict[int, str], plan) -> List[st
         if k not in parent.networks:
             raise WarmStartError(f"--init-from {parent.path}: the model has no {k}",
                                  "give a model folder written by micd train (it stores both students)")
-        check_shapes(parent, k, students[k])
-        students[k].load_state_dict(parent.networks[k].state_dict(), strict=True)
+        state = parent_state(parent, k, channels)
+        check_shapes(parent, k, students[k], state)
+        students[k].load_state_dict(state, strict=True)
     teachers = getattr(method, "teachers", None)
     if teachers is not None:
         from_teachers = all(k in parent.networks for k in teachers)
         for k in teachers:
-            src = parent.networks[k] if from_teachers else students[k.replace("teacher", "student")]
-            teachers[k].load_state_dict(src.state_dict(), strict=True)
+            src = (parent_state(parent, k, channels) if from_teachers else
+                   students[k.replace("teacher", "student")].state_dict())
+            teachers[k].load_state_dict(src, strict=True)
         notes.append(f"--init-from: students and teachers from {parent.path}" if from_teachers else
                      f"--init-from: students from {parent.path}; it has no teachers, so the teachers start as "
                      "copies of the students")
