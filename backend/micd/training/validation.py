@@ -11,7 +11,16 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from micd.inference.ensemble import EnsembleProbabilities
+
+class EnsembleLogits(nn.Module):
+    """Mean of the networks' softmax probabilities (what `micd predict` uses by default)."""
+
+    def __init__(self, nets: Sequence[nn.Module]):
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.softmax(n(x, turnoff_drop=True)[0].float(), 1) for n in self.nets]).mean(0)
 
 
 def dice_per_class(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> Dict[int, float]:
@@ -35,7 +44,7 @@ def validate(nets: Sequence[nn.Module], cases: List, labels: Dict[int, str], pat
     was_training = [n.training for n in nets]
     for n in nets:
         n.eval()
-    model = EnsembleProbabilities(nets)  # the students' mean softmax, fp32, as `micd predict --amp off` blends it
+    model = EnsembleLogits(nets)
     per_class: Dict[int, List[float]] = {c: [] for c in labels}
     try:
         for case in cases:
