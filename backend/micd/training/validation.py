@@ -13,7 +13,8 @@ from torch import nn
 
 
 class EnsembleLogits(nn.Module):
-    """Mean of the networks' softmax probabilities (what `micd predict` uses by default)."""
+    """Mean of the networks' softmax probabilities: what `micd predict --amp off` blends (inference/ensemble.py, which
+    sits above training and so is not imported here)."""
 
     def __init__(self, nets: Sequence[nn.Module]):
         super().__init__()
