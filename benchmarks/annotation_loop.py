@@ -121,8 +121,8 @@ class Bench:
         test_labs = link_folder(os.path.join(self.work, "test_labels"), {n: self.lab(n) for n in self.test})
         preds = os.path.join(d, "predictions")
         if len(os.listdir(preds) if os.path.isdir(preds) else []) < len(self.test):
-            micd(["predict", "--model", model, "--input", test_imgs, "--output", preds, "--device", cfg["device"]],
-                 log, cfg["threads"])
+            micd(["predict", "--model", model, "--input", test_imgs, "--output", preds, "--device", cfg["device"],
+                  "--overwrite"], log, cfg["threads"])  # a partial folder from an interrupted run is ours
         ev_path = os.path.join(d, "evaluation.json")
         if not os.path.exists(ev_path):
             micd(["evaluate", "--pred", preds, "--label", test_labs, "--json", ev_path, "--labels", model], log,

@@ -173,7 +173,7 @@ def main() -> None:
             def ours(branches=branches, extra=extra):
                 r = run_measured([py, "-m", "micd", "predict", "--model", model, "--input", image, "--output",
                                   os.path.join(out_dir, f"micd_{branches}{suffix}.nii.gz"), "--device", "cpu",
-                                  "--branches", branches, "--num-threads", "2", *extra], env)
+                                  "--branches", branches, "--num-threads", "2", "--overwrite", *extra], env)
                 r.update(kind="inference", tool=" ".join(["micd predict", *extra]), branches=branches, image=image,
                          precision=json.loads(r["plan_line"]).get("precision") if r["plan_line"] else None)
                 return r

@@ -142,8 +142,8 @@ def run_one(method: str, k: int, seed: int, cfg: dict, split: dict, hip: str, wo
             continue  # no validation set: RUN/model holds the last weights
         preds = os.path.join(d, "predictions" if which == "best" else "predictions-last")
         if len(os.listdir(preds) if os.path.isdir(preds) else []) < len(split["test"]):
-            micd(["predict", "--model", mdir, "--input", test_imgs, "--output", preds, "--device", cfg["device"]],
-                 log, cfg["threads"])
+            micd(["predict", "--model", mdir, "--input", test_imgs, "--output", preds, "--device", cfg["device"],
+                  "--overwrite"], log, cfg["threads"])  # a partial folder from an interrupted run is ours
         ev_path = os.path.join(d, "evaluation.json" if which == "best" else "evaluation-last.json")
         if not os.path.exists(ev_path):
             micd(["evaluate", "--pred", preds, "--label", test_labs, "--json", ev_path, "--labels", mdir], log,

@@ -64,7 +64,7 @@ def main() -> None:
                  "100", "--progress", "bar", "--cache-dir", os.path.join(a.out, "cache"), *resume)
         preds = os.path.join(a.out, f"predictions-{method}")
         micd("predict", "--model", os.path.join(run, "model"), "--input", inputs, "--output", preds, "--device",
-             a.device)
+             a.device, "--overwrite")  # the demo's own folder: a second demo run replaces its predictions
         report = os.path.join(a.out, f"evaluation-{method}.json")
         micd("evaluate", "--pred", preds, "--label", labels, "--json", report, "--labels",
              os.path.join(run, "model"))

@@ -87,6 +87,35 @@ def test_folder_input_gives_folder_output(model_dir, tmp_path, capsys):
                                    sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"single_unc{i}.mha"))))
 
 
+def test_existing_outputs_are_refused_unless_overwrite(model_dir, tmp_path, capsys):
+    """A label file the user made is never replaced by mistake: predict refuses before it writes anything."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for i in range(2):
+        sitk.WriteImage(oblique_image((20, 24, 22), seed=i), str(inp / f"case{i}.nii.gz"))
+    out = tmp_path / "labels"
+    out.mkdir()
+    manual = out / "case1.nii.gz"  # e.g. the user's own annotation, in the folder given as --output
+    manual.write_bytes(b"the user's annotation")
+    capsys.readouterr()
+    assert predict("--model", model_dir, "--input", inp, "--output", out) == 2
+    captured = capsys.readouterr()
+    assert f"{manual} already exists (1 of the output files)" in captured.err and "--overwrite" in captured.err
+    assert len(captured.err.strip().splitlines()) == 1 and "Traceback" not in captured.err
+    assert [json.loads(l)["event"] for l in captured.out.splitlines()] == ["error"]
+    assert manual.read_bytes() == b"the user's annotation" and sorted(os.listdir(out)) == ["case1.nii.gz"]
+    # an existing uncertainty map is protected the same way
+    single, unc = tmp_path / "one.nii.gz", tmp_path / "unc.nii.gz"
+    unc.write_bytes(b"kept")
+    assert predict("--model", model_dir, "--input", inp / "case0.nii.gz", "--output", single, "--uncertainty",
+                   unc) == 2
+    assert unc.read_bytes() == b"kept" and not single.exists()
+    # --overwrite replaces them with the predictions
+    assert predict("--model", model_dir, "--input", inp, "--output", out, "--overwrite") == 0
+    assert sorted(os.listdir(out)) == ["case0.nii.gz", "case1.nii.gz"]
+    assert sitk.ReadImage(str(manual)).GetSize() == sitk.ReadImage(str(inp / "case1.nii.gz")).GetSize()
+
+
 def test_branches_and_device_errors_are_one_line(model_dir, tmp_path, capsys):
     src = tmp_path / "in.nii.gz"
     sitk.WriteImage(oblique_image((20, 24, 22)), str(src))

@@ -35,6 +35,9 @@ def register(sub) -> None:
                         "or a comma list of branch names")
     p.add_argument("--uncertainty", metavar="PATH",
                    help="also write the normalised predictive entropy map (file, or folder for folder inputs)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace output files that already exist (default: refuse before segmenting anything, so "
+                        "that a label file is never replaced by mistake)")
     add_window_arguments(p)
     p.set_defaults(func=run)
 
@@ -63,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
                for _, o in pairs} if args.uncertainty else {}
     except (ModelPackageError, DeviceError, BranchError, OutputError) as e:
         return REPORT.fail(str(e))
+    taken = [f for _, o in pairs for f in (o, unc.get(o)) if f and os.path.lexists(f)]
+    if taken and not args.overwrite:
+        return REPORT.fail(f"{taken[0]} already exists ({len(taken)} of the output files)",
+                           "pass --overwrite to replace them, or choose another --output")
     for p in problems:
         REPORT.warn(p)
 
