@@ -125,8 +125,8 @@ class Bench:
                   "--overwrite"], log, cfg["threads"])  # a partial folder from an interrupted run is ours
         ev_path = os.path.join(d, "evaluation.json")
         if not os.path.exists(ev_path):
-            micd(["evaluate", "--pred", preds, "--label", test_labs, "--json", ev_path, "--labels", model], log,
-                 cfg["threads"])
+            micd(["evaluate", "--pred", preds, "--label", test_labs, "--json", ev_path, "--overwrite", "--labels",
+                  model], log, cfg["threads"])
         return json.load(open(ev_path))
 
     # ---------------------------------------------------------------- choosing the next cases

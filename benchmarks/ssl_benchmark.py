@@ -146,8 +146,8 @@ def run_one(method: str, k: int, seed: int, cfg: dict, split: dict, hip: str, wo
                   "--overwrite"], log, cfg["threads"])  # a partial folder from an interrupted run is ours
         ev_path = os.path.join(d, "evaluation.json" if which == "best" else "evaluation-last.json")
         if not os.path.exists(ev_path):
-            micd(["evaluate", "--pred", preds, "--label", test_labs, "--json", ev_path, "--labels", mdir], log,
-                 cfg["threads"])
+            micd(["evaluate", "--pred", preds, "--label", test_labs, "--json", ev_path, "--overwrite", "--labels",
+                  mdir], log, cfg["threads"])
         evaluations[which] = json.load(open(ev_path))
     events = [json.loads(l) for l in open(os.path.join(run, "events.jsonl")) if l.strip()]
     start = [e for e in events if e["event"] == "start"][-1]

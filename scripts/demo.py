@@ -66,7 +66,7 @@ def main() -> None:
         micd("predict", "--model", os.path.join(run, "model"), "--input", inputs, "--output", preds, "--device",
              a.device, "--overwrite")  # the demo's own folder: a second demo run replaces its predictions
         report = os.path.join(a.out, f"evaluation-{method}.json")
-        micd("evaluate", "--pred", preds, "--label", labels, "--json", report, "--labels",
+        micd("evaluate", "--pred", preds, "--label", labels, "--json", report, "--overwrite", "--labels",
              os.path.join(run, "model"))
         with open(report) as f:
             results[method] = (json.load(open(os.path.join(run, "model", "model.json"))), json.load(f), report)

@@ -103,3 +103,24 @@ def test_folders_are_matched_by_name(tmp_path, capsys, shared_data):
     sitk.WriteImage(sitk.ReadImage(os.path.join(HIPPO, "labelsTr", names[0])), str(pred / "orphan.nii.gz"))
     assert main(["evaluate", "--pred", str(pred), "--label", str(ref), "--json", str(tmp_path / "e2.json")]) == 2
     assert "orphan" in capsys.readouterr().err
+
+
+def test_existing_report_files_are_kept_unless_overwrite(tmp_path, capsys, shared_data):
+    """--json results/summary.json also writes summary.csv and summary.md beside it: a hand-written summary.md there
+    is refused before any case is evaluated, a folder as --json is a one-line error, --overwrite replaces them."""
+    lbl = os.path.join(HIPPO, "labelsTr", "hippocampus_001.nii.gz")
+    results = tmp_path / "results"
+    results.mkdir()
+    notes = results / "summary.md"
+    notes.write_text("my notes")
+    args = ["evaluate", "--pred", lbl, "--label", lbl, "--json", str(results / "summary.json")]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{notes} already exists" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert notes.read_text() == "my notes" and sorted(os.listdir(results)) == ["summary.md"]
+    assert main(["evaluate", "--pred", lbl, "--label", lbl, "--json", str(results)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0
+    assert json.load(open(results / "summary.json"))["overall"]["dice"]["mean"] == 1.0
+    assert notes.read_text() != "my notes"

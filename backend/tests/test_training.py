@@ -59,6 +59,36 @@ def test_same_seed_repeats_and_existing_run_is_protected(tiny_run, tmp_path):
     assert os.path.getmtime(os.path.join(run, "events.jsonl")) == before
 
 
+def test_a_kept_model_or_config_without_the_logs_is_protected(tiny_run, tmp_path):
+    """A run folder whose logs and checkpoints were cleaned up still holds the user's model (which the end of a run
+    would replace) and config.json (which its start would rewrite): both refused, both left byte-identical."""
+    import shutil
+
+    ds, run, _ = tiny_run
+    for kept in ("model", "config.json"):
+        folder = tmp_path / f"kept-{kept}"
+        folder.mkdir()
+        src = os.path.join(run, kept)
+        (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, folder / kept)
+        before = {f: open(os.path.join(dp, f), "rb").read() for dp, _, fs in os.walk(folder) for f in fs}
+        p = run_micd("train", "--dataset", ds, "--out", str(folder), "--iterations", "12", *TINY)
+        assert p.returncode == 2 and "already holds a training run" in p.stdout and "Traceback" not in p.stderr
+        after = {f: open(os.path.join(dp, f), "rb").read() for dp, _, fs in os.walk(folder) for f in fs
+                 if f != "train.lock"}
+        assert after == before
+
+
+def test_a_damaged_saved_config_is_a_clear_error_on_resume(tiny_run, tmp_path):
+    ds, run, _ = tiny_run
+    folder = tmp_path / "torn"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"iterations": 12, "see')  # what a full disk mid-write used to leave
+    p = run_micd("train", "--dataset", ds, "--out", str(folder), "--resume", *TINY)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    err = [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")][-1]
+    assert err["event"] == "error" and "saved options cannot be read" in err["message"] and err["hint"]
+
+
 def _wait_for(path, text, proc, timeout=120):
     t0 = time.time()
     while time.time() - t0 < timeout:

@@ -9,6 +9,7 @@ import sys
 import time
 
 from micd.inference.cli_common import Reporter, add_window_arguments, check_window_arguments
+from micd.jsonfile import write_json
 
 DESCRIPTION = """Rank unlabeled volumes by how unsure a trained model is about them, to choose what to label next.
 Each volume is predicted once, as `micd predict` does (same preprocessing, Gaussian-blended sliding windows,
@@ -136,10 +137,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         folder = os.path.dirname(os.path.abspath(args.json))
         os.makedirs(folder, exist_ok=True)
-        tmp = os.path.abspath(args.json) + ".part"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
-        os.replace(tmp, args.json)
+        write_json(args.json, result, indent=1)
     print(table(ranking, package.labels), file=sys.stderr)
     REPORT.emit({"event": "done", "images": len(entries), "failed": failed, "json": args.json,
            "ranking": [{"rank": e["rank"], "file": e["file"], "score": e["score"]} for e in ranking],

@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass, field
 from typing import List, Optional
 
 from micd import proctime
+from micd.jsonfile import write_json
 from micd.training.outcome import CONFIG_FILE, MAX_OOM_RETRIES, DataProblem
 
 WARMUP_STEPS = 1
@@ -314,10 +315,8 @@ def apply_time_budget(trainer) -> None:
     if trainer.bar is not None:
         trainer.bar.total = n
     if trainer.ctx.is_main:
-        with open(os.path.join(trainer.run_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
-            json.dump(o.to_dict(), f, indent=2)
-        with open(plan_path, "w", encoding="utf-8") as f:
-            json.dump(asdict(plan), f, indent=2)
+        write_json(os.path.join(trainer.run_dir, CONFIG_FILE), o.to_dict())
+        write_json(plan_path, asdict(plan))
     trainer.budget_fields = plan.start_fields()
 
 

@@ -30,8 +30,16 @@ def run(args: argparse.Namespace) -> int:
     saved = None
     out = getattr(args, "out", None)
     if getattr(args, "resume", False) and out and os.path.isfile(os.path.join(out, CONFIG_FILE)):
-        with open(os.path.join(out, CONFIG_FILE), encoding="utf-8") as f:
-            saved = json.load(f)
+        try:
+            with open(os.path.join(out, CONFIG_FILE), encoding="utf-8") as f:
+                saved = json.load(f)
+            if not isinstance(saved, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
+            EventWriter(None, sys.stdout).error(
+                "data", f"{os.path.join(out, CONFIG_FILE)}: the run's saved options cannot be read ({e})",
+                "restore that file, or move it away and pass the run's options again with --resume")
+            return EXIT_DATA
     try:
         opts = resolve(args, saved)
     except (ValueError, TypeError) as e:

@@ -32,6 +32,7 @@ from micd.training.checkpoint import (BEST, LAST, CheckpointError, load_checkpoi
 from micd.training.devices import (DeviceError, amp_dtype, free_device_bytes, is_cuda_error, is_oom,
                                    precision_reason, resolve_device)
 from micd.training.options import TrainOptions
+from micd.jsonfile import write_json
 from micd.training.outcome import (CONFIG_FILE, EXIT_CANCELLED, EXIT_DATA, EXIT_FAILED, EXIT_OK, KIND_EXIT,  # noqa: F401
                                    MAX_OOM_RETRIES, Cancelled, DataProblem)
 from micd.training.schedule import consistency_weight, learning_rate
@@ -145,7 +146,10 @@ class Trainer:
     # ------------------------------------------------------------------ set-up
     def _open_events(self) -> None:
         o = self.o
-        existing = os.path.exists(os.path.join(self.run_dir, "events.jsonl")) or os.path.isdir(self.ckpt_dir)
+        # A run's traces; model/ or config.json alone (a run whose logs were cleaned up, or a config kept beside it)
+        # count too, as the end of a run would replace the one and its start rewrite the other.
+        existing = any(os.path.exists(os.path.join(self.run_dir, n)) for n in ("events.jsonl", "model", CONFIG_FILE)) \
+            or os.path.isdir(self.ckpt_dir)
         D.barrier(self.ctx)  # every rank looks before rank 0 creates anything
         if existing and not o.resume:
             # Write nothing into a folder holding someone's run.
@@ -209,8 +213,7 @@ class Trainer:
         self.data = self._prepare_data()
         if self.ctx.is_main:
             os.makedirs(self.run_dir, exist_ok=True)
-            with open(os.path.join(self.run_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
-                json.dump(o.to_dict(), f, indent=2)
+            write_json(os.path.join(self.run_dir, CONFIG_FILE), o.to_dict())
         self._check_cancel(before_training=True)
         self._build_model()
         from micd.training.budget import apply_time_budget
