@@ -221,7 +221,7 @@ def test_model_buttons_call_the_logic(segmentation_panel, tmp_path):
     logic.delete_model.assert_called_once_with(model)
     DIALOGS.answer(str(tmp_path / "Hippo.zip"), str(tmp_path / "Hippo.zip"), str(tmp_path))
     panel.exportButton.click()
-    logic.export_model.assert_called_once_with(model, str(tmp_path / "Hippo.zip"))
+    logic.export_model.assert_called_once_with(model, str(tmp_path / "Hippo.zip"), True)  # the dialog asked
     panel.importZipButton.click()
     logic.import_model.assert_called_with(str(tmp_path / "Hippo.zip"))
     panel.importFolderButton.click()

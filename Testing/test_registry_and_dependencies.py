@@ -37,6 +37,25 @@ def test_registry_lists_renames_deletes(registry, tmp_path):
     assert registry.models() == []
 
 
+def test_registry_never_replaces_or_moves_what_it_does_not_own(registry, tmp_path):
+    """A zip already on disk is kept unless the caller says so (the panel's save dialog asks first); a model cannot
+    be zipped into its own folder; a folder outside the registry (a run's model/) is not moved by a rename."""
+    kept = tmp_path / "liver.zip"
+    kept.write_bytes(b"an earlier export")
+    with pytest.raises(RegistryError, match="already exists"):
+        registry.export_zip("Liver", str(kept))
+    assert kept.read_bytes() == b"an earlier export" and not (tmp_path / "liver.zip.part").exists()
+    registry.export_zip("Liver", str(kept), overwrite=True)
+    assert sorted(zipfile.ZipFile(kept).namelist()) == ["Liver/model.json", "Liver/weights.safetensors"]
+    (model,) = registry.models()
+    with pytest.raises(RegistryError, match="own folder"):
+        registry.export_zip(model, str(tmp_path / "models" / "Liver" / "self.zip"))
+    run_model = tmp_path / "run" / "model"
+    with pytest.raises(RegistryError, match="not inside the model folder"):
+        registry.rename(str(run_model), "Liver v3")
+    assert (run_model / "model.json").is_file() and [m.name for m in registry.models()] == ["Liver"]
+
+
 def test_registry_zip_round_trip_and_folder_import(registry, tmp_path):
     zip_path = registry.export_zip("Liver", str(tmp_path / "liver.zip"))
     assert sorted(zipfile.ZipFile(zip_path).namelist()) == ["Liver/model.json", "Liver/weights.safetensors"]

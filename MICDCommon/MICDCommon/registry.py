@@ -282,6 +282,9 @@ class ModelRegistry:
 
     def rename(self, model, new_name):
         model = self.get(model)
+        if os.path.dirname(model.path) != self.root:
+            raise RegistryError(f"{model.path} is not inside the model folder {self.root}; import it first to rename "
+                                "the registry's copy")
         if not str(new_name).strip():
             raise RegistryError("a model name cannot be empty")
         target = self._free_folder(new_name) if safe_name(new_name) != model.folder_name else model.path
@@ -296,14 +299,28 @@ class ModelRegistry:
             raise RegistryError(f"{model.path} is not inside the model folder {self.root}; not deleting it")
         shutil.rmtree(model.path)
 
-    def export_zip(self, model, zip_path):
-        """Write the model folder into a zip (entries `<folder name>/model.json`, ...)."""
+    def export_zip(self, model, zip_path, overwrite=False):
+        """Write the model folder into a zip (entries `<folder name>/model.json`, ...).
+
+        An existing file is replaced only with `overwrite` (the panel's save dialog has asked); the zip is written
+        beside it first, so a failure (a full disk) leaves the earlier file as it was."""
         model = self.get(model)
-        with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as z:
-            for base, _dirs, files in os.walk(model.path):
-                for f in sorted(files):
-                    full = os.path.join(base, f)
-                    z.write(full, os.path.join(model.folder_name, os.path.relpath(full, model.path)))
+        zip_path = os.path.abspath(str(zip_path))
+        if zip_path.startswith(os.path.abspath(model.path) + os.sep):
+            raise RegistryError(f"{zip_path}: a model cannot be zipped into its own folder; choose a file outside it")
+        if os.path.exists(zip_path) and not overwrite:
+            raise RegistryError(f"{zip_path} already exists; choose another file name (or pass overwrite=True)")
+        tmp = zip_path + ".part"
+        try:
+            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+                for base, _dirs, files in os.walk(model.path):
+                    for f in sorted(files):
+                        full = os.path.join(base, f)
+                        z.write(full, os.path.join(model.folder_name, os.path.relpath(full, model.path)))
+            os.replace(tmp, zip_path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
         return zip_path
 
     def import_path(self, path, name=None):

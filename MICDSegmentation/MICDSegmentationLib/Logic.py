@@ -104,8 +104,8 @@ class SegmentationLogic:
     def delete_model(self, model):
         self.registry.delete(model)
 
-    def export_model(self, model, zip_path):
-        return self.registry.export_zip(model, zip_path)
+    def export_model(self, model, zip_path, overwrite=False):
+        return self.registry.export_zip(model, zip_path, overwrite)
 
     def import_model(self, path, name=None):
         return self.registry.import_path(path, name)

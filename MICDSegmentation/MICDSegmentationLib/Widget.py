@@ -135,7 +135,7 @@ class SegmentationWidget:
         path = model and qt.QFileDialog.getSaveFileName(qtsupport.main_window(), _("Export model"), model.folder_name + ".zip",
                                                         "Zip (*.zip)")
         if path:
-            if self._guarded(self.logic.export_model, model, path):
+            if self._guarded(self.logic.export_model, model, path, True):  # the save dialog asked before replacing
                 self.appendLog(_("Exported to ") + path)
 
     def onImportZip(self):

@@ -211,24 +211,35 @@ def load_model_package(path: str, device: str = "cpu") -> ModelPackage:
 ZIP_MAX_BYTES = 8 * 1024 ** 3  # refuse archives that would unpack to more than this (zip bombs)
 
 
-def export_zip(model_dir: str, zip_path: str) -> str:
-    """Zip a model folder whole (its regular files, relative paths, under no top folder); checks it first."""
+def export_zip(model_dir: str, zip_path: str, overwrite: bool = False) -> str:
+    """Zip a model folder whole (its regular files, relative paths, under no top folder); checks it first.
+
+    An existing `zip_path` is only replaced when `overwrite=True`; the archive is written beside it first."""
     import zipfile
 
     read_model_json(model_dir)
     if not os.path.isfile(os.path.join(model_dir, WEIGHTS_FILE)):
         raise ModelPackageError(f"{model_dir}: no {WEIGHTS_FILE}")
-    os.makedirs(os.path.dirname(os.path.abspath(zip_path)) or ".", exist_ok=True)
+    zip_path = os.path.abspath(zip_path)
+    if zip_path.startswith(os.path.abspath(model_dir) + os.sep):
+        raise ModelPackageError(f"{zip_path}: a model cannot be zipped into its own folder; choose a path outside it")
+    if os.path.exists(zip_path) and not overwrite:
+        raise ModelPackageError(f"{zip_path}: already exists; remove it or export with overwrite=True")
+    os.makedirs(os.path.dirname(zip_path), exist_ok=True)
     tmp = zip_path + ".part"
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-        for root, dirs, files in os.walk(model_dir):
-            dirs[:] = sorted(d for d in dirs if not os.path.islink(os.path.join(root, d)))
-            for name in sorted(files):
-                full = os.path.join(root, name)
-                if os.path.islink(full) or not os.path.isfile(full):
-                    continue  # links could point outside the folder; they are not part of a model
-                z.write(full, os.path.relpath(full, model_dir).replace(os.sep, "/"))
-    os.replace(tmp, zip_path)
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+            for root, dirs, files in os.walk(model_dir):
+                dirs[:] = sorted(d for d in dirs if not os.path.islink(os.path.join(root, d)))
+                for name in sorted(files):
+                    full = os.path.join(root, name)
+                    if os.path.islink(full) or not os.path.isfile(full):
+                        continue  # links could point outside the folder; they are not part of a model
+                    z.write(full, os.path.relpath(full, model_dir).replace(os.sep, "/"))
+        os.replace(tmp, zip_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return zip_path
 
 

@@ -160,6 +160,11 @@ def test_zip_round_trip(good, tmp_path):
         assert torch.equal(v, b.networks["student_a"].state_dict()[k])
     with pytest.raises(ModelPackageError, match="already exists"):
         import_zip(z, dest)
+    with pytest.raises(ModelPackageError, match="already exists"):  # an earlier export is not replaced unasked
+        export_zip(str(good), z)
+    assert export_zip(str(good), z, overwrite=True) == os.path.abspath(z)
+    with pytest.raises(ModelPackageError, match="own folder"):
+        export_zip(str(good), os.path.join(str(good), "m.zip"))
     assert import_zip(z, dest, overwrite=True) == dest
     # an archive made by hand with a top folder is unpacked from inside it
     with zipfile.ZipFile(tmp_path / "top.zip", "w") as zf:
