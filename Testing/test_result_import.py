@@ -97,6 +97,41 @@ def test_replace_asks_and_missing_labels_become_empty_segments(scene, tmp_path, 
     assert scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == 0  # temporary nodes removed
 
 
+def test_a_failed_replace_keeps_the_earlier_result_and_its_corrections(scene, tmp_path, hippocampus_cases):
+    """Slicer's label map import reports failure by returning False; the earlier result, which may hold the user's
+    corrections, must then keep all its segments, and a new result node must not be left behind empty."""
+    from unittest import mock
+
+    from MICDCommon import resultimport
+
+    image, label = hippocampus_cases[0]
+    registry = ModelRegistry(tmp_path / "models")
+    registry.add_folder(str(make_model_folder(tmp_path / "m", {1: "anterior", 2: "posterior"}, {})), "Hippo")
+    volume = load_volume(image, "hippo")
+    logic = SegmentationLogic(registry=registry)
+    first = logic.import_result(str(label), volume, "Hippo")
+    first.GetSegmentation().AddEmptySegment("", "my correction", (0.0, 1.0, 0.0))
+    before = list(_segments_by_name(first))
+    nodes = scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+
+    class FailingImport:  # the real call's failure value; everything else is real MRML
+        @staticmethod
+        def ImportLabelmapToSegmentationNode(labelmap, node):
+            return False
+
+    with mock.patch.object(resultimport.slicer, "vtkSlicerSegmentationsModuleLogic", FailingImport):
+        for replace in (True, False):
+            try:
+                logic.import_result(str(label), volume, "Hippo", replace=replace)
+            except RuntimeError as e:
+                assert "could not import" in str(e)
+            else:
+                raise AssertionError("a failed import was not reported")
+    assert list(_segments_by_name(first)) == before == ["anterior", "posterior", "my correction"]
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == nodes
+    assert scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == 0
+
+
 def _world_bounds_of_labels(volume, labels_array, transform):
     """World bounds of the labelled voxels: voxel corners through the volume's IJK->RAS, then its transform."""
     k, j, i = np.nonzero(labels_array)

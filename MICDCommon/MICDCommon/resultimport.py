@@ -51,16 +51,22 @@ def import_label_file(label_path, volume, labels, colors=None, node_name=None, t
     """Import `label_path` (a label map in the volume's geometry) as a segmentation node and return it.
 
     labels {value: name}; colors {value: (r, g, b) in 0..1}; target: an existing node whose segments are replaced.
-    Labels the model knows but the prediction does not contain become empty segments (`include_empty`)."""
+    Labels the model knows but the prediction does not contain become empty segments (`include_empty`). When the
+    import fails, the target keeps its earlier segments (it may hold the user's corrections) and a new node is
+    removed again."""
     scene = volume.GetScene()
     colors = dict(colors or {})
     labelmap = sceneio.load_volume(label_path, "MICD prediction", labelmap=True)
     table = _name_table(scene, labels, colors)
+    node, earlier = None, None
     try:
         if labelmap.GetDisplayNode() is not None:
             labelmap.GetDisplayNode().SetAndObserveColorNodeID(table.GetID())
         node = target or scene.AddNewNodeByClass("vtkMRMLSegmentationNode", node_name or result_name(volume))
         segmentation = node.GetSegmentation()
+        if target is not None:
+            earlier = slicer.vtkSegmentation()
+            earlier.DeepCopy(segmentation)
         segmentation.RemoveAllSegments()
         if node.GetDisplayNode() is None:
             node.CreateDefaultDisplayNodes()
@@ -88,6 +94,12 @@ def import_label_file(label_path, volume, labels, colors=None, node_name=None, t
             node.SetAttribute(MODEL_ATTRIBUTE, model_path)
         sceneio.place_in_subject_hierarchy(scene, node, sceneio.subject_hierarchy_parent(scene, volume))
         return node
+    except Exception:
+        if earlier is not None:
+            node.GetSegmentation().DeepCopy(earlier)
+        elif node is not None:
+            scene.RemoveNode(node)
+        raise
     finally:
         scene.RemoveNode(labelmap)
         scene.RemoveNode(table)

@@ -187,7 +187,8 @@ class SegmentationWidget:
         """True: replace the earlier result; False: keep it and make a new one; None: do nothing."""
         box = qt.QMessageBox
         answer = box.question(qtsupport.main_window(), _("Replace result?"), _("'") + previous.GetName() + _("' already holds a MICD "
-                              "result for this volume. Replace it? (No keeps it and makes a new segmentation.)"),
+                              "result for this volume. Replace it, with any corrections made in it? (No keeps it and makes a new "
+                              "segmentation.)"),
                               box.Yes | box.No | box.Cancel)
         return True if answer == box.Yes else False if answer == box.No else None
 
