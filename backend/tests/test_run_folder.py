@@ -82,6 +82,27 @@ def test_old_pickled_checkpoint_is_refused_then_converted_on_request(tiny_run, t
         assert resumed[it] == pytest.approx(reference[it], rel=1e-5), it
 
 
+def test_convert_checkpoint_leaves_what_it_cannot_rewrite_as_it_was(tiny_run, tmp_path):
+    """A pickle that is not a micd checkpoint, and an original already kept by an earlier conversion: refused with
+    one line on stderr, every file as it was; a current checkpoint is left alone."""
+    import datetime
+
+    _, run, _ = tiny_run
+    out = copy_run(run, tmp_path / "run")
+    foreign = ckpt(out, "best.pt")
+    torch.save({"when": datetime.date(2026, 1, 1)}, foreign)  # a pickled object: weights_only refuses it
+    before = open(foreign, "rb").read()
+    p = run_micd("convert-checkpoint", out)
+    assert p.returncode == 1 and "not a checkpoint of micd" in p.stderr and "Traceback" not in p.stderr
+    assert open(foreign, "rb").read() == before and "already in the current format" in p.stdout
+    os.makedirs(os.path.join(out, "checkpoints", "before-convert"))
+    with open(os.path.join(out, "checkpoints", "before-convert", "best.pt"), "wb") as f:
+        f.write(b"the first original")
+    p = run_micd("convert-checkpoint", out)
+    assert p.returncode == 2 and "earlier conversion" in p.stderr and open(foreign, "rb").read() == before
+    assert open(os.path.join(out, "checkpoints", "before-convert", "best.pt"), "rb").read() == b"the first original"
+
+
 def test_torn_last_checkpoint_falls_back_to_the_previous_one(tiny_run, tmp_path):
     ds, run, _ = tiny_run
     out = copy_run(run, tmp_path / "run")
