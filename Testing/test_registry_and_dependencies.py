@@ -50,6 +50,16 @@ def test_registry_never_replaces_or_moves_what_it_does_not_own(registry, tmp_pat
     (model,) = registry.models()
     with pytest.raises(RegistryError, match="own folder"):
         registry.export_zip(model, str(tmp_path / "models" / "Liver" / "self.zip"))
+    # a folder name is unique and wins; a display name two models share is refused (delete took the newest)
+    second = registry.add_folder(str(tmp_path / "run" / "model"), "Liver")
+    assert second.folder_name == "Liver_2" and registry.get("Liver").folder_name == "Liver"
+    ct = [registry.add_folder(str(tmp_path / "run" / "model"), "Liver (CT)") for _ in range(2)]
+    assert [m.folder_name for m in ct] == ["Liver_CT", "Liver_CT_2"]
+    with pytest.raises(RegistryError, match="2 models are named 'Liver \\(CT\\)'"):
+        registry.delete("Liver (CT)")
+    assert len(registry.models()) == 4
+    for m in [second, *ct]:
+        registry.delete(m)
     run_model = tmp_path / "run" / "model"
     with pytest.raises(RegistryError, match="not inside the model folder"):
         registry.rename(str(run_model), "Liver v3")

@@ -248,14 +248,21 @@ class ModelRegistry:
         return meta
 
     def get(self, name_or_path):
-        """A model by display name, folder name or path."""
+        """A model by path, folder name (unique), or display name (refused when several models share it)."""
         if isinstance(name_or_path, ModelInfo):
             return name_or_path
         if os.path.isdir(str(name_or_path)):
             return ModelInfo(name_or_path, check_model_folder(name_or_path))
-        for model in self.models():
-            if name_or_path in (model.name, model.folder_name):
+        models = self.models()
+        for model in models:
+            if name_or_path == model.folder_name:
                 return model
+        named = [m for m in models if m.name == name_or_path]
+        if len(named) > 1:
+            raise RegistryError(f"{len(named)} models are named {name_or_path!r} (folders "
+                                f"{', '.join(m.folder_name for m in named)}); give the folder name or path")
+        if named:
+            return named[0]
         raise RegistryError(f"no model named {name_or_path!r} in {self.root}")
 
     def _free_folder(self, name):
