@@ -322,7 +322,8 @@ def markdown(summary: dict, preset: str, cfg: dict) -> str:
         lines += ["", f"Device: {first['device']} ({first['amp']}); CPU flags: {' '.join(first['cpu_flags']) or '–'}."]
     curves = {k: v for k, v in summary.get("supervised_validation_curves", {}).items() if v}
     if curves:
-        lines += ["", "Supervised validation Dice (5 labeled validation cases) by iteration, to show it has plateaued:",
+        lines += ["", "Supervised validation Dice (5 labeled validation cases) by iteration, to show whether it has "
+                  "plateaued (3x longer runs: `benchmarks/results/cpu-plateau/`):",
                   "", "| run | " + " | ".join(str(i) for i, _ in next(iter(curves.values()))) + " |",
                   "|---|" + "---|" * len(next(iter(curves.values())))]
         for k, v in sorted(curves.items()):
