@@ -23,6 +23,7 @@ from micd import __version__
 from micd.data.label_channels import LabelChannels
 from micd.diskfull import DiskFull, free_bytes, is_disk_full
 from micd.events import EventWriter
+from micd.jsonfile import write_json
 from micd.methods import build_method
 from micd.model_package import save_model_package
 from micd.nets.vnet import NetworkConfig
@@ -32,7 +33,6 @@ from micd.training.checkpoint import (BEST, LAST, CheckpointError, load_checkpoi
 from micd.training.devices import (DeviceError, amp_dtype, free_device_bytes, is_cuda_error, is_oom,
                                    precision_reason, resolve_device)
 from micd.training.options import TrainOptions
-from micd.jsonfile import write_json
 from micd.training.outcome import (CONFIG_FILE, EXIT_CANCELLED, EXIT_DATA, EXIT_FAILED, EXIT_OK, KIND_EXIT,  # noqa: F401
                                    MAX_OOM_RETRIES, Cancelled, DataProblem)
 from micd.training.schedule import consistency_weight, learning_rate
