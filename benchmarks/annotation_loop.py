@@ -295,20 +295,25 @@ def main() -> None:
     ap.add_argument("--shared", default=os.path.join(ROOT, "..", "shared"))
     ap.add_argument("--results", default=os.path.join(HERE, "results"))
     ap.add_argument("--work", default=os.path.join(HERE, "runs"), help="training runs, predictions (not committed)")
+    ap.add_argument("--seeds", type=int, nargs="+", help="run only these of the preset's seeds (default: all); "
+                    "the summary always covers every recorded run")
     ap.add_argument("--report", action="store_true", help="only rebuild the summary from recorded runs")
     a = ap.parse_args()
     cfg = PRESETS[a.preset]
+    if a.seeds and not set(a.seeds) <= set(cfg["seeds"]):
+        ap.error(f"--seeds must be among the preset's seeds {cfg['seeds']}")
+    seeds = a.seeds or cfg["seeds"]
     split = json.load(open(os.path.join(HERE, "splits", "hippocampus.json")))
     hip = os.path.abspath(os.path.join(a.shared, "data", "hippocampus"))
     runs_dir = os.path.join(a.results, f"annotation-{a.preset}", "runs")
     os.makedirs(runs_dir, exist_ok=True)
     bench = Bench(a.preset, cfg, split, hip, os.path.join(a.work, f"annotation-{a.preset}"), runs_dir)
     if not a.report:
-        for seed in cfg["seeds"]:  # seed by seed, so that an interrupted benchmark already compares something
+        for seed in seeds:  # seed by seed, so that an interrupted benchmark already compares something
             if a.part in ("all", "loop"):
                 bench.loop(seed)
                 write_summary(a, cfg, runs_dir)
-        for seed in cfg["seeds"]:
+        for seed in seeds:
             if a.part in ("all", "warm"):
                 w = bench.warm_vs_cold(seed)
                 print(f"seed {seed} warm vs cold: cold best {w['cold_best_dice']:.3f} at {w['cold_best_iter']}, "
