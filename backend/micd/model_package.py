@@ -31,6 +31,7 @@ from typing import Dict, List, Mapping, Optional
 
 import torch
 
+from micd.atomicfile import replacing
 from micd.data.io import default_color
 from micd.data.label_channels import LabelChannels
 from micd.diskfull import disk_guard
@@ -225,9 +226,7 @@ def export_zip(model_dir: str, zip_path: str, overwrite: bool = False) -> str:
         raise ModelPackageError(f"{zip_path}: a model cannot be zipped into its own folder; choose a path outside it")
     if os.path.exists(zip_path) and not overwrite:
         raise ModelPackageError(f"{zip_path}: already exists; remove it or export with overwrite=True")
-    os.makedirs(os.path.dirname(zip_path), exist_ok=True)
-    tmp = zip_path + ".part"
-    try:
+    with replacing(zip_path) as tmp:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
             for root, dirs, files in os.walk(model_dir):
                 dirs[:] = sorted(d for d in dirs if not os.path.islink(os.path.join(root, d)))
@@ -236,10 +235,6 @@ def export_zip(model_dir: str, zip_path: str, overwrite: bool = False) -> str:
                     if os.path.islink(full) or not os.path.isfile(full):
                         continue  # links could point outside the folder; they are not part of a model
                     z.write(full, os.path.relpath(full, model_dir).replace(os.sep, "/"))
-        os.replace(tmp, zip_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return zip_path
 
 

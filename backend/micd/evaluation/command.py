@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     from micd.evaluation.evaluate import evaluate_pairs
     from micd.evaluation.metrics import GridMismatchError
     from micd.evaluation.pairing import PairingError, pair_cases, read_label_names
-    from micd.evaluation.report import markdown, write_csv, write_json, write_markdown
+    from micd.atomicfile import write_json
+    from micd.evaluation.report import markdown, write_csv, write_markdown
 
     stem = args.json[:-5] if args.json.lower().endswith(".json") else args.json
     csv_path, md_path = args.csv or stem + ".csv", args.markdown or stem + ".md"
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"micd evaluate: error: {e}", file=sys.stderr)
         return 2
     try:
-        write_json(result, args.json)
+        write_json(args.json, result)  # the full record
         write_csv(result, csv_path)
         write_markdown(result, md_path)
     except OSError as e:

@@ -1,12 +1,11 @@
-"""Writing an evaluation as JSON (the full record), CSV (one row per case and label, then summary rows) and Markdown."""
+"""Writing an evaluation as CSV (one row per case and label, then summary rows) and Markdown."""
 
 from __future__ import annotations
 
 import csv
-import json
-import os
 from typing import Optional
 
+from micd.atomicfile import open_replacing
 from micd.evaluation.summary import METRICS
 
 
@@ -14,15 +13,8 @@ def _fmt(x: Optional[float], digits: int = 4) -> str:
     return "" if x is None else f"{x:.{digits}f}"
 
 
-def write_json(result: dict, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
-
-
 def write_csv(result: dict, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with open_replacing(path, newline="") as f:
         w = csv.writer(f)
         w.writerow(["case", "label", "name", "dice", "hd95_mm", "asd_mm", "empty"])
         for c in result["cases"]:
@@ -55,6 +47,5 @@ def markdown(result: dict) -> str:
 
 
 def write_markdown(result: dict, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+    with open_replacing(path) as f:
         f.write(markdown(result))

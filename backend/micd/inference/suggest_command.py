@@ -9,7 +9,7 @@ import sys
 import time
 
 from micd.inference.cli_common import Reporter, add_window_arguments, check_window_arguments
-from micd.jsonfile import write_json
+from micd.atomicfile import write_json
 
 DESCRIPTION = """Rank unlabeled volumes by how unsure a trained model is about them, to choose what to label next.
 Each volume is predicted once, as `micd predict` does (same preprocessing, Gaussian-blended sliding windows,

@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass, field
 from typing import List, Optional
 
 from micd import proctime
-from micd.jsonfile import write_json
+from micd.atomicfile import write_json
 from micd.training.outcome import CONFIG_FILE, MAX_OOM_RETRIES, DataProblem
 
 WARMUP_STEPS = 1

@@ -23,7 +23,7 @@ from micd import __version__
 from micd.data.label_channels import LabelChannels
 from micd.diskfull import DiskFull, free_bytes, is_disk_full
 from micd.events import EventWriter
-from micd.jsonfile import write_json
+from micd.atomicfile import write_json
 from micd.methods import build_method
 from micd.model_package import save_model_package
 from micd.nets.vnet import NetworkConfig
