@@ -294,3 +294,37 @@ def test_add_folder_says_why_a_folder_gives_no_cases(training_panel, hippocampus
     assert "2 image(s) but no label file" in errors[0].text and "hippocampus_001.nii.gz" in errors[0].text
     assert "labelsTr/ beside imagesTr/" in errors[0].text and "X_seg.nii.gz" in errors[0].text
     assert "holds no image files" in errors[1].text
+
+
+def test_add_folder_refuses_a_dataset_json_it_cannot_read(training_panel, hippocampus_cases, tmp_path):
+    """A labeled folder whose dataset.json is broken is refused with the file and the reason, instead of training
+    with numbered label names the user never chose; a valid one gives its names."""
+    import json
+    import os
+
+    from MICDTrainingLib.Logic import TrainingLogic
+
+    panel, logic = training_panel
+    logic.cases_from_folder.side_effect = TrainingLogic.cases_from_folder  # the real pairing and label names
+    folder = tmp_path / "labeled"
+    for sub in ("imagesTr", "labelsTr"):
+        (folder / sub).mkdir(parents=True)
+    for image, label in hippocampus_cases[:2]:
+        os.symlink(image, folder / "imagesTr" / os.path.basename(image))
+        os.symlink(label, folder / "labelsTr" / os.path.basename(label))
+    meta = folder / "dataset.json"
+    meta.write_text('{"labels": {"0": "background", "1": "anterior",')  # cut off mid-write
+    DIALOGS.answer(str(folder))
+    panel.addFolderButton.click()
+    (error,) = [d for d in DIALOGS.shown if d.kind == "slicer.util.errorDisplay"]
+    assert str(meta) in error.text and "not valid JSON" in error.text and not panel.cases
+
+    meta.write_text(json.dumps({"labels": ["background", "anterior"]}))  # a list, not {value: name}
+    DIALOGS.answer(str(folder))
+    panel.addFolderButton.click()
+    assert "must be an object" in [d for d in DIALOGS.shown if d.kind == "slicer.util.errorDisplay"][-1].text
+
+    meta.write_text(json.dumps({"labels": {"0": "background", "1": "anterior", "2": "posterior"}}))
+    DIALOGS.answer(str(folder))
+    panel.addFolderButton.click()
+    assert len(panel.cases) == 2 and panel.file_labels == {1: "anterior", 2: "posterior"}

@@ -221,9 +221,16 @@ def _seg_nrrd_names(path):
     return {int(values.get(i, int(i) + 1)): n for i, n in names.items()}
 
 
+class LabelNamesError(ValueError):
+    """A folder's dataset.json exists but its label names cannot be read; the message says which file and why."""
+
+
 def folder_labels(folder, pairs=()):
     """{value: name} for the label files of a folder: its dataset.json "labels" (MSD style, background skipped),
-    else the segment names of its first .seg.nrrd label file; {} when unknown."""
+    else the segment names of its first .seg.nrrd label file; {} when unknown.
+
+    A dataset.json that is there but unreadable raises LabelNamesError: silently falling back to numbered names
+    would train a model whose segments are not called what the user wrote."""
     import json
 
     meta = os.path.join(folder, "dataset.json")
@@ -238,8 +245,12 @@ def folder_labels(folder, pairs=()):
                 elif str(val).isdigit():
                     found[int(val)] = str(key)
             return {v: n for v, n in found.items() if v != 0}
-        except (OSError, ValueError, AttributeError):
-            pass
+        except (OSError, ValueError, AttributeError) as e:
+            reason = (e.strerror or str(e)) if isinstance(e, OSError) else \
+                "its \"labels\" must be an object such as {\"0\": \"background\", \"1\": \"liver\"}" \
+                if isinstance(e, AttributeError) else f"not valid JSON ({e})"
+            raise LabelNamesError(f"{meta}: the label names cannot be read: {reason}. Fix the file, or remove it to "
+                                  "take the names from .seg.nrrd labels or number them.") from None
     for _image, label in pairs:
         if label.lower().endswith(SEG_SUFFIX):
             return _seg_nrrd_names(label)

@@ -93,7 +93,8 @@ class TrainingLogic:
     # --- checks and export --------------------------------------------------------------------------------------
     @staticmethod
     def cases_from_folder(folder):
-        """Labeled file cases of a folder and their label names: (cases, {value: name}, unpaired file names)."""
+        """Labeled file cases of a folder and their label names: (cases, {value: name}, unpaired file names).
+        Raises CasePairing.LabelNamesError when the folder's dataset.json cannot be read."""
         pairs, unpaired = pair_folder_cases(folder)
         return [FileCase(i, l) for i, l in pairs], folder_labels(folder, pairs), unpaired
 

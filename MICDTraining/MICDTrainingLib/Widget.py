@@ -11,7 +11,7 @@ import slicer
 from MICDCommon import FAILED, LOST, SUCCEEDED, qtsupport
 from MICDCommon.events import TrainingProgress
 
-from .CasePairing import no_pairs_reason, pair_scene_cases, summarize_unlabeled_folder
+from .CasePairing import LabelNamesError, no_pairs_reason, pair_scene_cases, summarize_unlabeled_folder
 from .Curves import TrainingCurves
 from .CurvesView import CurvesView
 from .DatasetExport import FileCase, LabeledCase
@@ -340,7 +340,11 @@ class TrainingWidget:
         folder = qt.QFileDialog.getExistingDirectory(qtsupport.main_window(), _("Folder of labeled image/label files"))
         if not folder:
             return
-        cases, labels, unpaired = self.logic.cases_from_folder(folder)
+        try:
+            cases, labels, unpaired = self.logic.cases_from_folder(folder)
+        except LabelNamesError as e:
+            self.show_error(str(e))
+            return
         if not cases:
             self.show_error(_("No image/label pairs found. ") + no_pairs_reason(folder, unpaired))
             return
