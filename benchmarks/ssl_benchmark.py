@@ -340,6 +340,9 @@ def main() -> None:
     ap.add_argument("--work", default=os.path.join(HERE, "runs"), help="training runs, predictions (not committed)")
     ap.add_argument("--report", action="store_true", help="only rebuild the summary from recorded runs")
     ap.add_argument("--no-ablations", action="store_true", help="skip the preset's ablation rows")
+    ap.add_argument("--ablations", nargs="+", choices=ABLATIONS, metavar="NAME",
+                    help="run only these of the preset's ablation rows (default: all of them), e.g. to finish the "
+                         "required ablations at every seed before an optional one")
     a = ap.parse_args()
     cfg = PRESETS[a.preset]
     split = json.load(open(os.path.join(HERE, "splits", "hippocampus.json")))
@@ -352,8 +355,8 @@ def main() -> None:
         # Each run is trained, scored and recorded before the next: 2 labeled seed by seed, then 5 labeled, then
         # the ablations at 2 labeled, so that an interrupted benchmark has already answered the first question.
         plan = [(seed, k, m) for k in cfg["labeled"] for seed in cfg["seeds"] for m in a.methods]
-        plan += [(seed, min(cfg["labeled"]), m) for seed in cfg["seeds"] for m in cfg.get("ablations", [])
-                 if not a.no_ablations]
+        ablations = [m for m in cfg.get("ablations", []) if a.ablations is None or m in a.ablations]
+        plan += [(seed, min(cfg["labeled"]), m) for seed in cfg["seeds"] for m in ablations if not a.no_ablations]
         for seed, k, method in plan:
             r = run_one(method, k, seed, cfg, split, hip, work, runs_dir, a.preset)
             print(f"{method:16s} L{k} s{seed}: recorded ({r['train_wall_s'] or 0:.0f} s wall)", flush=True)
