@@ -277,6 +277,9 @@ def summarize(runs: List[dict]) -> dict:
                                     if method in VARIANTS and (k, "micd") in groups else None),
             "iterations": rs[0]["iterations"], "device": rs[0]["device"], "amp": rs[0].get("amp"),
             "cpu_flags": rs[0].get("cpu_flags"),
+            # per seed: the same seed and code train differently under other bf16 kernels (AMX or not), so a row
+            # compared across machines carries that difference too
+            "cpu_flags_by_seed": {str(r["seed"]): " ".join(r.get("cpu_flags") or []) or None for r in rs},
             "train_wall_s_mean": float(np.mean([r["train_wall_s"] for r in rs if r["train_wall_s"] is not None] or
                                                [float("nan")])),
             "train_cpu_s_mean": float(np.mean([r["train_cpu_s"] for r in rs if r["train_cpu_s"] is not None] or
@@ -295,6 +298,21 @@ def summarize(runs: List[dict]) -> dict:
             same = [r for r in groups[(row["labeled"], "micd")] if r["seed"] in row["seeds"]]
             micd_val[f"{row['labeled']}-micd-" + "-".join(map(str, row["seeds"]))] = best_validation_mean(same)
     return {"rows": rows, "supervised_validation_curves": curves, "best_validation": micd_val}
+
+
+def machines_line(rows: List[dict]) -> str:
+    """Which runs trained on which CPU kind (by its autocast-relevant flags): bf16 on AMX and on AVX512-BF16 differs
+    numerically, so one seed's run on the two kinds is not the same run, and speeds compare only within one kind."""
+    kinds: Dict[str, List[str]] = {}
+    for r in rows:
+        by_seed = r.get("cpu_flags_by_seed") or {str(s): " ".join(r.get("cpu_flags") or []) or None for s in r["seeds"]}
+        for flags in sorted(set(by_seed.values()), key=str):
+            seeds = " ".join(f"s{s}" for s, f in sorted(by_seed.items()) if f == flags)
+            kinds.setdefault(flags or "not recorded", []).append(f"{r['method']} L{r['labeled']} {seeds}")
+    if len(kinds) == 1:
+        return f"CPU flags: {next(iter(kinds))}."
+    return "runs trained on CPUs of different kinds: " + "; ".join(
+        f"{flags}: {', '.join(runs)}" for flags, runs in sorted(kinds.items())) + "."
 
 
 def best_validation_mean(runs: List[dict]) -> Optional[float]:
@@ -346,7 +364,7 @@ def markdown(summary: dict, preset: str, cfg: dict) -> str:
                          f"{f(micd_val.get(f'{k}-micd-' + '-'.join(map(str, r['seeds']))))} |")
     first = next((r for r in summary["rows"] if r.get("cpu_flags") is not None), None)
     if first:
-        lines += ["", f"Device: {first['device']} ({first['amp']}); CPU flags: {' '.join(first['cpu_flags']) or '–'}."]
+        lines += ["", f"Device: {first['device']} ({first['amp']}); {machines_line(summary['rows'])}"]
     curves = {k: v for k, v in summary.get("supervised_validation_curves", {}).items() if v}
     if curves:
         lines += ["", "Supervised validation Dice (5 labeled validation cases) by iteration, to show whether it has "
