@@ -39,7 +39,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from ssl_benchmark import LABEL_NAMES, ROOT, case_mean_dice, cpu_flags, link_folder, micd, per_case_scores  # noqa: E402
+from ssl_benchmark import LABEL_NAMES, ROOT, case_mean_dice, link_folder, machine, micd, per_case_scores  # noqa: E402
 
 STRATEGIES = ["suggest", "random"]
 PRESETS = {
@@ -166,7 +166,7 @@ class Bench:
             "label_dice": {lab: float(np.mean([c[lab]["dice"] for c in per_case_scores(ev).values() if lab in c]))
                            for lab in LABEL_NAMES.values()},
             "train_wall_s": prov.get("wall_s"), "train_cpu_s": prov.get("cpu_s"), "process": t["timing"],
-            "cpu_flags": cpu_flags(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            **machine(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
     def loop(self, seed: int) -> None:
         start = self.initial(seed)

@@ -28,6 +28,7 @@ Presets:
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
@@ -169,11 +170,25 @@ def run_one(method: str, k: int, seed: int, cfg: dict, split: dict, hip: str, wo
               "final_class_weights": meta.get("metrics", {}).get("final_class_weights"),
               "evaluation": ev, "evaluation_last": evaluations.get("last"),
               "foreground_ratio_last": foreground_ratio(evaluations["last"]) if "last" in evaluations else None,
-              "host": platform.node(), "cpu_flags": cpu_flags(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+              **machine(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     tmp = record + ".tmp"
     json.dump(result, open(tmp, "w"), indent=1)
     os.replace(tmp, record)  # recorded at once; a restart skips it
     return result
+
+
+def machine() -> Dict[str, object]:
+    """What a training run's numbers depend on beyond the code: the same seed trains differently on another CPU
+    kind (bf16 kernels) and may on another torch."""
+    try:
+        model = next(l for l in open("/proc/cpuinfo") if l.startswith("model name")).split(":", 1)[1].strip()
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch_version = None
+    return {"host": platform.node(), "cpu_model": model, "cpu_flags": cpu_flags(), "torch": torch_version}
 
 
 def cpu_flags() -> List[str]:
