@@ -320,7 +320,7 @@ def machines_line(rows: List[dict]) -> str:
     numerically, so one seed's run on the two kinds is not the same run, and speeds compare only within one kind."""
     kinds: Dict[str, List[str]] = {}
     for r in rows:
-        by_seed = r.get("cpu_flags_by_seed") or {str(s): " ".join(r.get("cpu_flags") or []) or None for s in r["seeds"]}
+        by_seed = r["cpu_flags_by_seed"]
         for flags in sorted(set(by_seed.values()), key=str):
             seeds = " ".join(f"s{s}" for s, f in sorted(by_seed.items()) if f == flags)
             kinds.setdefault(flags or "not recorded", []).append(f"{r['method']} L{r['labeled']} {seeds}")
