@@ -25,10 +25,12 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from ssl_benchmark import PRESETS, ROOT, cpu_flags, paired, run_one, seed_means  # noqa: E402
+from ssl_benchmark import PRESETS, ROOT, paired, run_one, seed_means  # noqa: E402
 
 
 def summarize(base: list, long: list, micd: list, factor: int, iterations: int) -> dict:
+    seeds = {r["seed"] for r in long}
+    base, micd = [r for r in base if r["seed"] in seeds], [r for r in micd if r["seed"] in seeds]  # paired by seed
     by_seed = {r["seed"]: r for r in base}
     rows = []
     for r in sorted(long, key=lambda r: r["seed"]):
@@ -42,7 +44,24 @@ def summarize(base: list, long: list, micd: list, factor: int, iterations: int) 
                      "train_wall_s": r["train_wall_s"], "train_cpu_s": r["train_cpu_s"]})
     return {"factor": factor, "iterations_1x": iterations, "iterations_long": iterations * factor, "rows": rows,
             "long_minus_1x": paired(long, base), "micd_1x_minus_long": paired(micd, long),
-            "cpu_flags": cpu_flags()}
+            "cpu_flags": flags_of(long), "cpu_flags_by_group": {
+                f"supervised {iterations * factor}": flags_of(long), f"supervised {iterations}": flags_of(base),
+                f"MICD {iterations}": flags_of(micd)}}
+
+
+def flags_of(runs: list) -> list:
+    """The CPU kinds (autocast-relevant flags) the runs trained on, as recorded by each run, not by this machine:
+    the same seed trains differently on AMX and on AVX512-BF16 CPUs."""
+    return sorted({" ".join(r.get("cpu_flags") or []) or "not recorded" for r in runs})
+
+
+def machines(s: dict) -> str:
+    groups = s["cpu_flags_by_group"]
+    kinds = {k for flags in groups.values() for k in flags}
+    if len(kinds) == 1:
+        return f"CPU flags (every run): {next(iter(kinds))}."
+    return ("The compared runs trained on CPUs of different kinds, so the differences above include the machine's "
+            "effect: " + "; ".join(f"{g}: {' | '.join(f)}" for g, f in groups.items() if f) + ".")
 
 
 def markdown(s: dict, preset: str, k: int) -> str:
@@ -66,7 +85,7 @@ def markdown(s: dict, preset: str, k: int) -> str:
                      f"{r['train_cpu_s'] or 0:.0f} |")
     lines += ["", f"- supervised {itl} - supervised {it1}: {ci(s['long_minus_1x'])}",
               f"- MICD {it1} - supervised {itl}: {ci(s['micd_1x_minus_long'])}", "",
-              f"CPU flags: {' '.join(s['cpu_flags'])}.", "", f"Validation Dice of the {itl}-iteration runs:", ""]
+              machines(s), "", f"Validation Dice of the {itl}-iteration runs:", ""]
     for r in s["rows"]:
         curve = ", ".join(f"{i}: {d:.3f}" for i, d in r["validation_curve_long"])
         lines.append(f"- seed {r['seed']}: {curve}")

@@ -135,10 +135,9 @@ def main() -> None:
     os.makedirs(a.work, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="2")
     py = sys.executable
-    from ssl_benchmark import cpu_flags
+    from ssl_benchmark import machine
 
-    host = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "python": platform.python_version(), "cpu_flags": cpu_flags()}
+    host = {**machine(), "cores": os.cpu_count(), "python": platform.python_version()}
 
     def record(name: str, fn) -> dict:
         path = os.path.join(a.results, name + ".json")
