@@ -11,6 +11,9 @@ benchmarks/results/speed/<name>.json and speed.md; a finished measurement is ski
             bf16 autocast; median of the timed iterations after two warm-up iterations.
   ct:       the shared abdominal CT (122 x 101 x 30 at 3 mm), a model of width 16 for its 41 labels as `micd train`
             makes it (values up to 117 packed into 42 output channels, data/label_channels.py); the ratio to MONAI.
+  ct-paired: the same three commands as `ct` (plain MONAI, `micd predict`, `micd predict --amp off`) in turn, A B C A B C
+            ... (--pairs rounds after one warm-up round), and the ratio of each `micd predict` run to the MONAI run of
+            its own round; the median ratio is the figure to quote, since single runs drift with the machine.
   big42:    a synthetic 512 x 512 x 400 volume at 1 mm and a model of width 4 with 64x128x128 windows for the shared
             CT's labels (42 channels), one network, default options: the 4 GB memory bound.
   big118:   the same with a model folder written before the channel map (118 outputs, one per value up to 117).
@@ -30,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Dict, List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -101,6 +105,40 @@ def run_measured(cmd, env=None, limit_bytes=None) -> dict:
             "stdout_last": last[0][:2000], "plan_line": plan[:4000], "stderr_tail": err[-600:] if p.returncode else ""}
 
 
+def paired_rounds(py: str, env: dict, model: str, image: str, out_dir: str, rounds: int) -> dict:
+    """`micd predict` (default precision and --amp off) against the plain MONAI call, in turn, round by round: each
+    ratio is to the MONAI run of the same round, so the machine's drift cancels."""
+    import statistics
+
+    os.makedirs(out_dir, exist_ok=True)
+    commands = {"monai": [py, "-c", BASELINE_SNIPPET, model, image, os.path.join(out_dir, "monai.nii.gz"), "0.25"]}
+    for tag, extra in (("micd predict", []), ("micd predict --amp off", ["--amp", "off"])):
+        commands[tag] = [py, "-m", "micd", "predict", "--model", model, "--input", image, "--output",
+                         os.path.join(out_dir, f"micd{len(extra)}.nii.gz"), "--device", "cpu", "--branches",
+                         "student_a", "--num-threads", "2", "--overwrite", *extra]
+    walls: Dict[str, List[float]] = {k: [] for k in commands}
+    precision: Dict[str, Optional[str]] = {}
+    for i in range(rounds + 1):
+        for tag, cmd in commands.items():
+            r = run_measured(cmd, env)
+            if r["returncode"] != 0:
+                raise RuntimeError(f"{tag} failed ({r['returncode']}): {r['stderr_tail']}")
+            if i:  # round 0 warms the page cache and the imports
+                walls[tag].append(r["wall_s"])
+            if r["plan_line"]:
+                precision[tag] = json.loads(r["plan_line"]).get("precision")
+    variants = []
+    for tag in commands:
+        if tag == "monai":
+            continue
+        ratios = [w / b for w, b in zip(walls[tag], walls["monai"])]
+        variants.append({"tool": tag, "precision": precision.get(tag) or "fp32", "walls_s": walls[tag],
+                         "median_wall_s": statistics.median(walls[tag]),
+                         "ratio": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}})
+    return {"kind": "inference-paired", "rounds": rounds, "image": image, "monai_walls_s": walls["monai"],
+            "monai_median_wall_s": statistics.median(walls["monai"]), "variants": variants}
+
+
 def make_model(folder: str, spacing, labels: dict, patch, filters: int, packed: bool = True) -> str:
     """A model folder for `labels` {value: name}: with the channel map `micd train` writes (`packed`), or as older
     folders were, one output per value up to the largest."""
@@ -123,8 +161,9 @@ def make_model(folder: str, spacing, labels: dict, patch, filters: int, packed: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", nargs="+", default=["training", "ct", "big42", "big118"],
-                    choices=["training", "ct", "big42", "big118"])
+    ap.add_argument("--parts", nargs="+", default=["training", "ct", "ct-paired", "big42", "big118"],
+                    choices=["training", "ct", "ct-paired", "big42", "big118"])
+    ap.add_argument("--pairs", type=int, default=5, help="rounds of the ct-paired part (default 5)")
     ap.add_argument("--shared", default=os.path.join(ROOT, "..", "shared"))
     ap.add_argument("--results", default=os.path.join(HERE, "results", "speed"))
     ap.add_argument("--work", default=os.path.join(HERE, "runs", "speed"))
@@ -192,6 +231,10 @@ def main() -> None:
     if "ct" in a.parts:
         model = make_model(os.path.join(a.work, "model_ct42"), (1.5, 1.5, 3.0), ct_labels, (32, 128, 128), 16)
         inference_pair("ct", os.path.join(ct_dir, "ct.nii.gz"), model, 20)
+    if "ct-paired" in a.parts:
+        model = make_model(os.path.join(a.work, "model_ct42"), (1.5, 1.5, 3.0), ct_labels, (32, 128, 128), 16)
+        record("ct-paired", lambda: paired_rounds(py, env, model, os.path.join(ct_dir, "ct.nii.gz"),
+                                                  os.path.join(a.work, "ct-paired"), a.pairs))
     big = os.path.join(a.work, "synthetic_512x512x400.nrrd")
     for part, packed in (("big42", True), ("big118", False)):
         if part not in a.parts:
@@ -230,6 +273,18 @@ def main() -> None:
         prec = r.get("precision") or "fp32"  # records made before the column: micd predict ran fp32 on CPUs then
         lines.append(f"| {case} | {r['tool']} | {r['branches']} | {prec} | {r['wall_s']} | {r['cpu_s']} | {ratio} | "
                      f"{r['peak_rss_mib']} | {r['returncode']} | {r.get('measured', '')} |")
+    for r in rows:
+        if r.get("kind") == "inference-paired":
+            lines += ["", f"Paired on the shared CT ({r['rounds']} rounds, the three commands in turn after a warm-up "
+                      "round; whole-process wall time of each `micd predict` run over the MONAI run of its round, "
+                      f"median [min, max]; CPU flags {' '.join(r['host'].get('cpu_flags') or []) or 'not recorded'}, "
+                      f"{r['measured']}):", "", "| tool | precision | ratio to MONAI (wall) | median wall s |",
+                      "|---|---|---|---|"]
+            for v in r["variants"]:
+                q = v["ratio"]
+                lines.append(f"| {v['tool']} | {v['precision']} | {q['median']:.2f} [{q['min']:.2f}, {q['max']:.2f}] | "
+                             f"{v['median_wall_s']:.2f} |")
+            lines.append(f"| monai sliding_window_inference | fp32 | 1 | {r['monai_median_wall_s']:.2f} |")
     flags = sorted({" ".join(r.get("host", {}).get("cpu_flags") or []) or "not recorded" for r in rows})
     lines += ["", "CPU flags of the measuring machines: " + "; ".join(flags) + "."]
     with open(os.path.join(a.results, "speed.md"), "w") as f:
