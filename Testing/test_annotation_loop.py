@@ -180,6 +180,41 @@ def test_continue_from_model_trains_from_its_weights(loop, hippocampus_cases):
     assert not DIALOGS.shown
 
 
+def test_continue_numbers_the_segments_as_the_model_does(loop, hippocampus_cases, tmp_path):
+    """The scene numbers segments in order of first appearance; a model listing the same structures in another order
+    and spelling is continued from with its own values, and the exported label maps follow them."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    panel, logic, _model, _unlabeled = loop
+    flipped = logic.registry.add_folder(str(make_runnable_model(tmp_path / "flipped", "Hippo flipped",
+                                                                {1: "Posterior", 2: "anterior"})), "Hippo flipped")
+    panel.refreshLoopModels(select="Hippo flipped")
+    image, label = hippocampus_cases[0]
+    load_case(slicer.mrmlScene, image, label)  # anterior = 1, posterior = 2, as in the files
+    panel.autoPairButton.click()
+    panel.iterationsSpin.value = 2
+    panel.timeBudgetCombo.setCurrentText("")
+    panel.patchEdit.text = "16 32 16"
+    panel.methodCombo.setCurrentIndex(panel.methodCombo.findData("supervised"))
+    panel.continueButton.click()
+    assert not DIALOGS.shown
+    job = panel.job
+    command = job.job.record.command
+    assert command[command.index("--init-from") + 1] == flipped.path
+    dataset_file = command[command.index("--dataset") + 1]
+    dataset = json.load(open(dataset_file))
+    assert dataset["labels"] == {"1": "Posterior", "2": "anterior"}
+    assert sorted(dataset["colors"]) == ["1", "2"]  # the scene's colours, under the model's values
+    exported = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(os.path.dirname(dataset_file), dataset["labeled"][0]["label"])))
+    original = sitk.GetArrayFromImage(sitk.ReadImage(str(label)))
+    assert exported.shape == original.shape
+    assert np.array_equal(exported == 1, original == 2) and np.array_equal(exported == 2, original == 1)
+    wait_for(lambda: job.finished, job, 240, "the warm-started training")
+    assert job.state == SUCCEEDED, job.message  # the backend's own label check agrees
+    assert job.model.meta["labels"] == {"1": "Posterior", "2": "anterior"}
+
+
 def test_continue_from_a_model_with_other_labels_is_refused_with_a_dialog(loop, hippocampus_cases, tmp_path):
     panel, logic, _model, _unlabeled = loop
     other = logic.registry.add_folder(str(make_runnable_model(tmp_path / "other", "Lungs",

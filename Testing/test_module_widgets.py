@@ -83,10 +83,11 @@ def test_training_buttons_call_the_logic(training_panel, hippocampus_cases, tmp_
 
     for folder in (tmp_path / "a", tmp_path / "b"):
         folder.mkdir()
+        (folder / "._x.nii.gz").write_bytes(b"\x00\x05\x16\x07" + bytes(80))  # a macOS fork: skipped, as the backend does
         DIALOGS.answer(str(folder))
         panel.addUnlabeledButton.click()
     assert panel.unlabeled == [str(tmp_path / "a"), str(tmp_path / "b")]
-    assert panel.unlabeledList.count == 2 and "0 readable image(s)" in panel.unlabeledList.item(0).text()
+    assert panel.unlabeledList.count == 2 and panel.unlabeledList.item(0).text().endswith(" - 0 readable image(s)")
     panel.unlabeledList.currentRow = 0
     panel.removeUnlabeledButton.click()
     assert panel.unlabeled == [str(tmp_path / "b")]

@@ -199,6 +199,8 @@ def summarize_unlabeled_folder(folder):
             return FolderSummary(folder, [folder], [])
         for name in sorted(os.listdir(folder)):
             path = os.path.join(folder, name)
+            if name.startswith("."):  # macOS "._x.nii.gz" forks and hidden files: the backend skips them too
+                continue
             if os.path.isdir(path):
                 if _is_dicom_folder(path):
                     readable.append(path)

@@ -158,9 +158,11 @@ def check_cases(labeled, require_all_segments=True, file_labels=None):
             names_here[key] = name
             spellings.setdefault(key, {}).setdefault(name, []).append(case.title)
             present.setdefault(key, set()).add(index)
-            if key not in [segment_key(n) for n in report.labels.values()]:
+            value = next((v for v, n in report.labels.items() if segment_key(n) == key), None)
+            if value is None:
                 value = max(report.labels, default=0) + 1
                 report.labels[value] = name
+            if value not in report.colors:  # also for values given by label files or a model
                 color = case.segmentation.GetSegmentation().GetSegment(segment_id).GetColor()
                 report.colors[value] = tuple(float(c) for c in color)
             if _segment_is_empty(case.segmentation, segment_id):

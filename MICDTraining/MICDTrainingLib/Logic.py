@@ -12,7 +12,7 @@ from MICDCommon.jobs import JobRecord, JobWrapper, failure_message
 from MICDCommon.registry import safe_name
 
 from .CasePairing import folder_labels, pair_folder_cases, summarize_unlabeled_folder
-from .DatasetExport import FileCase, as_cases, check_cases, export_dataset
+from .DatasetExport import FileCase, as_cases, check_cases, export_dataset, segment_key
 from .Parameters import TrainingSettings
 from .Suggestions import SuggestionError, SuggestJob, load_suggestion, prune_runs, suggestion_command
 
@@ -70,6 +70,17 @@ class TrainingJob(JobWrapper):
         info["registered_model"] = self.model.path
         self.job.record.save()
         self.message = f"Model '{self.model.name}' is ready in MICD Segmentation."
+
+
+def _same_structures(labels, other):
+    """The same structures by name (as segment names are compared), whatever their values and spelling."""
+    return sorted(segment_key(n) for n in labels.values()) == sorted(segment_key(n) for n in other.values())
+
+
+def _fits(file_labels, model_labels):
+    """Label files carry their values: they can only follow a model that gives those names the same values."""
+    model = {int(v): segment_key(n) for v, n in model_labels.items()}
+    return all(model.get(int(v)) == segment_key(n) for v, n in (file_labels or {}).items() if int(v) != 0)
 
 
 def _label_list(labels):
@@ -153,6 +164,11 @@ class TrainingLogic:
             settings = settings.updated(filters=int(parent.meta["network"].get("filters", settings.filters)))
         cases = as_cases(labeled)
         report = self.check(cases, unlabeled, settings, file_labels)
+        if parent is not None and report.ok and dict(report.labels) != parent.labels and _same_structures(
+                report.labels, parent.labels) and _fits(file_labels, parent.labels):
+            # The scene numbers segments in order of first appearance and keeps their spelling; a model's labels
+            # are fixed, so number (and spell) the same structures as the model does.
+            report = self.check(cases, unlabeled, settings, dict(parent.labels))
         if not report.ok:
             raise TrainingError("Cannot train yet:\n" + "\n".join(report.errors))
         if parent is not None and dict(report.labels) != parent.labels:

@@ -61,6 +61,8 @@ def test_json_spec_resolves_paths_against_its_folder_and_expands_unlabeled(tmp_p
     (tmp_path / "unl").mkdir()
     for i in (5, 6):
         os.symlink(hippo(i), tmp_path / "unl" / os.path.basename(hippo(i)))
+    # what unpacking the MSD tarball on a Mac leaves beside each volume: an AppleDouble fork, not an image
+    (tmp_path / "unl" / ("._" + os.path.basename(hippo(5)))).write_bytes(b"\x00\x05\x16\x07" + bytes(80))
     os.symlink(hippo(0), tmp_path / "img0.nii.gz")
     os.symlink(hippo(0, "labels"), tmp_path / "lbl0.nii.gz")
     path = write_json(tmp_path / "ds.json", {
@@ -76,7 +78,8 @@ def test_json_spec_resolves_paths_against_its_folder_and_expands_unlabeled(tmp_p
     assert names[:2] == [os.path.basename(hippo(5)), os.path.basename(hippo(6))]
     assert "img0.nii.gz" not in names  # a labeled image is not also unlabeled
     assert os.path.basename(hippo(1)) not in names  # nor is a validation image
-    assert len(names) == len(set(names))
+    assert len(names) == len(set(names)) and not any(n.startswith(".") for n in names)
+    assert not spec.problems  # the fork is skipped, not reported as an unreadable image
     assert any("also labeled" in n for n in spec.notes)
 
 

@@ -145,6 +145,17 @@ def test_identical_students_disagree_nowhere(trained, tmp_path):
         assert all(v["student_dice"] in (None, 1.0) for v in e["labels"].values())
 
 
+def test_one_volume_named_twice_is_ranked_once(trained, tmp_path):
+    """The same file through the folder's link and by its own path is one volume, not two (nor a case-name clash)."""
+    model, unl, names = trained
+    link = os.path.join(unl, names[0])
+    p = suggest("--model", model, "--input", link, os.path.realpath(link), unl + "/" + names[0],
+                "--predictions", tmp_path / "seg", "--json", tmp_path / "one.json")
+    assert p.returncode == 0, p.stderr[-2000:]
+    rank = json.load(open(tmp_path / "one.json"))["ranking"]
+    assert [e["file"] for e in rank] == [link] and os.listdir(tmp_path / "seg") == [rank[0]["case"] + ".seg.nrrd"]
+
+
 def test_refusals_leave_user_files_alone(trained, tmp_path):
     model, unl, names = trained
     mine = tmp_path / "notes.json"

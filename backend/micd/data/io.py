@@ -249,9 +249,10 @@ def expand_image_sources(sources: Sequence[str], base: str = ".") -> Tuple[List[
             if is_dicom_folder(s):
                 paths.append(s)
                 continue
-            found = sorted(os.path.join(s, f) for f in os.listdir(s)
+            names = [f for f in os.listdir(s) if not f.startswith(".")]  # macOS "._x.nii.gz" forks, hidden files
+            found = sorted(os.path.join(s, f) for f in names
                            if f.lower().endswith(IMAGE_SUFFIXES) and not f.lower().endswith(SEG_SUFFIX))
-            found += sorted(os.path.join(s, f) for f in os.listdir(s) if is_dicom_folder(os.path.join(s, f)))
+            found += sorted(os.path.join(s, f) for f in names if is_dicom_folder(os.path.join(s, f)))
             if not found:
                 problems.append(f"{src}: folder holds no image files (NIfTI, NRRD, MHA/MHD or DICOM series)")
             paths += found

@@ -84,7 +84,10 @@ def run(args: argparse.Namespace) -> int:
     except (ModelPackageError, DeviceError, SuggestError, ValueError) as e:
         return REPORT.fail(str(e))
     paths, problems = expand_image_sources(args.input)
-    paths = list(dict.fromkeys(paths))
+    first: dict = {}
+    for p in paths:  # one volume named twice (relative and absolute, or through a link) is ranked once
+        first.setdefault(os.path.realpath(p), p)
+    paths = list(first.values())
     if not paths:
         return REPORT.fail("; ".join(problems) or "--input: no images found")
     for p in problems:
