@@ -56,6 +56,20 @@ def test_weights_come_from_the_parent_and_it_is_recorded(parents, tmp_path):
     assert json.load(open(tmp_path / "cold" / "model" / "model.json"))["provenance"]["parent_model"] is None
 
 
+def test_loaded_teachers_keep_the_full_ema_decay(parents, tmp_path):
+    """Two steps from a MICD parent: each teacher stays near the parent's teacher (decay 0.99 from the first step)
+    instead of becoming a copy of its student, which the warm-up of new teachers (0 at step 0) would make it."""
+    ds, models = parents
+    p = train(ds, tmp_path / "child", "--iterations", "2", "--init-from", models["micd"])
+    assert p.returncode == 0, p.stdout[-2000:]
+    w, parent = weights(tmp_path / "child" / "model"), weights(models["micd"])
+    for branch in ("a", "b"):
+        keys = [k for k in parent if k.startswith(f"teacher_{branch}.") and parent[k].is_floating_point()]
+        moved_teacher = sum(float((w[k] - parent[k]).norm() ** 2) for k in keys) ** 0.5
+        moved_student = sum(float((w[k.replace("teacher", "student")] - parent[k]).norm() ** 2) for k in keys) ** 0.5
+        assert moved_student > 0 and moved_teacher < 0.1 * moved_student, (branch, moved_teacher, moved_student)
+
+
 def test_continues_as_a_fresh_run(parents, tmp_path):
     """Own run folder, schedule from the start (iteration 1 at --lr), checkpoints; a CPS parent's students seed
     MICD's teachers too."""

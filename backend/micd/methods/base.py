@@ -99,6 +99,15 @@ class Method(nn.Module):
         self.shard = (0, 1)  # (rank, world size): random draws are made for the global batch, then sliced
         self.batch = GlobalBatch(1)
         self.optimizer_steps = 0
+        # True when the teachers were loaded from a trained model (--init-from): the EMA warm-up, which makes a
+        # teacher a copy of its student at the first step, would throw them away.
+        self.teachers_warm = False
+
+    def ema_decay(self) -> float:
+        """The EMA decay for this optimizer step (Eq. 1): warmed up from 0 for new teachers, full for loaded ones."""
+        from micd.methods.ema import ema_alpha
+
+        return self.cfg.ema_alpha if self.teachers_warm else ema_alpha(self.optimizer_steps, self.cfg.ema_alpha)
 
     def option(self, name: str):
         """A MethodConfig option, or this method's own default where the config leaves it at None."""
@@ -176,7 +185,7 @@ class Method(nn.Module):
         return list(self.students.values())
 
     def extra_state(self) -> dict:
-        return {"optimizer_steps": self.optimizer_steps}
+        return {"optimizer_steps": self.optimizer_steps, "teachers_warm": self.teachers_warm}
 
     def snapshot(self) -> dict:
         """What a forward pass changes besides the parameters (class-weight statistics, BatchNorm running
@@ -194,3 +203,4 @@ class Method(nn.Module):
 
     def load_extra_state(self, state: dict) -> None:
         self.optimizer_steps = int(state.get("optimizer_steps", 0))
+        self.teachers_warm = bool(state.get("teachers_warm", False))  # checkpoints before it: warm-up as they ran

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from micd.methods.base import Method
-from micd.methods.ema import ema_alpha, ema_update, make_teacher
+from micd.methods.ema import ema_update, make_teacher
 from micd.methods.losses import softmax_mse
 
 
@@ -41,7 +41,7 @@ class MeanTeacher(Method):
         return out
 
     def after_step(self) -> None:
-        a = ema_alpha(self.optimizer_steps, self.cfg.ema_alpha)
+        a = self.ema_decay()
         for s in ("a", "b"):
             ema_update(self.teachers[f"teacher_{s}"], self.students[f"student_{s}"], a)
         super().after_step()

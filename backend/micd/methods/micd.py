@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from micd.methods.dhc import DHC
-from micd.methods.ema import ema_alpha, ema_update, make_teacher
+from micd.methods.ema import ema_update, make_teacher
 from micd.methods.losses import feature_distance
 from micd.methods.masking import apply_mask, block_mask
 from micd.nets.vnet import split_normalization
@@ -139,7 +139,7 @@ class MICD(DHC):
         return {"sup": sup, "mcpc": mcpc, "cfc": cfc, "cmd": cmd, "total": total}
 
     def after_step(self) -> None:
-        a = ema_alpha(self.optimizer_steps, self.cfg.ema_alpha)
+        a = self.ema_decay()
         ema_update(self.teachers["teacher_a"], self.students["student_a"], a)
         ema_update(self.teachers["teacher_b"], self.students["student_b"], a)
         super().after_step()

@@ -138,6 +138,7 @@ def apply(method, parent: ModelPackage, labels: Dict[int, str], plan) -> List[st
             src = (parent_state(parent, k, channels) if from_teachers else
                    students[k.replace("teacher", "student")].state_dict())
             teachers[k].load_state_dict(src, strict=True)
+        method.teachers_warm = True  # trained teachers: full EMA decay from the first step (no warm-up)
         notes.append(f"--init-from: students and teachers from {parent.path}" if from_teachers else
                      f"--init-from: students from {parent.path}; it has no teachers, so the teachers start as "
                      "copies of the students")
