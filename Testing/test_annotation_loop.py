@@ -206,7 +206,8 @@ def test_continue_numbers_the_segments_as_the_model_does(loop, hippocampus_cases
     dataset = json.load(open(dataset_file))
     assert dataset["labels"] == {"1": "Posterior", "2": "anterior"}
     assert sorted(dataset["colors"]) == ["1", "2"]  # the scene's colours, under the model's values
-    exported = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(os.path.dirname(dataset_file), dataset["labeled"][0]["label"])))
+    exported_file = os.path.join(os.path.dirname(dataset_file), dataset["labeled"][0]["label"])
+    exported = sitk.GetArrayFromImage(sitk.ReadImage(exported_file))
     original = sitk.GetArrayFromImage(sitk.ReadImage(str(label)))
     assert exported.shape == original.shape
     assert np.array_equal(exported == 1, original == 2) and np.array_equal(exported == 2, original == 1)

@@ -25,7 +25,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from ssl_benchmark import PRESETS, ROOT, paired, run_one, seed_means  # noqa: E402
+from ssl_benchmark import PRESETS, ROOT, cpu_kind, paired, run_one, seed_means  # noqa: E402
 
 
 def summarize(base: list, long: list, micd: list, factor: int, iterations: int) -> dict:
@@ -44,7 +44,7 @@ def summarize(base: list, long: list, micd: list, factor: int, iterations: int) 
                      "train_wall_s": r["train_wall_s"], "train_cpu_s": r["train_cpu_s"]})
     return {"factor": factor, "iterations_1x": iterations, "iterations_long": iterations * factor, "rows": rows,
             "long_minus_1x": paired(long, base), "micd_1x_minus_long": paired(micd, long),
-            "cpu_flags": flags_of(long), "cpu_flags_by_group": {
+            "cpu_flags_by_group": {
                 f"supervised {iterations * factor}": flags_of(long), f"supervised {iterations}": flags_of(base),
                 f"MICD {iterations}": flags_of(micd)}}
 
@@ -52,7 +52,7 @@ def summarize(base: list, long: list, micd: list, factor: int, iterations: int) 
 def flags_of(runs: list) -> list:
     """The CPU kinds (autocast-relevant flags) the runs trained on, as recorded by each run, not by this machine:
     the same seed trains differently on AMX and on AVX512-BF16 CPUs."""
-    return sorted({" ".join(r.get("cpu_flags") or []) or "not recorded" for r in runs})
+    return sorted({cpu_kind(r.get("cpu_flags")) or "not recorded" for r in runs})
 
 
 def machines(s: dict) -> str:

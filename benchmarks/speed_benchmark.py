@@ -174,7 +174,7 @@ def main() -> None:
     os.makedirs(a.work, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="2")
     py = sys.executable
-    from ssl_benchmark import machine
+    from ssl_benchmark import cpu_kind, machine
 
     host = {**machine(), "cores": os.cpu_count(), "python": platform.python_version()}
 
@@ -228,11 +228,11 @@ def main() -> None:
     ct_dir = os.path.join(a.shared, "data", "ct_abdomen_example")
     with open(os.path.join(ct_dir, "dataset.json")) as f:
         ct_labels = {int(k): v for k, v in json.load(f)["labels"].items() if int(k)}
-    if "ct" in a.parts:
+    if {"ct", "ct-paired"} & set(a.parts):
         model = make_model(os.path.join(a.work, "model_ct42"), (1.5, 1.5, 3.0), ct_labels, (32, 128, 128), 16)
+    if "ct" in a.parts:
         inference_pair("ct", os.path.join(ct_dir, "ct.nii.gz"), model, 20)
     if "ct-paired" in a.parts:
-        model = make_model(os.path.join(a.work, "model_ct42"), (1.5, 1.5, 3.0), ct_labels, (32, 128, 128), 16)
         record("ct-paired", lambda: paired_rounds(py, env, model, os.path.join(ct_dir, "ct.nii.gz"),
                                                   os.path.join(a.work, "ct-paired"), a.pairs))
     big = os.path.join(a.work, "synthetic_512x512x400.nrrd")
@@ -277,7 +277,7 @@ def main() -> None:
         if r.get("kind") == "inference-paired":
             lines += ["", f"Paired on the shared CT ({r['rounds']} rounds, the three commands in turn after a warm-up "
                       "round; whole-process wall time of each `micd predict` run over the MONAI run of its round, "
-                      f"median [min, max]; CPU flags {' '.join(r['host'].get('cpu_flags') or []) or 'not recorded'}, "
+                      f"median [min, max]; CPU flags {cpu_kind(r['host'].get('cpu_flags')) or 'not recorded'}, "
                       f"{r['measured']}):", "", "| tool | precision | ratio to MONAI (wall) | median wall s |",
                       "|---|---|---|---|"]
             for v in r["variants"]:
@@ -285,7 +285,7 @@ def main() -> None:
                 lines.append(f"| {v['tool']} | {v['precision']} | {q['median']:.2f} [{q['min']:.2f}, {q['max']:.2f}] | "
                              f"{v['median_wall_s']:.2f} |")
             lines.append(f"| monai sliding_window_inference | fp32 | 1 | {r['monai_median_wall_s']:.2f} |")
-    flags = sorted({" ".join(r.get("host", {}).get("cpu_flags") or []) or "not recorded" for r in rows})
+    flags = sorted({cpu_kind(r.get("host", {}).get("cpu_flags")) or "not recorded" for r in rows})
     lines += ["", "CPU flags of the measuring machines: " + "; ".join(flags) + "."]
     with open(os.path.join(a.results, "speed.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

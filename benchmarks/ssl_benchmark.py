@@ -200,6 +200,11 @@ def cpu_flags() -> List[str]:
     return sorted(f for f in flags if f.startswith(("amx", "avx512_bf16", "avx512f", "avx2")))
 
 
+def cpu_kind(flags: Optional[List[str]]) -> Optional[str]:
+    """One record's CPU kind as one string (its autocast-relevant flags), None where it was not recorded."""
+    return " ".join(flags or []) or None
+
+
 def foreground_ratio(ev: dict) -> float:
     """Mean over test cases of (predicted foreground voxels / reference foreground voxels): 1 is right, >1 means
     over-segmentation."""
@@ -294,7 +299,7 @@ def summarize(runs: List[dict]) -> dict:
             "cpu_flags": rs[0].get("cpu_flags"),
             # per seed: the same seed and code train differently under other bf16 kernels (AMX or not), so a row
             # compared across machines carries that difference too
-            "cpu_flags_by_seed": {str(r["seed"]): " ".join(r.get("cpu_flags") or []) or None for r in rs},
+            "cpu_flags_by_seed": {str(r["seed"]): cpu_kind(r.get("cpu_flags")) for r in rs},
             "train_wall_s_mean": float(np.mean([r["train_wall_s"] for r in rs if r["train_wall_s"] is not None] or
                                                [float("nan")])),
             "train_cpu_s_mean": float(np.mean([r["train_cpu_s"] for r in rs if r["train_cpu_s"] is not None] or

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from micd.methods.ema import ema_alpha
 from micd.methods.losses import GlobalBatch, dice_ce, hard_pseudo_labels, weighted_ce
 from micd.nets.vnet import NetworkConfig, VNet, build_network
 
@@ -105,8 +106,6 @@ class Method(nn.Module):
 
     def ema_decay(self) -> float:
         """The EMA decay for this optimizer step (Eq. 1): warmed up from 0 for new teachers, full for loaded ones."""
-        from micd.methods.ema import ema_alpha
-
         return self.cfg.ema_alpha if self.teachers_warm else ema_alpha(self.optimizer_steps, self.cfg.ema_alpha)
 
     def option(self, name: str):
