@@ -189,13 +189,15 @@ class Bench:
         if os.path.exists(self.record_path(name)):
             return json.load(open(self.record_path(name)))
         r0 = self.round_record("start", seed, 0, self.initial(seed), {}, None)
+        # The parent is round 0's run; on a machine without its work folder it is trained again, identically.
+        parent = self.train(os.path.join(self.work, f"start-s{seed}-r0"), r0["labeled"], seed, self.cfg["iterations"])
         rng = np.random.default_rng([seed, 99])
         remaining = [n for n in self.candidates if n not in r0["labeled"]]
         labeled = sorted(r0["labeled"] + rng.choice(remaining, self.cfg["add"], replace=False).tolist())
         it, every = self.cfg["warm_iterations"], self.cfg["warm_validate_every"]
         runs = {}
-        for kind, parent in (("cold", None), ("warm", r0["model"])):
-            t = self.train(os.path.join(self.work, f"{name}-{kind}"), labeled, seed, it, parent, every)
+        for kind, init_from in (("cold", None), ("warm", parent["model"])):
+            t = self.train(os.path.join(self.work, f"{name}-{kind}"), labeled, seed, it, init_from, every)
             runs[kind] = {"curve": t["curve"], "train_wall_s": t["meta"]["provenance"].get("wall_s"),
                           "parent_model": (t["meta"]["provenance"].get("parent_model") or {}).get("path")}
         best_iter, best = max(((i, dv) for i, dv in runs["cold"]["curve"]), key=lambda x: (x[1], -x[0]))
@@ -204,7 +206,7 @@ class Bench:
             "seed": seed, "preset": self.preset, "labeled": labeled, "parent_labeled": r0["labeled"],
             "iterations": it, "validate_every": every, "cold_best_dice": best, "cold_best_iter": best_iter,
             "warm_reaches_cold_best_at": reach, "warm_best_dice": max(dv for _, dv in runs["warm"]["curve"]),
-            "parent_validation_dice": max((dv for _, dv in r0["validation_curve"]), default=None), "runs": runs,
+            "parent_validation_dice": max((dv for _, dv in parent["curve"]), default=None), "runs": runs, **machine(),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
