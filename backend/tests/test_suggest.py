@@ -70,6 +70,8 @@ def test_ranks_folder_deterministically_and_segments_as_predict(trained, tmp_pat
         assert e["score"] == pytest.approx((e["disagreement"] + e["entropy"]) / 2, abs=2e-6)
         assert set(e["labels"]) == {"1", "2"} and e["labels"]["1"]["name"] == "hippocampus_anterior"
         assert e["least_certain_label"] in (1, 2)
+        assert e["plan"] == {"device": "cpu", "buffer_device": "cpu", "dtype": "float32", "n_slabs": 1,
+                             "sw_batch_size": 2, "precision": e["plan"]["precision"]}
     b_rank = [{k: v for k, v in e.items() if k != "prediction"} for e in b["ranking"]]
     assert [{k: v for k, v in e.items() if k != "prediction"} for e in rank] == b_rank, "two runs disagree"
     # stdout: a plan and a scored event per volume, then done with the same order as the JSON
@@ -207,6 +209,7 @@ def test_slabs_add_up_to_the_whole_volume(trained, tmp_path):
     plan = next(json.loads(l) for l in p.stdout.splitlines() if '"plan"' in l)["plan"]
     assert plan["n_slabs"] > 2
     got = json.load(open(tmp_path / "slabs.json"))["ranking"][0]
+    assert got["plan"]["n_slabs"] == plan["n_slabs"] and got["plan"]["dtype"] == "float16"
     seg = sitk.GetArrayFromImage(sitk.ReadImage(got["prediction"]))
     for v in ("1", "2"):
         assert got["labels"][v]["predicted_voxels"] == int((seg == int(v)).sum())

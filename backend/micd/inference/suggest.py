@@ -13,7 +13,9 @@ The score of a volume (all on the network grid, i.e. at the training spacing):
 
 Per label l the same means are taken over the voxels where any of the three argmaxes is l, with the predicted voxel
 count (argmax p = l) and the Dice between the two students' masks of l. Volumes are ranked by score, highest first,
-ties by file path. Nothing random is involved: the same model and input give the same ranking (on the same device).
+ties by file path. Nothing random is involved: the same model and input give the same ranking on the same device and
+memory plan. The plan (buffer dtype, slabs, window batch; recorded per volume under "plan") changes with free memory
+only when a volume's whole grid does not fit the memory target (`memory.py`); `--max-buffer-gb` fixes it.
 """
 
 from __future__ import annotations
@@ -171,6 +173,9 @@ def score_image(image: sitk.Image, package: ModelPackage, options: Optional[Pred
     predictor = PairProbabilities(run.nets, opts.tta, run.plan.torch_dtype, run.amp)
     labels, _ = run.segment(predictor, 2 * n_classes, opts, reduce=stats.reduce, progress=progress)
     summary = stats.summary(package.labels, package.channels.values)
+    summary["plan"] = {"device": run.plan.compute_device, "buffer_device": run.plan.buffer_device,
+                       "dtype": run.plan.dtype, "n_slabs": run.plan.n_slabs, "sw_batch_size": run.sw_batch,
+                       "precision": run.info["precision"]}  # what the scores depend on besides model and input
     summary["seconds"] = round(time.time() - run.t0, 2)
     return summary, run.on_input_grid(package.channels.to_values(labels))
 

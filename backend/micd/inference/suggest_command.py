@@ -19,12 +19,13 @@ total-variation distance 1/2 sum_c |p_A,c - p_B,c| between the two students' sof
 H(p)/ln C of the ensemble mean p = (p_A + p_B)/2; score = (disagreement + entropy)/2, in [0, 1], higher = label
 it first (no predicted foreground: score 1). Per label the same means over the voxels any of the three predicts as
 that label, the predicted voxel count and the two students' Dice. Ties are broken by file path; the same model and
-input give the same ranking.
+input give the same ranking on the same device and memory plan (recorded per volume; fixed by --max-buffer-gb).
 stdout: JSON lines per volume: "plan", "progress" (windows_done/windows_total, fraction, eta_s; image i of
 images; as micd predict), "scored" (index, total, score, its parts); then "done" with the ranking (or an "error" event: kind,
 message, hint). The ranking table goes to stderr. --json FILE: {"ranking": [{"rank", "file", "case", "score", "disagreement", "entropy",
 "foreground_voxels", "labels_found", "least_certain_label", "labels": {"1": {"name", "predicted_voxels",
-"disagreement", "entropy", "score", "student_dice"}}, "prediction"}], "failed", "model", "score_definition", ...}.
+"disagreement", "entropy", "score", "student_dice"}}, "plan": {"device", "buffer_device", "dtype", "n_slabs",
+"sw_batch_size", "precision"}, "prediction"}], "failed", "model", "score_definition", ...}.
 Exit codes: 0 done, 2 bad model, input, options or device, or a volume could not be read (one-line error on
 stderr), 1 other failure."""
 
