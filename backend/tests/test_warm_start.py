@@ -119,10 +119,17 @@ def test_mismatches_are_refused_with_exit_2(parents, tmp_path):
 def test_resume_keeps_its_own_weights_and_the_parent(parents, tmp_path):
     """--resume of a warm-started run continues from its checkpoint (the parent is not copied in again) and the
     model still names the parent."""
+    import shutil
+
     ds, models = parents
+    parent = tmp_path / "parent"
+    shutil.copytree(models["micd"], parent)
     run = tmp_path / "child"
-    p = train(ds, run, "--iterations", "2", "--checkpoint-every", "1", "--init-from", models["micd"])
+    p = train(ds, run, "--iterations", "2", "--checkpoint-every", "1", "--init-from", parent)
     assert p.returncode == 0, p.stdout[-2000:]
+    first = json.load(open(run / "model" / "model.json"))["provenance"]["parent_model"]
+    # the parent folder is replaced by another model before the resume: the record stays the one the run started from
+    shutil.copy(os.path.join(models["cps"], "weights.safetensors"), parent / "weights.safetensors")
     q = train(ds, run, "--iterations", "3", "--resume")
     assert q.returncode == 0, q.stdout[-2000:]
     starts = [e for e in read_events(str(run / "events.jsonl")) if e["event"] == "start"]
@@ -131,7 +138,9 @@ def test_resume_keeps_its_own_weights_and_the_parent(parents, tmp_path):
     assert not any("--init-from" in n for n in starts[1]["notes"]), "weights come from the checkpoint on resume"
     meta = json.load(open(run / "model" / "model.json"))
     assert meta["provenance"]["iterations"] == 3
-    assert meta["provenance"]["parent_model"]["path"] == os.path.abspath(models["micd"])
+    assert meta["provenance"]["parent_model"] == first and first["path"] == os.path.abspath(parent)
+    assert first["weights_sha256"] and first["method"] == "micd"
+    assert [s["parent_model"] for s in starts] == [first, first], "the start event names the parent"
 
 
 def test_any_tensor_shape_difference_is_a_clear_refusal(parents):

@@ -210,6 +210,8 @@ class Trainer:
         _seed_everything(o.seed)
         # --init-from: the parent model and its network are checked before any data is prepared (warm_start.py)
         self.parent, self.parent_info = check_parent(o, self.resume_state is not None)
+        if (self.resume_state or {}).get("parent_model"):  # as it was when the run started, not as the folder is now
+            self.parent_info = self.resume_state["parent_model"]
         self.data = self._prepare_data()
         if self.ctx.is_main:
             os.makedirs(self.run_dir, exist_ok=True)
@@ -365,6 +367,7 @@ class Trainer:
                     "numpy": numpy_global_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             "best": dict(self.best), "world_size": self.ctx.world_size, "options": self.o.to_dict(),
+            "parent_model": getattr(self, "parent_info", None),
             "wall_s": getattr(self, "wall_before", 0.0) + (time.time() - self.t0 if hasattr(self, "t0") else 0.0),
             "cpu_s": getattr(self, "cpu_before", 0.0) + (time.process_time() - self.cpu0 if hasattr(self, "cpu0")
                                                           else 0.0),
@@ -451,7 +454,7 @@ class Trainer:
                    **dict(zip(("precision", "precision_reason"), precision_reason(o.amp, self.device))),
                    **getattr(self, "budget_fields", {}),
                    spacing=list(d.plan.target_spacing), modality=d.plan.modality, labels=d.labels,
-                   notes=d.notes, run_dir=self.run_dir, version=__version__)
+                   notes=d.notes, parent_model=self.parent_info, run_dir=self.run_dir, version=__version__)
 
     def _loop(self) -> None:
         o = self.o
