@@ -110,6 +110,17 @@ def test_suggest_ranks_the_unlabeled_volumes_and_loads_one_to_correct(loop, hipp
     assert panel.suggestTable.item(1, 0).text() == ranking[1]["case"] + " (labeled)"  # it is one now
     assert panel.suggestTable.item(0, 0).text() == ranking[0]["case"] and panel.suggestTable.currentRow() == 1
     assert not DIALOGS.shown
+    # the same volume suggested by another model: its prediction is a new node; the corrected one stays as it is
+    corrected = slicer.vtkSegmentation()
+    corrected.DeepCopy(seg)
+    other = logic.registry.add_folder(model.path, "Hippo v2")
+    volume2, theirs, reused = logic.load_suggestion(ranking[1], other)
+    assert volume2 is volume and not reused and theirs is not segmentation
+    assert theirs.GetName() == f"{volume.GetName()} segmentation (Hippo v2)"
+    assert theirs.GetAttribute("MICD.Model") == other.path and segmentation.GetAttribute("MICD.Model") == model.path
+    assert segmentation.GetScene() is slicer.mrmlScene and seg.GetNumberOfSegments() == corrected.GetNumberOfSegments()
+    assert logic.load_suggestion(ranking[1], other)[1:] == (theirs, True)
+    assert logic.load_suggestion(ranking[1], model)[1:] == (segmentation, True)
 
 
 def _loaded_label(path):

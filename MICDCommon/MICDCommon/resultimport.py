@@ -22,12 +22,13 @@ def result_name(volume):
     return f"{volume.GetName()} segmentation"
 
 
-def find_previous_result(volume):
-    """The segmentation MICD made earlier for this volume, or None."""
+def find_previous_result(volume, model_path=None):
+    """The segmentation MICD made earlier for this volume (by the model at `model_path`, when given), or None."""
     scene = volume.GetScene()
     for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")):
         node = scene.GetNthNodeByClass(i, "vtkMRMLSegmentationNode")
-        if node.GetAttribute(RESULT_ATTRIBUTE) and node.GetAttribute(SOURCE_ATTRIBUTE) == volume.GetID():
+        if node.GetAttribute(RESULT_ATTRIBUTE) and node.GetAttribute(SOURCE_ATTRIBUTE) == volume.GetID() and (
+                model_path is None or node.GetAttribute(MODEL_ATTRIBUTE) == model_path):
             return node
     return None
 

@@ -245,7 +245,8 @@ class TrainingLogic:
     def load_suggestion(self, entry, model):
         """Load a ranked volume (an entry of SuggestJob.ranking) with its prediction as an editable segmentation,
         to correct in the Segment Editor and add as a labeled case: (volume, segmentation, reused). A result
-        made earlier for the volume is reused, never overwritten (it may hold corrections)."""
+        made earlier for the volume by this model is reused, never overwritten (it may hold corrections); one by
+        another model is kept, and this model's prediction goes into a new node."""
         import slicer
 
         volume, segmentation, reused = load_suggestion(slicer.mrmlScene, entry, self.registry.get(model))

@@ -104,8 +104,9 @@ def _loaded_volume(scene, path):
 def load_suggestion(scene, entry, model):
     """Load a ranked volume and its prediction as an editable segmentation: (volume, segmentation, reused).
 
-    A volume already in the scene is reused, and so is a MICD result already made for it (it may hold the user's
-    corrections: it is never overwritten). The prediction is `micd suggest --predictions`' file."""
+    A volume already in the scene is reused, and so is a MICD result this model already made for it (it may hold the
+    user's corrections: it is never overwritten). A result by another model is kept too; this model's prediction
+    then goes into a new node named after the model. The prediction is `micd suggest --predictions`' file."""
     path = entry.get("file") or ""
     if os.path.isdir(path):
         raise SuggestionError(f"{path} is a DICOM series: import it with the DICOM module, then segment it in MICD "
@@ -113,15 +114,18 @@ def load_suggestion(scene, entry, model):
     if not os.path.isfile(path):
         raise SuggestionError(f"{path} is not there any more.")
     volume = _loaded_volume(scene, path)
+    other = None
     if volume is not None:
-        previous = find_previous_result(volume)
+        previous = find_previous_result(volume, model.path)
         if previous is not None:
             return volume, previous, True
+        other = find_previous_result(volume)
     prediction = entry.get("prediction")
     if not prediction or not os.path.isfile(prediction):
         raise SuggestionError(f"The prediction of {entry.get('case', path)} is missing ({prediction}); rank again.")
     if volume is None:
         volume = sceneio.load_volume(path, entry.get("case") or sceneio.safe_file_stem(os.path.basename(path)))
-    segmentation = import_label_file(prediction, volume, model.labels, model.colors, node_name=result_name(volume),
+    name = result_name(volume) if other is None else f"{result_name(volume)} ({model.name})"
+    segmentation = import_label_file(prediction, volume, model.labels, model.colors, node_name=name,
                                      model_path=model.path)
     return volume, segmentation, False
