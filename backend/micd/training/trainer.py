@@ -209,9 +209,8 @@ class Trainer:
             self.resume_state = load_latest(self.ckpt_dir, lambda m, f: self._emit("warning", message=m, file=f))
         _seed_everything(o.seed)
         # --init-from: the parent model and its network are checked before any data is prepared (warm_start.py)
-        self.parent, self.parent_info = check_parent(o, self.resume_state is not None)
-        if (self.resume_state or {}).get("parent_model"):  # as it was when the run started, not as the folder is now
-            self.parent_info = self.resume_state["parent_model"]
+        self.parent, self.parent_info = check_parent(o, self.resume_state is not None,
+                                                     (self.resume_state or {}).get("parent_model"))
         self.data = self._prepare_data()
         if self.ctx.is_main:
             os.makedirs(self.run_dir, exist_ok=True)

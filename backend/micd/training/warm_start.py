@@ -65,14 +65,16 @@ def check_labels(parent: ModelPackage, labels: Dict[int, str]) -> None:
                              "names), or train from scratch without --init-from")
 
 
-def check_parent(opts, resuming: bool) -> Tuple[Optional[ModelPackage], Optional[dict]]:
+def check_parent(opts, resuming: bool,
+                 recorded: Optional[dict] = None) -> Tuple[Optional[ModelPackage], Optional[dict]]:
     """Before any data is prepared: (the parent's package, or None when resuming or without --init-from; its
-    provenance record). A resumed run has its weights in the checkpoint; the parent is only recorded again."""
+    provenance record). A resumed run has its weights in the checkpoint and its parent record as it was when the run
+    started (`recorded`; read again from the folder only for checkpoints that predate it)."""
     if not opts.init_from:
         return None, None
-    record = parent_record(opts.init_from)
     if resuming:
-        return None, record
+        return None, recorded or parent_record(opts.init_from)
+    record = parent_record(opts.init_from)
     parent = load_parent(opts.init_from)
     check_network(parent, opts.filters, opts.normalization)
     return parent, record
