@@ -96,6 +96,18 @@ class EventWriter:
             self._fd = None
 
 
+def error_summary(kind: str, message: str, hint: str = "", problems: Optional[list] = None, shown: int = 5) -> str:
+    """An error event as a few lines for a person: what, the first `shown` problems, and what to do."""
+    lines = [f"error ({kind}): {message}"]
+    for p in (problems or [])[:shown]:
+        lines.append(f"  {p.get('file', '')}: {p.get('reason', '')}")
+    if problems and len(problems) > shown:
+        lines.append(f"  ... and {len(problems) - shown} more")
+    if hint:
+        lines.append(f"hint: {hint}")
+    return "\n".join(lines)
+
+
 def _jsonable(o: Any) -> Any:
     if hasattr(o, "tolist"):
         return o.tolist()

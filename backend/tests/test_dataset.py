@@ -161,3 +161,12 @@ def test_canonical_spacing_follows_axis_permutation():
     direction = [0, 1, 0, 0, 0, -1, 1, 0, 0]
     assert canonical_spacing((3.0, 1.0, 2.0), direction) == (1.0, 2.0, 3.0)
     assert canonical_spacing((3.0, 1.0, 2.0), np.eye(3).ravel()) == (3.0, 1.0, 2.0)
+
+
+def test_progress_none_still_says_why_training_did_not_start(tmp_path):
+    from realdata import run_micd
+    missing = str(tmp_path / "hippocampus_999.nii.gz")
+    ds = write_json(tmp_path / "dataset.json", {"labels": {"1": "a"}, "labeled": [{"image": missing, "label": missing}]})
+    p = run_micd("train", "--dataset", ds, "--out", str(tmp_path / "run"), "--progress", "none")
+    assert p.returncode == 2 and p.stdout == ""  # "none": nothing on stdout
+    assert "error (data)" in p.stderr and f"{missing}: file not found" in p.stderr and "hint:" in p.stderr

@@ -22,7 +22,7 @@ import torch
 from micd import __version__
 from micd.data.label_channels import LabelChannels
 from micd.diskfull import DiskFull, free_bytes, is_disk_full
-from micd.events import EventWriter
+from micd.events import EventWriter, error_summary
 from micd.atomicfile import write_json
 from micd.methods import build_method
 from micd.model_package import save_model_package
@@ -201,6 +201,8 @@ class Trainer:
                 message = (f"rank {', '.join(map(str, dead))} stopped; " if dead else "another rank stopped; ") + message
                 hint = "see that rank's error (torchrun's output); continue from the last checkpoint with --resume"
         self.events.error(kind, message, hint, **fields)
+        if self.o.progress == "none":  # "nothing on stdout" must not mean a silent exit: the error goes to stderr
+            sys.stderr.write(error_summary(kind, message, hint, fields.get("problems")) + "\n")
 
     def _setup(self) -> None:
         o = self.o
