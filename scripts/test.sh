@@ -6,7 +6,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} QT_QPA_PLATFORM=${QT_QPA_PLATFORM:-offscreen}
+# Two pytest workers (one per core of the CI machine), one torch thread each: two torch processes with two threads
+# each on two cores slow each other several times over. A test file stays on one worker (--dist loadfile), so its
+# module fixtures (a trained run) are made once.
+WORKERS=${MICD_TEST_WORKERS:-2}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$([[ "$WORKERS" == 0 ]] && echo 2 || echo 1)}
+export QT_QPA_PLATFORM=${QT_QPA_PLATFORM:-offscreen}
 SLICER_SIDE=(MICDCommon MICDTraining MICDSegmentation Testing)
 .venv/bin/vermin -q -t=3.9- --violations --eval-annotations "${SLICER_SIDE[@]}"
 # The first 3.9 interpreter that runs (a pyenv shim for python3.9 exists even where 3.9 is not selected, and fails).
@@ -20,4 +25,4 @@ if [[ -n "$PY39" ]]; then
   "$PY39" -m compileall -q "${SLICER_SIDE[@]}"
   (cd MICDCommon && "$PY39" -c "import MICDCommon, MICDCommon.dependencies, MICDCommon.qtsupport, MICDCommon.slicermodule")
 fi
-.venv/bin/python -m pytest -q --durations=25 backend/tests Testing "$@"
+.venv/bin/python -m pytest -q --durations=25 -n "$WORKERS" --dist loadfile backend/tests Testing "$@"
