@@ -258,10 +258,51 @@ def seed_means(rs: List[dict], key: str = "evaluation") -> List[float]:
             for r in sorted(rs, key=lambda r: r["seed"]) if r.get(key) is not None]
 
 
-def summarize(runs: List[dict]) -> dict:
+def same_kind(runs: List[dict], pool: List[dict]) -> List[dict]:
+    """For each run, the run of `pool` with its seed trained on its CPU kind (where there is one): a pair across CPU
+    kinds would carry the kinds' numerical difference besides the one compared."""
+    out = []
+    for r in runs:
+        match = [o for o in pool if o["seed"] == r["seed"] and cpu_kind(o.get("cpu_flags")) == cpu_kind(
+            r.get("cpu_flags"))]
+        out += match[:1]
+    return out
+
+
+def kind_comparisons(groups: Dict[tuple, List[dict]], others: List[dict]) -> List[dict]:
+    """Each table row that also has runs on another CPU kind (RESULTS/<preset>/other-kinds/): the same method,
+    labels and seeds on the two kinds, so the reader sees how large the kinds' difference is."""
+    out = []
+    by_group: Dict[tuple, List[dict]] = {}
+    for r in others:
+        by_group.setdefault((r["labeled"], r["method"]), []).append(r)
+    for g, rs in sorted(by_group.items()):
+        here = groups.get(g, [])
+        for kind in sorted({cpu_kind(r.get("cpu_flags")) or "not recorded" for r in rs}):
+            there = [r for r in rs if (cpu_kind(r.get("cpu_flags")) or "not recorded") == kind]
+            seeds = sorted({r["seed"] for r in there} & {r["seed"] for r in here
+                                                           if (cpu_kind(r.get("cpu_flags")) or "not recorded") != kind})
+            if not seeds:
+                continue
+            a = [r for r in here if r["seed"] in seeds]
+            b = [r for r in there if r["seed"] in seeds]
+            out.append({"labeled": g[0], "method": g[1], "seeds": seeds, "other_kind": kind,
+                        "kind": sorted({cpu_kind(r.get("cpu_flags")) or "not recorded" for r in a}),
+                        "mean_dice": float(np.mean(seed_means(a))), "other_mean_dice": float(np.mean(seed_means(b))),
+                        "paired_diff": paired(a, b)})
+    return out
+
+
+def summarize(runs: List[dict], others: Optional[List[dict]] = None) -> dict:
+    """The table's rows from the recorded runs; `others` are runs replaced in the table by a run on another CPU
+    kind, kept because rows trained on that kind (ablations) pair with them."""
+    others = others or []
     groups: Dict[tuple, List[dict]] = {}
     for r in runs:
         groups.setdefault((r["labeled"], r["method"]), []).append(r)
+    # full MICD on every CPU kind it ran on: an ablation pairs with the MICD run of its own seed and kind
+    micd_pool = {k: groups.get((k, "micd"), []) + [o for o in others if o["method"] == "micd" and o["labeled"] == k]
+                 for k in {g[0] for g in groups}}
     means = {g: float(np.mean(seed_means(rs))) for g, rs in groups.items()}
     rows = []
     for (k, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], ORDER.index(kv[0][1]))):
@@ -293,8 +334,10 @@ def summarize(runs: List[dict]) -> dict:
                                           if method != "supervised" and (k, "supervised") in groups else None),
             "best_peer": best_peer,
             "paired_diff_vs_best_peer": paired(rs, groups[(k, best_peer)]) if best_peer else None,
-            "paired_diff_vs_micd": (paired(rs, groups[(k, "micd")])
-                                    if method in VARIANTS and (k, "micd") in groups else None),
+            "paired_diff_vs_micd": (paired(rs, same_kind(rs, micd_pool[k]))
+                                    if method in VARIANTS and micd_pool.get(k) else None),
+            "micd_kinds": (sorted({cpu_kind(r.get("cpu_flags")) or "not recorded" for r in same_kind(rs, micd_pool[k])})
+                           if method in VARIANTS and micd_pool.get(k) else None),
             "iterations": rs[0]["iterations"], "device": rs[0]["device"], "amp": rs[0].get("amp"),
             "cpu_flags": rs[0].get("cpu_flags"),
             # per seed: the same seed and code train differently under other bf16 kernels (AMX or not), so a row
@@ -312,12 +355,14 @@ def summarize(runs: List[dict]) -> dict:
     curves = {f"L{k}-s{r['seed']}": r.get("validation_curve") for (k, m), rs in groups.items() if m == "supervised"
               for r in rs}
     # full MICD's mean best validation Dice over exactly the seeds each ablation ran, for the ablation table
+    # (on the same CPU kind as each ablation's run)
     micd_val = {}
     for row in rows:
-        if row["method"] in VARIANTS and (row["labeled"], "micd") in groups:
-            same = [r for r in groups[(row["labeled"], "micd")] if r["seed"] in row["seeds"]]
-            micd_val[f"{row['labeled']}-micd-" + "-".join(map(str, row["seeds"]))] = best_validation_mean(same)
-    return {"rows": rows, "supervised_validation_curves": curves, "best_validation": micd_val}
+        if row["method"] in VARIANTS and micd_pool.get(row["labeled"]):
+            same = same_kind(groups[(row["labeled"], row["method"])], micd_pool[row["labeled"]])
+            micd_val[f"{row['labeled']}-{row['method']}"] = best_validation_mean(same)
+    return {"rows": rows, "supervised_validation_curves": curves, "best_validation": micd_val,
+            "kind_comparisons": kind_comparisons(groups, others)}
 
 
 def machines_line(rows: List[dict]) -> str:
@@ -333,6 +378,14 @@ def machines_line(rows: List[dict]) -> str:
         return f"CPU flags: {next(iter(kinds))}."
     return "runs trained on CPUs of different kinds: " + "; ".join(
         f"{flags}: {', '.join(runs)}" for flags, runs in sorted(kinds.items())) + "."
+
+
+def short_kind(kinds: Optional[List[str]]) -> str:
+    """A CPU kind for a table cell: AMX or not is what changes the bf16 numbers."""
+    if not kinds:
+        return "–"
+    return ", ".join("AMX" if "amx_tile" in k else ("AVX512-BF16, no AMX" if "avx512_bf16" in k else k)
+                     for k in kinds)
 
 
 def best_validation_mean(runs: List[dict]) -> Optional[float]:
@@ -374,14 +427,27 @@ def markdown(summary: dict, preset: str, cfg: dict) -> str:
         # on the validation column, never on the test columns.
         lines += ["", f"MICD ablations at {ablations[0]['labeled']} labeled: Δ MICD = mean paired per-case "
                   "difference of mean Dice to full MICD over test cases x shared seeds [95 % t interval]; "
-                  "validation = mean over seeds of the best validation Dice (5 labeled validation cases).", "",
-                  "| variant | seeds | mean Dice | Δ MICD | validation | MICD validation |", "|---|---|---|---|---|---|"]
+                  "validation = mean over seeds of the best validation Dice (5 labeled validation cases). Each "
+                  "variant's run pairs with the full MICD run of its seed trained on the same CPU kind (MICD CPU).",
+                  "", "| variant | seeds | mean Dice | Δ MICD | validation | MICD validation | MICD CPU |",
+                  "|---|---|---|---|---|---|---|"]
         micd_val = summary.get("best_validation", {})
         for r in ablations:
-            k = r["labeled"]
+            key = f"{r['labeled']}-{r['method']}"
             lines.append(f"| {r['method']} | {len(r['seeds'])} | {f(r['mean_dice'])} | "
                          f"{ci(r['paired_diff_vs_micd'])} | {f(r.get('best_validation_mean'))} | "
-                         f"{f(micd_val.get(f'{k}-micd-' + '-'.join(map(str, r['seeds']))))} |")
+                         f"{f(micd_val.get(key))} | "
+                         f"{short_kind(r.get('micd_kinds'))} |")
+    kinds = summary.get("kind_comparisons") or []
+    if kinds:
+        lines += ["", "The same runs on two CPU kinds (bf16 kernels with and without AMX differ numerically; the "
+                  "other kind's records are in `other-kinds/`): mean Dice over the shared seeds, paired difference "
+                  "(this table − other kind) over test cases x seeds [95 % t interval].", "",
+                  "| labeled | method | seeds | this table | CPU | other kind | CPU | Δ |", "|---|---|---|---|---|---|---|---|"]
+        for c in kinds:
+            lines.append(f"| {c['labeled']} | {c['method']} | {len(c['seeds'])} | {f(c['mean_dice'])} | "
+                         f"{short_kind(c['kind'])} | {f(c['other_mean_dice'])} | {short_kind([c['other_kind']])} | "
+                         f"{ci(c['paired_diff'])} |")
     first = next((r for r in summary["rows"] if r.get("cpu_flags") is not None), None)
     if first:
         lines += ["", f"Device: {first['device']} ({first['amp']}); {machines_line(summary['rows'])}"]
@@ -431,7 +497,10 @@ def main() -> None:
 
 def write_summary(a, cfg: dict, runs_dir: str) -> str:
     runs = [json.load(open(os.path.join(runs_dir, f))) for f in sorted(os.listdir(runs_dir)) if f.endswith(".json")]
-    summary = summarize(runs)
+    other_dir = os.path.join(os.path.dirname(runs_dir), "other-kinds")
+    others = [json.load(open(os.path.join(other_dir, f))) for f in sorted(os.listdir(other_dir))
+              if f.endswith(".json")] if os.path.isdir(other_dir) else []
+    summary = summarize(runs, others)
     summary.update(preset=a.preset, config=cfg, runs=len(runs))
     json.dump(summary, open(os.path.join(a.results, f"ssl-{a.preset}.json"), "w"), indent=1)
     text = markdown(summary, a.preset, cfg)
