@@ -205,6 +205,11 @@ def cpu_kind(flags: Optional[List[str]]) -> Optional[str]:
     return " ".join(flags or []) or None
 
 
+def kind_of(run: dict) -> str:
+    """The CPU kind a recorded run trained on, for grouping and table cells."""
+    return cpu_kind(run.get("cpu_flags")) or "not recorded"
+
+
 def foreground_ratio(ev: dict) -> float:
     """Mean over test cases of (predicted foreground voxels / reference foreground voxels): 1 is right, >1 means
     over-segmentation."""
@@ -263,9 +268,7 @@ def same_kind(runs: List[dict], pool: List[dict]) -> List[dict]:
     kinds would carry the kinds' numerical difference besides the one compared."""
     out = []
     for r in runs:
-        match = [o for o in pool if o["seed"] == r["seed"] and cpu_kind(o.get("cpu_flags")) == cpu_kind(
-            r.get("cpu_flags"))]
-        out += match[:1]
+        out += [o for o in pool if o["seed"] == r["seed"] and kind_of(o) == kind_of(r)][:1]
     return out
 
 
@@ -278,16 +281,15 @@ def kind_comparisons(groups: Dict[tuple, List[dict]], others: List[dict]) -> Lis
         by_group.setdefault((r["labeled"], r["method"]), []).append(r)
     for g, rs in sorted(by_group.items()):
         here = groups.get(g, [])
-        for kind in sorted({cpu_kind(r.get("cpu_flags")) or "not recorded" for r in rs}):
-            there = [r for r in rs if (cpu_kind(r.get("cpu_flags")) or "not recorded") == kind]
-            seeds = sorted({r["seed"] for r in there} & {r["seed"] for r in here
-                                                           if (cpu_kind(r.get("cpu_flags")) or "not recorded") != kind})
+        for kind in sorted({kind_of(r) for r in rs}):
+            there = [r for r in rs if kind_of(r) == kind]
+            seeds = sorted({r["seed"] for r in there} & {r["seed"] for r in here if kind_of(r) != kind})
             if not seeds:
                 continue
             a = [r for r in here if r["seed"] in seeds]
             b = [r for r in there if r["seed"] in seeds]
             out.append({"labeled": g[0], "method": g[1], "seeds": seeds, "other_kind": kind,
-                        "kind": sorted({cpu_kind(r.get("cpu_flags")) or "not recorded" for r in a}),
+                        "kind": sorted({kind_of(r) for r in a}),
                         "mean_dice": float(np.mean(seed_means(a))), "other_mean_dice": float(np.mean(seed_means(b))),
                         "paired_diff": paired(a, b)})
     return out
@@ -305,6 +307,8 @@ def summarize(runs: List[dict], others: Optional[List[dict]] = None) -> dict:
                  for k in {g[0] for g in groups}}
     means = {g: float(np.mean(seed_means(rs))) for g, rs in groups.items()}
     rows = []
+    # full MICD's mean best validation Dice over exactly the runs each ablation pairs with, for the ablation table
+    micd_val = {}
     for (k, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], ORDER.index(kv[0][1]))):
         per_label = {}
         for r in sorted(rs, key=lambda r: r["seed"]):
@@ -320,6 +324,9 @@ def summarize(runs: List[dict], others: Optional[List[dict]] = None) -> dict:
         # the strongest other method of the five at this label count (by mean Dice)
         peers = [m for m in METHODS if m != method and m != "micd" and (k, m) in groups]
         best_peer = max(peers, key=lambda m: means[(k, m)]) if peers else None
+        micd_ref = same_kind(rs, micd_pool[k]) if method in VARIANTS and micd_pool.get(k) else None
+        if micd_ref is not None:
+            micd_val[f"{k}-{method}"] = best_validation_mean(micd_ref)
         rows.append({
             "labeled": k, "method": method, "seeds": sorted(r["seed"] for r in rs),
             "mean_dice": float(np.mean(per_seed)), "std_dice": float(np.std(per_seed)),
@@ -334,10 +341,8 @@ def summarize(runs: List[dict], others: Optional[List[dict]] = None) -> dict:
                                           if method != "supervised" and (k, "supervised") in groups else None),
             "best_peer": best_peer,
             "paired_diff_vs_best_peer": paired(rs, groups[(k, best_peer)]) if best_peer else None,
-            "paired_diff_vs_micd": (paired(rs, same_kind(rs, micd_pool[k]))
-                                    if method in VARIANTS and micd_pool.get(k) else None),
-            "micd_kinds": (sorted({cpu_kind(r.get("cpu_flags")) or "not recorded" for r in same_kind(rs, micd_pool[k])})
-                           if method in VARIANTS and micd_pool.get(k) else None),
+            "paired_diff_vs_micd": paired(rs, micd_ref) if micd_ref is not None else None,
+            "micd_kinds": sorted({kind_of(r) for r in micd_ref}) if micd_ref is not None else None,
             "iterations": rs[0]["iterations"], "device": rs[0]["device"], "amp": rs[0].get("amp"),
             "cpu_flags": rs[0].get("cpu_flags"),
             # per seed: the same seed and code train differently under other bf16 kernels (AMX or not), so a row
@@ -354,13 +359,6 @@ def summarize(runs: List[dict], others: Optional[List[dict]] = None) -> dict:
         })
     curves = {f"L{k}-s{r['seed']}": r.get("validation_curve") for (k, m), rs in groups.items() if m == "supervised"
               for r in rs}
-    # full MICD's mean best validation Dice over exactly the seeds each ablation ran, for the ablation table
-    # (on the same CPU kind as each ablation's run)
-    micd_val = {}
-    for row in rows:
-        if row["method"] in VARIANTS and micd_pool.get(row["labeled"]):
-            same = same_kind(groups[(row["labeled"], row["method"])], micd_pool[row["labeled"]])
-            micd_val[f"{row['labeled']}-{row['method']}"] = best_validation_mean(same)
     return {"rows": rows, "supervised_validation_curves": curves, "best_validation": micd_val,
             "kind_comparisons": kind_comparisons(groups, others)}
 
@@ -496,11 +494,11 @@ def main() -> None:
 
 
 def write_summary(a, cfg: dict, runs_dir: str) -> str:
-    runs = [json.load(open(os.path.join(runs_dir, f))) for f in sorted(os.listdir(runs_dir)) if f.endswith(".json")]
-    other_dir = os.path.join(os.path.dirname(runs_dir), "other-kinds")
-    others = [json.load(open(os.path.join(other_dir, f))) for f in sorted(os.listdir(other_dir))
-              if f.endswith(".json")] if os.path.isdir(other_dir) else []
-    summary = summarize(runs, others)
+    def records(folder: str) -> List[dict]:
+        return [json.load(open(os.path.join(folder, f))) for f in sorted(os.listdir(folder))
+                if f.endswith(".json")] if os.path.isdir(folder) else []
+    runs = records(runs_dir)
+    summary = summarize(runs, records(os.path.join(os.path.dirname(runs_dir), "other-kinds")))
     summary.update(preset=a.preset, config=cfg, runs=len(runs))
     json.dump(summary, open(os.path.join(a.results, f"ssl-{a.preset}.json"), "w"), indent=1)
     text = markdown(summary, a.preset, cfg)
