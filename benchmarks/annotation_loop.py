@@ -75,7 +75,7 @@ class Bench:
     def write_record(self, name: str, result: dict) -> dict:
         path = self.record_path(name)
         tmp = path + ".tmp"
-        json.dump(result, open(tmp, "w"), indent=1)
+        json.dump(result, open(tmp, "w", encoding="utf-8"), indent=1)
         os.replace(tmp, path)  # recorded at once; a restart skips it
         return result
 
@@ -95,7 +95,7 @@ class Bench:
               "unlabeled": [self.img(n) for n in self.candidates if n not in labeled],
               "validation": [{"image": self.img(n), "label": self.lab(n)} for n in self.validation]}
         ds_path = os.path.join(d, "dataset.json")
-        json.dump(ds, open(ds_path, "w"), indent=1)
+        json.dump(ds, open(ds_path, "w", encoding="utf-8"), indent=1)
         run = os.path.join(d, "run")
         model = os.path.join(run, "model")
         timing_file = os.path.join(d, "train_timing.json")
@@ -108,7 +108,7 @@ class Bench:
                       "--progress", "none", *(["--validate-every", str(validate_every)] if validate_every else []),
                       *(["--init-from", init_from] if init_from else []), *resume], log, cfg["threads"])
             prev = json.load(open(timing_file)) if os.path.exists(timing_file) else {"wall_s": 0.0, "cpu_s": 0.0}
-            json.dump({k: prev[k] + t[k] for k in t}, open(timing_file, "w"))
+            json.dump({k: prev[k] + t[k] for k in t}, open(timing_file, "w", encoding="utf-8"))
         events = [json.loads(l) for l in open(os.path.join(run, "events.jsonl")) if l.strip()]
         meta = json.load(open(os.path.join(model, "model.json")))
         return {"model": model, "log": log, "meta": meta,
@@ -289,9 +289,9 @@ def write_summary(a, cfg: dict, runs_dir: str) -> str:
     recs = [json.load(open(os.path.join(runs_dir, f))) for f in sorted(os.listdir(runs_dir)) if f.endswith(".json")]
     summary = summarize(recs)
     summary.update(preset=a.preset, config=cfg, records=len(recs))
-    json.dump(summary, open(os.path.join(a.results, f"annotation-{a.preset}.json"), "w"), indent=1)
+    json.dump(summary, open(os.path.join(a.results, f"annotation-{a.preset}.json"), "w", encoding="utf-8"), indent=1)
     text = markdown(summary, a.preset, cfg)
-    with open(os.path.join(a.results, f"annotation-{a.preset}.md"), "w") as f:
+    with open(os.path.join(a.results, f"annotation-{a.preset}.md"), "w", encoding="utf-8") as f:
         f.write(text)
     return text
 

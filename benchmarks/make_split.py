@@ -21,7 +21,7 @@ def main(shared: str, out: str) -> None:
     split = {"seed": SEED, "source": "shared/data/hippocampus", "test": sorted(shuffled[:50]),
              "labeled_pool": shuffled[50:60], "unlabeled": sorted(shuffled[60:260])}
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
+    with open(out, "w", encoding="utf-8") as f:
         json.dump(split, f, indent=1)
 
 

@@ -134,9 +134,9 @@ def main() -> None:
     summary = summarize(load(base_runs, f"supervised-L{k}-"), long, load(base_runs, f"micd-L{k}-"), a.factor,
                         iterations)
     summary.update(preset=a.preset, labeled=k, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    json.dump(summary, open(os.path.join(out, f"plateau-L{k}-x{a.factor}.json"), "w"), indent=1)
+    json.dump(summary, open(os.path.join(out, f"plateau-L{k}-x{a.factor}.json"), "w", encoding="utf-8"), indent=1)
     text = markdown(summary, a.preset, k)
-    with open(os.path.join(out, f"plateau-L{k}-x{a.factor}.md"), "w") as f:
+    with open(os.path.join(out, f"plateau-L{k}-x{a.factor}.md"), "w", encoding="utf-8") as f:
         f.write(text)
     print(text)
 

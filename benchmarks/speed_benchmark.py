@@ -184,7 +184,7 @@ def main() -> None:
             return json.load(open(path))
         r = fn()
         r.update(name=name, host=host, measured=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        json.dump(r, open(path, "w"), indent=1)
+        json.dump(r, open(path, "w", encoding="utf-8"), indent=1)
         print(name, json.dumps({k: r.get(k) for k in ("sec_per_iter", "wall_s", "peak_rss_mib", "returncode")}),
               flush=True)
         return r
@@ -287,7 +287,7 @@ def main() -> None:
             lines.append(f"| monai sliding_window_inference | fp32 | 1 | {r['monai_median_wall_s']:.2f} |")
     flags = sorted({cpu_kind(r.get("host", {}).get("cpu_flags")) or "not recorded" for r in rows})
     lines += ["", "CPU flags of the measuring machines: " + "; ".join(flags) + "."]
-    with open(os.path.join(a.results, "speed.md"), "w") as f:
+    with open(os.path.join(a.results, "speed.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -79,7 +79,7 @@ def micd(args: List[str], log: str, threads: int) -> Dict[str, float]:
         env["OMP_NUM_THREADS"] = str(threads)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
-    with open(log, "a") as f:
+    with open(log, "a", encoding="utf-8") as f:
         rc = subprocess.call([sys.executable, "-m", "micd", *args], stdout=f, stderr=subprocess.STDOUT, env=env)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if rc != 0:
@@ -116,7 +116,7 @@ def run_one(method: str, k: int, seed: int, cfg: dict, split: dict, hip: str, wo
         assert k <= len(pool) - n_val, "the validation cases must not be training cases"
         ds["validation"] = [{"image": img(n), "label": lab(n)} for n in pool[len(pool) - n_val:]]
     ds_path = os.path.join(d, "dataset.json")
-    json.dump(ds, open(ds_path, "w"), indent=1)
+    json.dump(ds, open(ds_path, "w", encoding="utf-8"), indent=1)
     run = os.path.join(d, "run")
     model = os.path.join(run, "model")
     timing = {"wall_s": None, "cpu_s": None}
@@ -132,7 +132,7 @@ def run_one(method: str, k: int, seed: int, cfg: dict, split: dict, hip: str, wo
                  log, cfg["threads"])
         prev = json.load(open(timing_file)) if os.path.exists(timing_file) else {"wall_s": 0.0, "cpu_s": 0.0}
         timing = {k_: prev[k_] + t[k_] for k_ in t}
-        json.dump(timing, open(timing_file, "w"))
+        json.dump(timing, open(timing_file, "w", encoding="utf-8"))
     elif os.path.exists(timing_file):
         timing = json.load(open(timing_file))
     test_imgs = link_folder(os.path.join(work, "test_images"), {n: img(n) for n in split["test"]})
@@ -172,7 +172,7 @@ def run_one(method: str, k: int, seed: int, cfg: dict, split: dict, hip: str, wo
               "foreground_ratio_last": foreground_ratio(evaluations["last"]) if "last" in evaluations else None,
               **machine(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     tmp = record + ".tmp"
-    json.dump(result, open(tmp, "w"), indent=1)
+    json.dump(result, open(tmp, "w", encoding="utf-8"), indent=1)
     os.replace(tmp, record)  # recorded at once; a restart skips it
     return result
 
@@ -500,9 +500,9 @@ def write_summary(a, cfg: dict, runs_dir: str) -> str:
     runs = records(runs_dir)
     summary = summarize(runs, records(os.path.join(os.path.dirname(runs_dir), "other-kinds")))
     summary.update(preset=a.preset, config=cfg, runs=len(runs))
-    json.dump(summary, open(os.path.join(a.results, f"ssl-{a.preset}.json"), "w"), indent=1)
+    json.dump(summary, open(os.path.join(a.results, f"ssl-{a.preset}.json"), "w", encoding="utf-8"), indent=1)
     text = markdown(summary, a.preset, cfg)
-    with open(os.path.join(a.results, f"ssl-{a.preset}.md"), "w") as f:
+    with open(os.path.join(a.results, f"ssl-{a.preset}.md"), "w", encoding="utf-8") as f:
         f.write(text)
     return text
 

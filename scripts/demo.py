@@ -44,7 +44,7 @@ def main() -> None:
           "unlabeled": [img(n) for n in split["unlabeled"][:40]],
           "validation": [{"image": img(n), "label": lab(n)} for n in split["labeled_pool"][5:10]]}
     ds_path = os.path.join(a.out, "dataset.json")
-    with open(ds_path, "w") as f:
+    with open(ds_path, "w", encoding="utf-8") as f:
         json.dump(ds, f, indent=1)
     test = split["test"][:20]
     inputs, labels = os.path.join(a.out, "test_images"), os.path.join(a.out, "test_labels")

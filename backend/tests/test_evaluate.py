@@ -118,9 +118,9 @@ def test_existing_report_files_are_kept_unless_overwrite(tmp_path, capsys, share
     assert main(args) == 2
     err = capsys.readouterr().err
     assert f"{notes} already exists" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
-    assert notes.read_text() == "my notes" and sorted(os.listdir(results)) == ["summary.md"]
+    assert notes.read_text(encoding="utf-8") == "my notes" and sorted(os.listdir(results)) == ["summary.md"]
     assert main(["evaluate", "--pred", lbl, "--label", lbl, "--json", str(results)]) == 2
     assert "is a folder" in capsys.readouterr().err
     assert main(args + ["--overwrite"]) == 0
     assert json.load(open(results / "summary.json"))["overall"]["dice"]["mean"] == 1.0
-    assert notes.read_text() != "my notes"
+    assert notes.read_text(encoding="utf-8") != "my notes"
