@@ -191,7 +191,9 @@ def test_helper_processes_read_utf8_and_open_no_window(monkeypatch):
     previous = locale.setlocale(locale.LC_CTYPE)
     locale.setlocale(locale.LC_CTYPE, "C")  # as under a C locale, or Windows' code page: locale-decoding would fail
     try:
-        result = processes.run([sys.executable, "-c", "import sys; sys.stdout.buffer.write('Jürgen ✓ 肝臓'.encode())"])
+        # the child writes UTF-8 bytes; the command line stays ASCII (its escapes are the child's to decode)
+        child = r"import sys; sys.stdout.buffer.write('J\xfcrgen \u2713 \u809d\u81d3'.encode())"
+        result = processes.run([sys.executable, "-c", child])
     finally:
         locale.setlocale(locale.LC_CTYPE, previous)
     assert result.stdout == "Jürgen ✓ 肝臓"

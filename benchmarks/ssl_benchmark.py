@@ -467,6 +467,8 @@ def main() -> None:
     ap.add_argument("--shared", default=os.path.join(ROOT, "..", "shared"))
     ap.add_argument("--results", default=os.path.join(HERE, "results"))
     ap.add_argument("--work", default=os.path.join(HERE, "runs"), help="training runs, predictions (not committed)")
+    ap.add_argument("--seeds", nargs="+", type=int, help="train only these of the preset's seeds (default: all)")
+    ap.add_argument("--labeled", nargs="+", type=int, help="train only these of the preset's labeled counts")
     ap.add_argument("--report", action="store_true", help="only rebuild the summary from recorded runs")
     ap.add_argument("--no-ablations", action="store_true", help="skip the preset's ablation rows")
     ap.add_argument("--ablations", nargs="+", choices=ABLATIONS, metavar="NAME",
@@ -483,9 +485,12 @@ def main() -> None:
     if not a.report:
         # Each run is trained, scored and recorded before the next: 2 labeled seed by seed, then 5 labeled, then
         # the ablations at 2 labeled, so that an interrupted benchmark has already answered the first question.
-        plan = [(seed, k, m) for k in cfg["labeled"] for seed in cfg["seeds"] for m in a.methods]
+        seeds = [s for s in cfg["seeds"] if a.seeds is None or s in a.seeds]
+        labeled = [k for k in cfg["labeled"] if a.labeled is None or k in a.labeled]
+        plan = [(seed, k, m) for k in labeled for seed in seeds for m in a.methods]
         ablations = [m for m in cfg.get("ablations", []) if a.ablations is None or m in a.ablations]
-        plan += [(seed, min(cfg["labeled"]), m) for seed in cfg["seeds"] for m in ablations if not a.no_ablations]
+        if min(cfg["labeled"]) in labeled and not a.no_ablations:
+            plan += [(seed, min(cfg["labeled"]), m) for seed in seeds for m in ablations]
         for seed, k, method in plan:
             r = run_one(method, k, seed, cfg, split, hip, work, runs_dir, a.preset)
             print(f"{method:16s} L{k} s{seed}: recorded ({r['train_wall_s'] or 0:.0f} s wall)", flush=True)
