@@ -55,7 +55,13 @@ VARIANTS = {
     # clean and masked inputs in one BatchNorm batch)
     "micd-literal": ("micd", ["--class-weights", "dhc", "--pseudo-labels", "train_pass", "--mask-fill", "zero",
                               "--mask-block", "8", "--bn-passes", "joint"]),
+    # the peers with MICD's BatchNorm rule (labeled inputs normalised on their own and alone setting the running
+    # statistics): is MICD's gain over a peer only this rule, which any of them could use?
+    "mean-teacher-split-bn": ("mean-teacher", ["--bn-passes", "separate"]),
+    "cps-split-bn": ("cps", ["--bn-passes", "separate"]),
+    "dhc-split-bn": ("dhc", ["--bn-passes", "separate"]),
 }
+PEER_VARIANTS = [v for v, (base, _) in VARIANTS.items() if base != "micd"]
 ABLATIONS = ["micd-no-mcpc", "micd-no-cfc", "micd-no-cmd", "micd-no-masking", "micd-dhc-weights", "micd-literal"]
 ORDER = METHODS + list(VARIANTS)
 LABEL_NAMES = {"1": "hippocampus_anterior", "2": "hippocampus_posterior"}
@@ -324,7 +330,9 @@ def summarize(runs: List[dict], others: Optional[List[dict]] = None) -> dict:
         # the strongest other method of the five at this label count (by mean Dice)
         peers = [m for m in METHODS if m != method and m != "micd" and (k, m) in groups]
         best_peer = max(peers, key=lambda m: means[(k, m)]) if peers else None
-        micd_ref = same_kind(rs, micd_pool[k]) if method in VARIANTS and micd_pool.get(k) else None
+        base = VARIANTS[method][0] if method in VARIANTS else None
+        micd_ref = same_kind(rs, micd_pool[k]) if base == "micd" and micd_pool.get(k) else None
+        base_ref = same_kind(rs, groups.get((k, base), [])) if base not in (None, "micd") else None
         if micd_ref is not None:
             micd_val[f"{k}-{method}"] = best_validation_mean(micd_ref)
         rows.append({
@@ -343,6 +351,13 @@ def summarize(runs: List[dict], others: Optional[List[dict]] = None) -> dict:
             "paired_diff_vs_best_peer": paired(rs, groups[(k, best_peer)]) if best_peer else None,
             "paired_diff_vs_micd": paired(rs, micd_ref) if micd_ref is not None else None,
             "micd_kinds": sorted({kind_of(r) for r in micd_ref}) if micd_ref is not None else None,
+            # a peer variant against its own method (same seeds and CPU kind) and against MICD
+            "base_method": base if base_ref else None,
+            "base_mean_dice": float(np.mean(seed_means(base_ref))) if base_ref else None,
+            "base_foreground_ratio": float(np.mean([r["foreground_ratio"] for r in base_ref])) if base_ref else None,
+            "paired_diff_vs_base": paired(rs, base_ref) if base_ref else None,
+            "paired_diff_micd_minus_this": (paired(same_kind(rs, micd_pool.get(k, [])), rs)
+                                            if base_ref is not None and micd_pool.get(k) else None),
             "iterations": rs[0]["iterations"], "device": rs[0]["device"], "amp": rs[0].get("amp"),
             "cpu_flags": rs[0].get("cpu_flags"),
             # per seed: the same seed and code train differently under other bf16 kernels (AMX or not), so a row
@@ -436,6 +451,19 @@ def markdown(summary: dict, preset: str, cfg: dict) -> str:
                          f"{ci(r['paired_diff_vs_micd'])} | {f(r.get('best_validation_mean'))} | "
                          f"{f(micd_val.get(key))} | "
                          f"{short_kind(r.get('micd_kinds'))} |")
+    peers = [r for r in summary["rows"] if r.get("base_method")]
+    if peers:
+        lines += ["", "Peers with MICD's BatchNorm rule (`--bn-passes separate`: labeled inputs normalised on their "
+                  "own and alone setting the running statistics; the peers' own code normalises labeled and "
+                  "unlabeled patches in one batch): each variant against its method and against MICD, same seeds and "
+                  "CPU kind, mean paired per-case difference [95 % t interval].", "",
+                  "| labeled | variant | seeds | mean Dice | method's | Δ method | MICD − variant | fg ratio | "
+                  "method's fg ratio |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in peers:
+            lines.append(f"| {r['labeled']} | {r['method']} | {len(r['seeds'])} | {f(r['mean_dice'])} | "
+                         f"{f(r['base_mean_dice'])} | {ci(r['paired_diff_vs_base'])} | "
+                         f"{ci(r.get('paired_diff_micd_minus_this'))} | {f(r['foreground_ratio'], 2)} | "
+                         f"{f(r['base_foreground_ratio'], 2)} |")
     kinds = summary.get("kind_comparisons") or []
     if kinds:
         lines += ["", "The same runs on two CPU kinds (bf16 kernels with and without AMX differ numerically; the "

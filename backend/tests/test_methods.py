@@ -228,6 +228,10 @@ def test_method_defaults_dhc_faithful_micd_fixed():
     assert cps.option("pseudo_labels") == "train_pass"
     assert (micd.option("class_weights"), micd.option("pseudo_labels")) == ("dhc-bgfloor", "teacher")
     assert build_method("micd", _det_net(), 3, MethodConfig(class_weights="dhc")).option("class_weights") == "dhc"
+    assert [build_method(n, _det_net(), 3, MethodConfig()).option("bn_passes")
+            for n in ("mean-teacher", "cps", "dhc", "micd")] == ["joint", "joint", "joint", "separate"]
+    with pytest.raises(ValueError, match="bn_passes"):
+        build_method("cps", _det_net(), 3, MethodConfig(bn_passes="apart"))
 
 
 def test_mask_fill_and_block_sides():
@@ -286,6 +290,25 @@ def test_micd_separate_passes_leave_running_stats_to_clean_inputs():
         before(torch.cat([x_l, x_u]), turnoff_drop=True)
     assert torch.allclose(got["separate"], first_bn(before).running_mean, atol=1e-6)
     assert not torch.allclose(got["joint"], first_bn(before).running_mean, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["mean-teacher", "cps", "dhc"])
+def test_peers_separate_passes_keep_unlabeled_inputs_out_of_running_statistics(method):
+    """bn_passes=separate for the peers: the running statistics a step leaves are the same whatever the unlabeled
+    patches are (they come from the labeled ones, as in supervised training); joint (their default) mixes them in."""
+    net = NetworkConfig(out_channels=3, filters=4, dropout=0.0)
+    x_l, y_l = torch.randn(2, 1, 16, 16, 16), torch.randint(0, 3, (2, 16, 16, 16))
+    unlabeled = [torch.randn(2, 1, 16, 16, 16), torch.randn(2, 1, 16, 16, 16) * 3.0 + 2.0]
+    for passes in ("separate", "joint"):
+        stats = []
+        for x_u in unlabeled:
+            torch.manual_seed(0)
+            m = build_method(method, net, 3, MethodConfig(bn_passes=passes))
+            m.step(x_l, y_l, x_u, 0.1, torch.Generator().manual_seed(0))
+            bns = [b for b in m.students["student_a"].modules() if isinstance(b, torch.nn.BatchNorm3d)]
+            stats.append(torch.cat([torch.cat([b.running_mean, b.running_var]) for b in bns]))
+        same = torch.allclose(stats[0], stats[1], atol=1e-6)
+        assert same if passes == "separate" else not same, passes
 
 
 def test_pseudo_labels_sources_and_threshold():

@@ -12,9 +12,10 @@ from torch import nn
 
 from micd.methods.ema import ema_alpha
 from micd.methods.losses import GlobalBatch, dice_ce, hard_pseudo_labels, weighted_ce
-from micd.nets.vnet import NetworkConfig, VNet, build_network
+from micd.nets.vnet import NetworkConfig, VNet, build_network, split_normalization
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
+BN_PASSES = ("separate", "joint")
 
 
 @dataclass
@@ -48,8 +49,11 @@ class MethodConfig:
     #                                  train_pass: argmax of the training forward (dropout on), as CPS/DHC;
     #                                  no_dropout: a gradient-free pass with dropout off; teacher: the EMA teacher
     pseudo_threshold: float = 0.0    # ignore pseudo-labelled voxels whose softmax confidence is below this (0: off)
-    bn_passes: str = "separate"      # MICD: separate (clean and masked inputs in their own BatchNorm passes; the
-    #                                  masked pass leaves the running statistics alone) | joint (one pass)
+    bn_passes: Optional[str] = None  # None: the method's own (MICD: separate; mean teacher, CPS, DHC: joint, as
+    #                                  their code). separate: the labeled inputs are normalised on their own and alone
+    #                                  set BatchNorm's running statistics; the rest of the forward batch (MICD: the
+    #                                  masked inputs; the peers: the unlabeled ones) is normalised apart | joint: one
+    #                                  batch
     diffdw_accumulate: int = 50
     distdw_momentum: float = 0.99
     mt_noise: float = 0.1            # mean teacher: input noise std
@@ -103,6 +107,8 @@ class Method(nn.Module):
         # True when the teachers were loaded from a trained model (--init-from): the EMA warm-up, which makes a
         # teacher a copy of its student at the first step, would throw them away.
         self.teachers_warm = False
+        if self.option("bn_passes") not in (None, *BN_PASSES):
+            raise ValueError(f"bn_passes must be one of {BN_PASSES}")
 
     def ema_decay(self) -> float:
         """The EMA decay for this optimizer step (Eq. 1): warmed up from 0 for new teachers, full for loaded ones."""
@@ -158,6 +164,15 @@ class Method(nn.Module):
                     raise ValueError(f"pseudo_labels=teacher: method {self.name} has no EMA teachers")
                 return teachers[key.replace("student", "teacher")](x, turnoff_drop=True)[0]
         raise ValueError(f"pseudo_labels must be train_pass, no_dropout or teacher, got {source!r}")
+
+    def labeled_first_forward(self, key: str, x: torch.Tensor, n_labeled: int):
+        """The training forward of student `key` on x = [labeled; other]. With bn_passes=separate, BatchNorm
+        normalises the first `n_labeled` samples and the rest apart and keeps running statistics from the labeled ones
+        only, as supervised training does; with joint, the whole batch is one BatchNorm batch (the peers' code)."""
+        if self.option("bn_passes") == "separate":
+            with split_normalization(self.students[key], n_labeled):
+                return self.runners[key](x)
+        return self.runners[key](x)
 
     def global_draw(self, draw: Callable[[int], torch.Tensor], n_local: int) -> torch.Tensor:
         """Draw random tensors for the whole global batch (same generator state on every rank) and keep this rank's

@@ -17,7 +17,7 @@ CLASS_WEIGHTS = ("dhc", "dhc-bgfloor", "none")
 class DHC(Method):
     name = "dhc"
     branch_inits = ("kaiming", "kaiming")  # DHC: the branches differ by their class weighting, not their init
-    own_defaults = {"class_weights": "dhc", "pseudo_labels": "train_pass"}  # DHC's code exactly
+    own_defaults = {"class_weights": "dhc", "pseudo_labels": "train_pass", "bn_passes": "joint"}  # DHC's code
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -50,8 +50,8 @@ class DHC(Method):
     def step(self, x_l, y_l, x_u, beta, generator) -> Dict[str, torch.Tensor]:
         x = torch.cat([x_l, x_u])
         n_l = x_l.shape[0]
-        za, _ = self.runners["student_a"](x)
-        zb, _ = self.runners["student_b"](x)
+        za, _ = self.labeled_first_forward("student_a", x, n_l)
+        zb, _ = self.labeled_first_forward("student_b", x, n_l)
         pa, pb = self.pseudo_logits("student_a", x, za), self.pseudo_logits("student_b", x, zb)
         w_diff, w_dist = self.class_weights(za[:n_l], y_l, pb[n_l:])
         sup = self.dice_ce(za[:n_l], y_l, w_diff) + self.dice_ce(zb[:n_l], y_l, w_dist)

@@ -16,6 +16,7 @@ from micd.methods.losses import softmax_mse
 class MeanTeacher(Method):
     name = "mean-teacher"
     branch_inits = ("kaiming", "xavier")
+    own_defaults = {"bn_passes": "joint"}  # labeled and unlabeled patches in one BatchNorm batch, as its code
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -31,7 +32,7 @@ class MeanTeacher(Method):
         out: Dict[str, torch.Tensor] = {}
         total = 0.0
         for s in ("a", "b"):
-            z, _ = self.runners[f"student_{s}"](x + noise)
+            z, _ = self.labeled_first_forward(f"student_{s}", x + noise, n_l)
             with torch.no_grad():
                 t, _ = self.teachers[f"teacher_{s}"](x, turnoff_drop=True)
             out[f"sup_{s}"] = self.dice_ce(z[:n_l], y_l)

@@ -31,16 +31,14 @@ from micd.methods.dhc import DHC
 from micd.methods.ema import ema_update, make_teacher
 from micd.methods.losses import feature_distance
 from micd.methods.masking import apply_mask, block_mask
-from micd.nets.vnet import split_normalization
 
 MCPC_MODES = ("masked_from_clean", "clean_from_masked", "masked_from_masked")
 CMD_MODES = ("own_teacher", "cross_teacher", "neg_discrepancy")
-BN_PASSES = ("separate", "joint")
 
 
 class MICD(DHC):
     name = "micd"
-    own_defaults = {"class_weights": "dhc-bgfloor", "pseudo_labels": "teacher"}
+    own_defaults = {"class_weights": "dhc-bgfloor", "pseudo_labels": "teacher", "bn_passes": "separate"}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -48,8 +46,6 @@ class MICD(DHC):
             raise ValueError(f"mcpc_mode must be one of {MCPC_MODES}")
         if self.cfg.cmd_mode not in CMD_MODES:
             raise ValueError(f"cmd_mode must be one of {CMD_MODES}")
-        if self.cfg.bn_passes not in BN_PASSES:
-            raise ValueError(f"bn_passes must be one of {BN_PASSES}")
         self.teachers = nn.ModuleDict({"teacher_a": make_teacher(self.students["student_a"]),
                                        "teacher_b": make_teacher(self.students["student_b"])})
 
@@ -76,11 +72,7 @@ class MICD(DHC):
     def _forward(self, key: str, clean: torch.Tensor, masked: torch.Tensor):
         """One training forward of a student on [clean; masked] -> (z_clean, z_masked, f_clean, f_masked)."""
         n = clean.shape[0]
-        if self.cfg.bn_passes == "separate":
-            with split_normalization(self.students[key], n):
-                z, f = self.runners[key](torch.cat([clean, masked]))
-        else:
-            z, f = self.runners[key](torch.cat([clean, masked]))
+        z, f = self.labeled_first_forward(key, torch.cat([clean, masked]), n)
         return z[:n], z[n:], [t[:n] for t in f], [t[n:] for t in f]
 
     def step(self, x_l, y_l, x_u, beta, generator) -> Dict[str, torch.Tensor]:

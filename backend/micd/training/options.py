@@ -96,9 +96,11 @@ class TrainOptions:
     mask_fill: str = opt(MethodConfig.mask_fill, "value of masked blocks: min (the patch's minimum, its background "
                          "and padding value) or zero (Eq. 2 literally; mean tissue after an MR z-score)",
                          choices=["min", "zero"])
-    bn_passes: str = opt(MethodConfig.bn_passes, "MICD: normalise clean and masked inputs apart, the masked ones "
-                         "without updating BatchNorm's running statistics (separate), or in one batch (joint)",
-                         choices=["separate", "joint"])
+    bn_passes: Optional[str] = opt(None, "BatchNorm batches of a training forward: separate (the labeled inputs "
+                                   "are normalised on their own and alone set the running statistics, as in "
+                                   "supervised training; the rest, MICD's masked inputs or the peers' unlabeled "
+                                   "ones, apart: MICD's default) or joint (one batch: the default of mean teacher, "
+                                   "CPS and DHC, as their code)", choices=["separate", "joint"])
     pseudo_labels: Optional[str] = opt(None, "where hard pseudo-labels (and DistDW's class statistics) come from: "
                                        "train_pass (the training forward, dropout on: CPS/DHC, their default), "
                                        "no_dropout (a gradient-free pass with dropout off) or teacher (the "
