@@ -61,7 +61,6 @@ VARIANTS = {
     "cps-split-bn": ("cps", ["--bn-passes", "separate"]),
     "dhc-split-bn": ("dhc", ["--bn-passes", "separate"]),
 }
-PEER_VARIANTS = [v for v, (base, _) in VARIANTS.items() if base != "micd"]
 ABLATIONS = ["micd-no-mcpc", "micd-no-cfc", "micd-no-cmd", "micd-no-masking", "micd-dhc-weights", "micd-literal"]
 ORDER = METHODS + list(VARIANTS)
 LABEL_NAMES = {"1": "hippocampus_anterior", "2": "hippocampus_posterior"}
@@ -357,7 +356,7 @@ def summarize(runs: List[dict], others: Optional[List[dict]] = None) -> dict:
             "base_foreground_ratio": float(np.mean([r["foreground_ratio"] for r in base_ref])) if base_ref else None,
             "paired_diff_vs_base": paired(rs, base_ref) if base_ref else None,
             "paired_diff_micd_minus_this": (paired(same_kind(rs, micd_pool.get(k, [])), rs)
-                                            if base_ref is not None and micd_pool.get(k) else None),
+                                            if base_ref and micd_pool.get(k) else None),
             "iterations": rs[0]["iterations"], "device": rs[0]["device"], "amp": rs[0].get("amp"),
             "cpu_flags": rs[0].get("cpu_flags"),
             # per seed: the same seed and code train differently under other bf16 kernels (AMX or not), so a row
