@@ -406,7 +406,7 @@ def best_validation_mean(runs: List[dict]) -> Optional[float]:
     return float(np.mean(best)) if best else None
 
 
-def markdown(summary: dict, preset: str, cfg: dict) -> str:
+def markdown(summary: dict, preset: str, cfg: dict, plateau: Optional[str] = None) -> str:
     lines = [f"# Semi-supervised benchmark, preset `{preset}`", "",
              f"Hippocampus (shared data), 50 test cases, 200 unlabeled cases, {cfg['iterations']} iterations, "
              f"VNet width {cfg['filters']}, patch {'x'.join(map(str, cfg['patch']))}, batch 2 labeled + 2 unlabeled, "
@@ -478,8 +478,9 @@ def markdown(summary: dict, preset: str, cfg: dict) -> str:
         lines += ["", f"Device: {first['device']} ({first['amp']}); {machines_line(summary['rows'])}"]
     curves = {k: v for k, v in summary.get("supervised_validation_curves", {}).items() if v}
     if curves:
+        longer = f" (longer runs: `{plateau}/`)" if plateau else ""
         lines += ["", "Supervised validation Dice (5 labeled validation cases) by iteration, to show whether it has "
-                  "plateaued (3x longer runs: `benchmarks/results/cpu-plateau/`):",
+                  f"plateaued{longer}:",
                   "", "| run | " + " | ".join(str(i) for i, _ in next(iter(curves.values()))) + " |",
                   "|---|" + "---|" * len(next(iter(curves.values())))]
         for k, v in sorted(curves.items()):
@@ -533,7 +534,8 @@ def write_summary(a, cfg: dict, runs_dir: str) -> str:
     summary = summarize(runs, records(os.path.join(os.path.dirname(runs_dir), "other-kinds")))
     summary.update(preset=a.preset, config=cfg, runs=len(runs))
     json.dump(summary, open(os.path.join(a.results, f"ssl-{a.preset}.json"), "w", encoding="utf-8"), indent=1)
-    text = markdown(summary, a.preset, cfg)
+    plateau = os.path.join(a.results, f"{a.preset}-plateau")  # where benchmarks/plateau.py writes
+    text = markdown(summary, a.preset, cfg, os.path.relpath(plateau, ROOT) if os.path.isdir(plateau) else None)
     with open(os.path.join(a.results, f"ssl-{a.preset}.md"), "w", encoding="utf-8") as f:
         f.write(text)
     return text
