@@ -60,6 +60,9 @@ VARIANTS = {
     "mean-teacher-split-bn": ("mean-teacher", ["--bn-passes", "separate"]),
     "cps-split-bn": ("cps", ["--bn-passes", "separate"]),
     "dhc-split-bn": ("dhc", ["--bn-passes", "separate"]),
+    # supervised with MICD's class weights (DistDW from its labeled predictions): how much of MICD's gain over
+    # supervised is the weighting of its supervised loss rather than the unlabeled data?
+    "supervised-micd-weights": ("supervised", ["--class-weights", "dhc-bgfloor"]),
 }
 ABLATIONS = ["micd-no-mcpc", "micd-no-cfc", "micd-no-cmd", "micd-no-masking", "micd-dhc-weights", "micd-literal"]
 ORDER = METHODS + list(VARIANTS)
@@ -452,10 +455,12 @@ def markdown(summary: dict, preset: str, cfg: dict, plateau: Optional[str] = Non
                          f"{short_kind(r.get('micd_kinds'))} |")
     peers = [r for r in summary["rows"] if r.get("base_method")]
     if peers:
-        lines += ["", "Peers with MICD's BatchNorm rule (`--bn-passes separate`: labeled inputs normalised on their "
-                  "own and alone setting the running statistics; the peers' own code normalises labeled and "
-                  "unlabeled patches in one batch): each variant against its method and against MICD, same seeds and "
-                  "CPU kind, mean paired per-case difference [95 % t interval].", "",
+        lines += ["", "Baselines given one of MICD's ingredients, each variant against its method and against MICD, "
+                  "same seeds and CPU kind, mean paired per-case difference [95 % t interval]. `*-split-bn`: MICD's "
+                  "BatchNorm rule (`--bn-passes separate`: labeled inputs normalised on their own and alone setting "
+                  "the running statistics; the peers' own code normalises labeled and unlabeled patches in one "
+                  "batch). `supervised-micd-weights`: MICD's class weights on the supervised loss "
+                  "(`--class-weights dhc-bgfloor`, DistDW from the labeled patches), no unlabeled data.", "",
                   "| labeled | variant | seeds | mean Dice | method's | Δ method | MICD − variant | fg ratio | "
                   "method's fg ratio |", "|---|---|---|---|---|---|---|---|---|"]
         for r in peers:

@@ -148,7 +148,7 @@ def test_micd_terms_match_direct_computation():
         za, fa = m.students["student_a"](x)
         zb, fb = m.students["student_b"](x)
     # MICD's default class weights: DHC's with the background floored at the foreground mean
-    w_diff, w_dist = floor_background(m.diffdw.weights), floor_background(m.distdw.weights)
+    w_diff, w_dist = floor_background(m.weighting.diffdw.weights), floor_background(m.weighting.distdw.weights)
     mcpc = weighted_ce(za, zb.argmax(1), w_diff) + weighted_ce(zb, za.argmax(1), w_dist)
     cmd = weighted_ce(za, za.argmax(1)) + weighted_ce(zb, zb.argmax(1))  # teachers == students before any step
     cfc = sum(l * feature_distance(a, b) for l, a, b in zip(cfg.cfc_weights, fa, fb))
@@ -212,7 +212,7 @@ def test_class_weight_modes(mode, expect_bg):
     if mode == "none":
         assert w_diff is None and w_dist is None
         return
-    state_bg = m.distdw.weights[0].item()
+    state_bg = m.weighting.distdw.weights[0].item()
     if mode == "dhc":
         assert w_dist[0].item() == pytest.approx(state_bg)
     else:
@@ -343,3 +343,30 @@ def test_supervised_warmup_then_ramp():
     assert consistency_weight(200, 1000, 0.1, 1.0, 0.2) == pytest.approx(0.1 * np.exp(-5.0))
     assert consistency_weight(1000, 1000, 0.1, 1.0, 0.2) == pytest.approx(0.1)
     assert consistency_weight(500, 1000, 0.1, 1.0) == pytest.approx(gaussian_rampup(500, 1000, 0.1))
+
+
+def test_supervised_class_weights_are_dhcs_from_labeled_patches_only():
+    """--class-weights for supervised: the weights MICD uses, with DistDW counting student B's labeled predictions."""
+    torch.manual_seed(0)
+    x_l, y_l = torch.randn(2, 1, 16, 16, 16), torch.randint(0, 3, (2, 16, 16, 16))
+    plain = build_method("supervised", _det_net(), 3, MethodConfig())
+    assert plain.current_weights is None and "diffdw" not in plain.extra_state()
+    m = build_method("supervised", _det_net(), 3, MethodConfig(class_weights="dhc-bgfloor"))
+    m.load_state_dict(plain.state_dict())
+    m.init_from_label_counts(np.array([1000.0, 50.0, 10.0]))
+    terms = m.step(x_l, y_l, None, 0.0, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        za, zb = m.students["student_a"](x_l)[0], m.students["student_b"](x_l)[0]
+    ref = DiffDW(3), DistDW(3)
+    ref[1].init_from_counts(np.array([1000.0, 50.0, 10.0]))
+    w_a, w_b = floor_background(ref[0].update(za, y_l)), floor_background(ref[1].update(zb))
+    assert not torch.allclose(w_a, w_a[0])  # the weights differ by class, so weighting shows in the loss
+    assert terms["sup_a"].item() == pytest.approx(dice_ce(za, y_l, w_a).item(), rel=1e-5)
+    assert terms["sup_b"].item() == pytest.approx(dice_ce(zb, y_l, w_b).item(), rel=1e-5)
+    unweighted = plain.step(x_l, y_l, None, 0.0, torch.Generator().manual_seed(0))
+    assert terms["sup_a"].item() != pytest.approx(unweighted["sup_a"].item(), rel=1e-3)
+    # the statistics travel with a checkpoint, so a resumed run keeps weighting as it did
+    again = build_method("supervised", _det_net(), 3, MethodConfig(class_weights="dhc-bgfloor"))
+    again.load_extra_state(m.extra_state())
+    assert again.current_weights == m.current_weights == {"w_diff": ref[0].weights.tolist(),
+                                                          "w_dist": ref[1].weights.tolist()}

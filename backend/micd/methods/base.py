@@ -42,9 +42,9 @@ class MethodConfig:
     ema_alpha: float = 0.99          # Eq. 1
     init_a: Optional[str] = None     # None: the method's own choice (DHC/MICD: Kaiming for both, as DHC; the CPS
     init_b: Optional[str] = None     # family: Kaiming for A, Xavier for B); "kaiming" or "xavier" overrides it
-    class_weights: Optional[str] = None  # None: the method's own (DHC: dhc; MICD: dhc-bgfloor). dhc: DiffDW for A,
-    #                                  DistDW for B exactly as DHC; dhc-bgfloor: the same with the background weight
-    #                                  raised to the foreground mean; none: unweighted losses
+    class_weights: Optional[str] = None  # None: the method's own (DHC: dhc; MICD: dhc-bgfloor; supervised: none).
+    #                                  dhc: DiffDW for A, DistDW for B exactly as DHC; dhc-bgfloor: the same with the
+    #                                  background weight raised to the foreground mean; none: unweighted losses
     pseudo_labels: Optional[str] = None  # None: the method's own (CPS/DHC: train_pass; MICD: teacher).
     #                                  train_pass: argmax of the training forward (dropout on), as CPS/DHC;
     #                                  no_dropout: a gradient-free pass with dropout off; teacher: the EMA teacher

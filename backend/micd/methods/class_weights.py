@@ -117,3 +117,48 @@ class DiffDW:
     def load_state_dict(self, s: Dict[str, torch.Tensor]) -> None:
         for k, v in s.items():
             setattr(self, k, v.clone().float())
+
+
+CLASS_WEIGHTS = ("dhc", "dhc-bgfloor", "none")
+
+
+class BranchWeights:
+    """The class weights of a two-branch method: W_diff (DiffDW) for branch A, W_dist (DistDW) for branch B.
+
+    mode `dhc` hands DHC's weights to the losses, `dhc-bgfloor` the same with the background weight floored (see
+    `floor_background`), `none` no weights. The DiffDW/DistDW states evolve as DHC's in every mode, so switching the
+    mode of a resumed run changes only what the losses receive.
+    """
+
+    def __init__(self, num_classes: int, mode: str, diffdw_accumulate: int = 50, distdw_momentum: float = 0.99):
+        if mode not in CLASS_WEIGHTS:
+            raise ValueError(f"class_weights must be one of {CLASS_WEIGHTS}, got {mode!r}")
+        self.mode = mode
+        self.diffdw = DiffDW(num_classes, diffdw_accumulate)
+        self.distdw = DistDW(num_classes, distdw_momentum)
+
+    def set_reduce(self, reduce: Reduce) -> None:
+        self.diffdw.reduce = self.distdw.reduce = reduce
+
+    def update(self, logits_a_labeled: torch.Tensor, target: torch.Tensor,
+               logits_b_distribution: torch.Tensor) -> "tuple[Optional[torch.Tensor], Optional[torch.Tensor]]":
+        """Update from branch A's labeled logits and target (DiffDW) and from the logits whose argmax gives branch
+        B's class distribution (DistDW); return (W_diff, W_dist) on the logits' device, or (None, None)."""
+        if self.mode == "none":
+            return None, None
+        w_diff = self.diffdw.update(logits_a_labeled, target).to(logits_a_labeled.device)
+        w_dist = self.distdw.update(logits_b_distribution).to(logits_a_labeled.device)
+        if self.mode == "dhc-bgfloor":
+            w_diff, w_dist = floor_background(w_diff), floor_background(w_dist)
+        return w_diff, w_dist
+
+    def state_dict(self) -> Dict[str, Dict[str, torch.Tensor]]:
+        return {"diffdw": self.diffdw.state_dict(), "distdw": self.distdw.state_dict()}
+
+    def load_state_dict(self, s: Dict[str, Dict[str, torch.Tensor]]) -> None:
+        self.diffdw.load_state_dict(s["diffdw"])
+        self.distdw.load_state_dict(s["distdw"])
+
+    @property
+    def current(self) -> Dict[str, list]:
+        return {"w_diff": self.diffdw.weights.tolist(), "w_dist": self.distdw.weights.tolist()}

@@ -9,9 +9,7 @@ import numpy as np
 import torch
 
 from micd.methods.base import Method
-from micd.methods.class_weights import DiffDW, DistDW, floor_background
-
-CLASS_WEIGHTS = ("dhc", "dhc-bgfloor", "none")
+from micd.methods.class_weights import BranchWeights
 
 
 class DHC(Method):
@@ -21,31 +19,19 @@ class DHC(Method):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.diffdw = DiffDW(self.num_classes, self.cfg.diffdw_accumulate)
-        self.distdw = DistDW(self.num_classes, self.cfg.distdw_momentum)
-        if self.option("class_weights") not in CLASS_WEIGHTS:
-            raise ValueError(f"class_weights must be one of {CLASS_WEIGHTS}")
+        self.weighting = BranchWeights(self.num_classes, self.option("class_weights"), self.cfg.diffdw_accumulate,
+                                       self.cfg.distdw_momentum)
 
     def prepare(self, wrap, reduce=None, shard=(0, 1)):
         super().prepare(wrap, reduce, shard)
-        self.diffdw.reduce = self.distdw.reduce = self.reduce
+        self.weighting.set_reduce(self.reduce)
 
     def init_from_label_counts(self, counts: np.ndarray) -> None:
-        self.distdw.init_from_counts(counts)
+        self.weighting.distdw.init_from_counts(counts)
 
     def class_weights(self, za_l, y_l, zb_u):
-        """Update and return (W_diff for branch A, W_dist for branch B), on the logits' device.
-
-        The DiffDW/DistDW states always evolve as DHC's; dhc-bgfloor only changes the weights handed to the losses.
-        """
-        mode = self.option("class_weights")
-        if mode == "none":
-            return None, None
-        w_diff = self.diffdw.update(za_l, y_l).to(za_l.device)
-        w_dist = self.distdw.update(zb_u).to(za_l.device)
-        if mode == "dhc-bgfloor":
-            w_diff, w_dist = floor_background(w_diff), floor_background(w_dist)
-        return w_diff, w_dist
+        """(W_diff for branch A, W_dist for branch B): DistDW from branch B's pseudo-labels of the unlabeled patches."""
+        return self.weighting.update(za_l, y_l, zb_u)
 
     def step(self, x_l, y_l, x_u, beta, generator) -> Dict[str, torch.Tensor]:
         x = torch.cat([x_l, x_u])
@@ -59,13 +45,12 @@ class DHC(Method):
         return {"sup": sup, "cps": cps, "total": sup + beta * cps}
 
     def extra_state(self) -> dict:
-        return {**super().extra_state(), "diffdw": self.diffdw.state_dict(), "distdw": self.distdw.state_dict()}
+        return {**super().extra_state(), **self.weighting.state_dict()}
 
     def load_extra_state(self, state: dict) -> None:
         super().load_extra_state(state)
-        self.diffdw.load_state_dict(state["diffdw"])
-        self.distdw.load_state_dict(state["distdw"])
+        self.weighting.load_state_dict(state)
 
     @property
     def current_weights(self) -> Dict[str, list]:
-        return {"w_diff": self.diffdw.weights.tolist(), "w_dist": self.distdw.weights.tolist()}
+        return self.weighting.current

@@ -121,10 +121,12 @@ class TrainOptions:
     cmd_mode: str = opt(MethodConfig.cmd_mode, "CMD (Eq. 5) form", choices=["own_teacher", "cross_teacher",
                                                                             "neg_discrepancy"])
     cmd_weighted: bool = opt(False, "apply W_diff/W_dist to CMD too", action="store_true")
-    class_weights: Optional[str] = opt(None, "class weighting of DHC and MICD: dhc (DiffDW for student A, DistDW "
-                                       "for B, exactly as DHC: DHC's default), dhc-bgfloor (the same with the "
-                                       "background weight raised to the foreground mean, so weighted CE does not "
-                                       "favour foreground: MICD's default) or none (unweighted CE and Dice)",
+    class_weights: Optional[str] = opt(None, "class weighting of DHC, MICD and supervised: dhc (DiffDW for student "
+                                       "A, DistDW for B, exactly as DHC: DHC's default), dhc-bgfloor (the same with "
+                                       "the background weight raised to the foreground mean, so weighted CE does not "
+                                       "favour foreground: MICD's default) or none (unweighted CE and Dice: "
+                                       "supervised's default; supervised's DistDW counts student B's predictions on "
+                                       "the labeled patches)",
                                        choices=["dhc", "dhc-bgfloor", "none"])
     ema_alpha: float = opt(MethodConfig.ema_alpha, "EMA decay α of the teachers (Eq. 1)")
     init_a: Optional[str] = opt(None, "weight init of student A (default: Kaiming)", choices=["kaiming", "xavier"])
