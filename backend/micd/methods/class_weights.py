@@ -1,4 +1,5 @@
-"""DHC's debiased class weights: DistDW (distribution-aware, branch B) and DiffDW (difficulty-aware, branch A).
+"""DHC's debiased class weights: DistDW (distribution-aware, branch B) and DiffDW (difficulty-aware, branch A), and
+`BranchWeights`, the pair that a two-branch method (DHC, MICD, supervised with weights) hands to its losses.
 
 Both are re-estimated every iteration from the current batch and smoothed with an exponential moving average. In
 distributed training the per-batch statistics (class histograms, Dice intersections/sums) are summed across ranks
