@@ -11,7 +11,9 @@ SOURCES = {"ssl": os.path.join(HERE, "results", "ssl-cpu.md"),
            "plateau-L2": os.path.join(HERE, "results", "cpu-plateau", "plateau-L2-x3.md"),
            "plateau-L5": os.path.join(HERE, "results", "cpu-plateau", "plateau-L5-x3.md"),
            "annotation": os.path.join(HERE, "results", "annotation-cpu.md"),
-           "peer-bn": os.path.join(HERE, "results", "avx2-fp32", "ssl-cpu.md")}
+           "peer-bn": os.path.join(HERE, "results", "avx2-fp32", "ssl-cpu.md"),
+           "plateau-weighted-L2": os.path.join(HERE, "results", "avx2-fp32", "cpu-plateau",
+                                               "plateau-supervised-micd-weights-L2-x3.md")}
 
 
 def main() -> None:
