@@ -10,11 +10,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from micd.methods.class_weights import BranchWeights, Reduce
 from micd.methods.ema import ema_alpha
 from micd.methods.losses import GlobalBatch, dice_ce, hard_pseudo_labels, weighted_ce
 from micd.nets.vnet import NetworkConfig, VNet, build_network, split_normalization
 
-Reduce = Callable[[torch.Tensor], torch.Tensor]
 BN_PASSES = ("separate", "joint")
 
 
@@ -218,3 +218,37 @@ class Method(nn.Module):
     def load_extra_state(self, state: dict) -> None:
         self.optimizer_steps = int(state.get("optimizer_steps", 0))
         self.teachers_warm = bool(state.get("teachers_warm", False))  # checkpoints before it: warm-up as they ran
+
+
+class ClassWeightedMethod(Method):
+    """A two-student method whose losses take DHC's class weights (`BranchWeights`) as the `class_weights` option
+    says: W_diff for student A, W_dist for student B. Subclasses decide which logits feed DistDW in `step`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.weighting = BranchWeights(self.num_classes, self.option("class_weights"), self.cfg.diffdw_accumulate,
+                                       self.cfg.distdw_momentum)
+
+    @property
+    def weighted(self) -> bool:
+        return self.weighting.mode != "none"
+
+    def prepare(self, wrap, reduce=None, shard=(0, 1)):
+        super().prepare(wrap, reduce, shard)
+        self.weighting.set_reduce(self.reduce)
+
+    def init_from_label_counts(self, counts: np.ndarray) -> None:
+        self.weighting.distdw.init_from_counts(counts)
+
+    def extra_state(self) -> dict:
+        return {**super().extra_state(), **(self.weighting.state_dict() if self.weighted else {})}
+
+    def load_extra_state(self, state: dict) -> None:
+        super().load_extra_state(state)
+        if self.weighted and "diffdw" in state:
+            self.weighting.load_state_dict(state)
+
+    @property
+    def current_weights(self) -> Optional[Dict[str, list]]:
+        """The weights the losses receive now (before any background floor), or None when unweighted."""
+        return self.weighting.current if self.weighted else None

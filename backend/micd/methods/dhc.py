@@ -5,29 +5,15 @@ from __future__ import annotations
 
 from typing import Dict
 
-import numpy as np
 import torch
 
-from micd.methods.base import Method
-from micd.methods.class_weights import BranchWeights
+from micd.methods.base import ClassWeightedMethod
 
 
-class DHC(Method):
+class DHC(ClassWeightedMethod):
     name = "dhc"
     branch_inits = ("kaiming", "kaiming")  # DHC: the branches differ by their class weighting, not their init
     own_defaults = {"class_weights": "dhc", "pseudo_labels": "train_pass", "bn_passes": "joint"}  # DHC's code
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.weighting = BranchWeights(self.num_classes, self.option("class_weights"), self.cfg.diffdw_accumulate,
-                                       self.cfg.distdw_momentum)
-
-    def prepare(self, wrap, reduce=None, shard=(0, 1)):
-        super().prepare(wrap, reduce, shard)
-        self.weighting.set_reduce(self.reduce)
-
-    def init_from_label_counts(self, counts: np.ndarray) -> None:
-        self.weighting.distdw.init_from_counts(counts)
 
     def class_weights(self, za_l, y_l, zb_u):
         """(W_diff for branch A, W_dist for branch B): DistDW from branch B's pseudo-labels of the unlabeled patches."""
@@ -43,14 +29,3 @@ class DHC(Method):
         sup = self.dice_ce(za[:n_l], y_l, w_diff) + self.dice_ce(zb[:n_l], y_l, w_dist)
         cps = self.ce(za, self.pseudo_labels(pb), w_diff) + self.ce(zb, self.pseudo_labels(pa), w_dist)
         return {"sup": sup, "cps": cps, "total": sup + beta * cps}
-
-    def extra_state(self) -> dict:
-        return {**super().extra_state(), **self.weighting.state_dict()}
-
-    def load_extra_state(self, state: dict) -> None:
-        super().load_extra_state(state)
-        self.weighting.load_state_dict(state)
-
-    @property
-    def current_weights(self) -> Dict[str, list]:
-        return self.weighting.current
