@@ -409,6 +409,14 @@ def best_validation_mean(runs: List[dict]) -> Optional[float]:
     return float(np.mean(best)) if best else None
 
 
+def repo_path(path: str) -> str:
+    """`path` relative to the root of the repository that holds it (the report may be written from a worktree)."""
+    root = os.path.abspath(path)
+    while not os.path.exists(os.path.join(root, ".git")) and os.path.dirname(root) != root:
+        root = os.path.dirname(root)
+    return os.path.relpath(path, root if os.path.exists(os.path.join(root, ".git")) else ROOT)
+
+
 def markdown(summary: dict, preset: str, cfg: dict, plateau: Optional[str] = None) -> str:
     lines = [f"# Semi-supervised benchmark, preset `{preset}`", "",
              f"Hippocampus (shared data), 50 test cases, 200 unlabeled cases, {cfg['iterations']} iterations, "
@@ -540,7 +548,7 @@ def write_summary(a, cfg: dict, runs_dir: str) -> str:
     summary.update(preset=a.preset, config=cfg, runs=len(runs))
     json.dump(summary, open(os.path.join(a.results, f"ssl-{a.preset}.json"), "w", encoding="utf-8"), indent=1)
     plateau = os.path.join(a.results, f"{a.preset}-plateau")  # where benchmarks/plateau.py writes
-    text = markdown(summary, a.preset, cfg, os.path.relpath(plateau, ROOT) if os.path.isdir(plateau) else None)
+    text = markdown(summary, a.preset, cfg, repo_path(plateau) if os.path.isdir(plateau) else None)
     with open(os.path.join(a.results, f"ssl-{a.preset}.md"), "w", encoding="utf-8") as f:
         f.write(text)
     return text
