@@ -12,8 +12,11 @@ Runs are recorded in RESULTS/<preset>-plateau/runs-x<factor>/*.json and skipped 
 the summary goes to RESULTS/<preset>-plateau/plateau-L<labeled>-x<factor>.{json,md}. The preprocessing cache of the benchmark's
 work folder is shared (same preprocessing), the training runs are not. `--method supervised-micd-weights` does the
 same for supervised with MICD's class weights (summary plateau-supervised-micd-weights-L<labeled>-x<factor>.*).
+`--method micd` trains MICD `factor` times longer too (summary plateau-micd-L<labeled>-x<factor>.*): then every
+summary also compares MICD with the baseline at equal iterations, MICD (factor x) - baseline (factor x).
 
-Preset cpu, factor 3: 3000 iterations, about 11 min per seed on 2 cores alone (with bf16 autocast).
+Preset cpu, factor 3: 3000 iterations, about 11 min per seed on 2 cores alone (with bf16 autocast); MICD about
+55 min per seed on an AVX2-only CPU (float32).
 """
 
 from __future__ import annotations
@@ -30,9 +33,13 @@ from ssl_benchmark import PRESETS, ROOT, VARIANTS, cpu_kind, paired, run_one, se
 
 # supervised and its variants (supervised-micd-weights: is a stronger baseline still below MICD when trained longer?)
 BASELINES = ["supervised"] + [v for v, (base, _) in VARIANTS.items() if base == "supervised"]
+METHODS = BASELINES + ["micd"]  # micd: the equal-iteration comparison at factor x
 
 
-def summarize(base: list, long: list, micd: list, factor: int, iterations: int, method: str = "supervised") -> dict:
+def summarize(base: list, long: list, micd: list, factor: int, iterations: int, method: str = "supervised",
+              equal: "dict[str, list] | None" = None) -> dict:
+    """`equal`: MICD's and the baselines' factor-x runs by name, for the equal-iteration differences MICD - baseline."""
+    equal = equal or {}
     seeds = {r["seed"] for r in long}
     base, micd = [r for r in base if r["seed"] in seeds], [r for r in micd if r["seed"] in seeds]  # paired by seed
     by_seed = {r["seed"]: r for r in base}
@@ -48,7 +55,10 @@ def summarize(base: list, long: list, micd: list, factor: int, iterations: int, 
                      "train_wall_s": r["train_wall_s"], "train_cpu_s": r["train_cpu_s"]})
     return {"method": method, "factor": factor, "iterations_1x": iterations, "iterations_long": iterations * factor,
             "rows": rows,
-            "long_minus_1x": paired(long, base), "micd_1x_minus_long": paired(micd, long),
+            "long_minus_1x": paired(long, base),
+            "micd_1x_minus_long": paired(micd, long) if method != "micd" else None,
+            "micd_long_minus_long": {b: paired(equal["micd"], runs) for b, runs in sorted(equal.items())
+                                     if b != "micd" and equal.get("micd") and runs and paired(equal["micd"], runs)},
             "cpu_flags_by_group": {
                 f"{method} {iterations * factor}": flags_of(long), f"{method} {iterations}": flags_of(base),
                 f"MICD {iterations}": flags_of(micd)}}
@@ -77,7 +87,8 @@ def markdown(s: dict, preset: str, k: int) -> str:
         return "" if x is None else f"{x:.3f}"
 
     it1, itl, m = s["iterations_1x"], s["iterations_long"], s.get("method", "supervised")
-    lines = [f"# Supervised plateau check, preset `{preset}`" + ("" if m == "supervised" else f", `{m}`"), "",
+    title = "MICD trained longer" if m == "micd" else "Supervised plateau check"
+    lines = [f"# {title}, preset `{preset}`" + ("" if m in ("supervised", "micd") else f", `{m}`"), "",
              ("Supervised" if m == "supervised" else f"`{m}`") + f" at {k} labeled cases trained for {itl} "
              f"iterations ({s['factor']}x the benchmark's {it1}), "
              "everything else as in `ssl_benchmark.py`; test Dice (mean over the test cases) from the weights the "
@@ -89,9 +100,12 @@ def markdown(s: dict, preset: str, k: int) -> str:
         lines.append(f"| {r['seed']} | {f(r['dice_1x'])} | {f(r['dice_1x_last'])} | {f(r['dice_long'])} | "
                      f"{f(r['dice_long_last'])} | {r['foreground_ratio_long']:.2f} | {r['train_wall_s'] or 0:.0f} | "
                      f"{r['train_cpu_s'] or 0:.0f} |")
-    lines += ["", f"- {m} {itl} - {m} {it1}: {ci(s['long_minus_1x'])}",
-              f"- MICD {it1} - {m} {itl}: {ci(s['micd_1x_minus_long'])}", "",
-              machines(s), "", f"Validation Dice of the {itl}-iteration runs:", ""]
+    lines += ["", f"- {m} {itl} - {m} {it1}: {ci(s['long_minus_1x'])}"]
+    if m != "micd":
+        lines.append(f"- MICD {it1} - {m} {itl}: {ci(s['micd_1x_minus_long'])}")
+    for b, p in s.get("micd_long_minus_long", {}).items():
+        lines.append(f"- MICD {itl} - {b} {itl} (equal iterations): {ci(p)}")
+    lines += ["", machines(s), "", f"Validation Dice of the {itl}-iteration runs:", ""]
     for r in s["rows"]:
         curve = ", ".join(f"{i}: {d:.3f}" for i, d in r["validation_curve_long"])
         lines.append(f"- seed {r['seed']}: {curve}")
@@ -107,8 +121,8 @@ def main() -> None:
     ap.add_argument("--shared", default=os.path.join(ROOT, "..", "shared"))
     ap.add_argument("--results", default=os.path.join(HERE, "results"))
     ap.add_argument("--work", default=os.path.join(HERE, "runs"), help="training runs, predictions (not committed)")
-    ap.add_argument("--method", default="supervised", choices=BASELINES,
-                    help="the baseline to train longer (default supervised)")
+    ap.add_argument("--method", default="supervised", choices=METHODS,
+                    help="the method to train longer (default supervised; micd for equal-iteration comparisons)")
     ap.add_argument("--report", action="store_true", help="only rebuild the summary from recorded runs")
     a = ap.parse_args()
     if a.factor < 2:
@@ -139,8 +153,13 @@ def main() -> None:
                 if n.startswith(prefix) and n.endswith(".json")] if os.path.isdir(folder) else []
 
     long = load(runs_dir, f"{a.method}-L{k}-")
+    if not long:
+        sys.exit(f"no {a.method} runs at {k} labeled in {runs_dir}: run without --report first")
+    # equal iterations: MICD's long runs against this baseline's, or (for micd) against every baseline's
+    equal = {b: load(runs_dir, f"{b}-L{k}-") for b in (BASELINES if a.method == "micd" else [a.method])}
+    equal["micd"] = load(runs_dir, f"micd-L{k}-")
     summary = summarize(load(base_runs, f"{a.method}-L{k}-"), long, load(base_runs, f"micd-L{k}-"), a.factor,
-                        iterations, a.method)
+                        iterations, a.method, equal)
     summary.update(preset=a.preset, labeled=k, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     name = f"plateau-L{k}-x{a.factor}" if a.method == "supervised" else f"plateau-{a.method}-L{k}-x{a.factor}"
     json.dump(summary, open(os.path.join(out, f"{name}.json"), "w", encoding="utf-8"), indent=1)
