@@ -127,8 +127,8 @@ class BranchWeights:
     """The class weights of a two-branch method: W_diff (DiffDW) for branch A, W_dist (DistDW) for branch B.
 
     mode `dhc` hands DHC's weights to the losses, `dhc-bgfloor` the same with the background weight floored (see
-    `floor_background`), `none` no weights. The DiffDW/DistDW states evolve as DHC's in every mode, so switching the
-    mode of a resumed run changes only what the losses receive.
+    `floor_background`), `none` no weights (and no state updates). The DiffDW/DistDW states evolve as DHC's in both
+    weighted modes, so switching between them in a resumed run changes only what the losses receive.
     """
 
     def __init__(self, num_classes: int, mode: str, diffdw_accumulate: int = 50, distdw_momentum: float = 0.99):
