@@ -57,11 +57,14 @@ def summarize(base: list, long: list, micd: list, factor: int, iterations: int, 
             "rows": rows,
             "long_minus_1x": paired(long, base),
             "micd_1x_minus_long": paired(micd, long) if method != "micd" else None,
-            "micd_long_minus_long": {b: paired(equal["micd"], runs) for b, runs in sorted(equal.items())
-                                     if b != "micd" and equal.get("micd") and runs and paired(equal["micd"], runs)},
+            # None where MICD's long runs are not recorded (yet): the report says n/a rather than drop the line
+            "micd_long_minus_long": {b: paired(equal.get("micd", []), runs) for b, runs in sorted(equal.items())
+                                     if b != "micd" and runs},
             "cpu_flags_by_group": {
                 f"{method} {iterations * factor}": flags_of(long), f"{method} {iterations}": flags_of(base),
-                f"MICD {iterations}": flags_of(micd)}}
+                **({} if method == "micd" else {f"MICD {iterations}": flags_of(micd)}),
+                **{f"{'MICD' if b == 'micd' else b} {iterations * factor}": flags_of(runs)
+                   for b, runs in sorted(equal.items()) if b != method and runs}}}
 
 
 def flags_of(runs: list) -> list:
@@ -136,14 +139,14 @@ def main() -> None:
     base_runs = os.path.join(a.results, a.preset, "runs")
     out = os.path.join(a.results, f"{a.preset}-plateau")
     runs_dir = os.path.join(out, f"runs-x{a.factor}")
-    os.makedirs(runs_dir, exist_ok=True)
-    work = os.path.join(a.work, f"{a.preset}-plateau-x{a.factor}")
-    os.makedirs(work, exist_ok=True)
-    shared_cache, cache = os.path.join(a.work, a.preset, "cache"), os.path.join(work, "cache")
-    if os.path.isdir(shared_cache) and not os.path.lexists(cache):
-        os.symlink(shared_cache, cache)  # the benchmark's preprocessing, not recomputed
-    long_cfg = dict(cfg, iterations=iterations * a.factor)
     if not a.report:
+        os.makedirs(runs_dir, exist_ok=True)
+        work = os.path.join(a.work, f"{a.preset}-plateau-x{a.factor}")
+        os.makedirs(work, exist_ok=True)
+        shared_cache, cache = os.path.join(a.work, a.preset, "cache"), os.path.join(work, "cache")
+        if os.path.isdir(shared_cache) and not os.path.lexists(cache):
+            os.symlink(shared_cache, cache)  # the benchmark's preprocessing, not recomputed
+        long_cfg = dict(cfg, iterations=iterations * a.factor)
         for seed in a.seeds or cfg["seeds"]:
             r = run_one(a.method, k, seed, long_cfg, split, hip, work, runs_dir, f"{a.preset}-x{a.factor}")
             print(f"{a.method} L{k} s{seed} x{a.factor}: recorded ({r['train_wall_s'] or 0:.0f} s wall)", flush=True)

@@ -414,7 +414,7 @@ def repo_path(path: str) -> str:
     root = os.path.abspath(path)
     while not os.path.exists(os.path.join(root, ".git")) and os.path.dirname(root) != root:
         root = os.path.dirname(root)
-    return os.path.relpath(path, root if os.path.exists(os.path.join(root, ".git")) else ROOT)
+    return os.path.relpath(path, root) if os.path.exists(os.path.join(root, ".git")) else os.path.abspath(path)
 
 
 def markdown(summary: dict, preset: str, cfg: dict, plateau: Optional[str] = None) -> str:
