@@ -165,3 +165,19 @@ def test_api_train_streams_events_and_returns_model(tmp_path, shared_data):
     with pytest.raises(api.TrainingFailed) as err:
         api.train(ds + ".missing", os.path.join(tmp_path, "bad"), iterations=3, device="cpu")
     assert err.value.event["kind"] == "data" and err.value.returncode == 2
+
+
+def test_resuming_with_changed_training_options_warns(tiny_run, tmp_path):
+    """A resume that changes what is trained (here the class weighting) is allowed but said, with the old and new
+    values; options that only say how long or how often (here --iterations) are not listed."""
+    import shutil
+
+    ds, run, _ = tiny_run
+    out = str(tmp_path / "resumed")
+    shutil.copytree(run, out)
+    p = run_micd("train", "--dataset", ds, "--out", out, "--resume", "--iterations", "14", "--class-weights", "none",
+                 *TINY)
+    assert p.returncode == 0, p.stdout[-1500:] + p.stderr[-1500:]
+    warnings = [e["message"] for e in read_events(os.path.join(out, "events.jsonl"))[-40:] if e["event"] == "warning"]
+    changed = [w for w in warnings if w.startswith("resumed with options")]
+    assert len(changed) == 1 and "class_weights: default -> none" in changed[0] and "iterations" not in changed[0]

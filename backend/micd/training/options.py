@@ -142,6 +142,18 @@ class TrainOptions:
 
 # Options that describe where/how this invocation runs rather than what is trained: not restored on --resume.
 PER_INVOCATION = {"resume", "config", "progress", "nproc", "device", "num_threads"}
+# Options a resumed run may change without changing what it trains (how long, how often it reports, where it is).
+RESUME_MAY_CHANGE = PER_INVOCATION | {"iterations", "time_budget", "log_every", "checkpoint_every", "validate_every",
+                                      "export_last", "out", "cache_dir"}
+
+
+def changed_on_resume(trained_with: dict, now: TrainOptions) -> List[str]:
+    """The options that shape training and differ between a checkpoint and the run resuming it, as "name: old -> new"
+    (None shown as "default": the method's own choice)."""
+    shown = lambda v: "default" if v is None else v  # noqa: E731
+    current = now.to_dict()
+    return [f"{k}: {shown(trained_with[k])} -> {shown(current[k])}" for k in sorted(current)
+            if k in trained_with and k not in RESUME_MAY_CHANGE and trained_with[k] != current[k]]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -32,7 +32,7 @@ from micd.training.checkpoint import (BEST, LAST, CheckpointError, load_checkpoi
                                       save_checkpoint, set_numpy_global_state)
 from micd.training.devices import (DeviceError, amp_dtype, free_device_bytes, is_cuda_error, is_oom,
                                    precision_reason, resolve_device)
-from micd.training.options import TrainOptions
+from micd.training.options import TrainOptions, changed_on_resume
 from micd.training.outcome import (CONFIG_FILE, EXIT_CANCELLED, EXIT_DATA, EXIT_FAILED, EXIT_OK, KIND_EXIT,  # noqa: F401
                                    MAX_OOM_RETRIES, Cancelled, DataProblem)
 from micd.training.schedule import consistency_weight, learning_rate
@@ -209,6 +209,11 @@ class Trainer:
         self.resume_state = None
         if o.resume:  # last.pt, or previous.pt when last.pt is torn
             self.resume_state = load_latest(self.ckpt_dir, lambda m, f: self._emit("warning", message=m, file=f))
+            changed = changed_on_resume((self.resume_state or {}).get("options", {}), o)
+            if changed:
+                self._emit("warning", message="resumed with options that differ from the checkpoint's ("
+                           + "; ".join(changed) + "): what the checkpoint holds for them (weights, optimizer, class-"
+                           "weight statistics) carries on, state it lacks starts as in a new run", file="")
         _seed_everything(o.seed)
         # --init-from: the parent model and its network are checked before any data is prepared (warm_start.py)
         self.parent, self.parent_info = check_parent(o, self.resume_state is not None,
