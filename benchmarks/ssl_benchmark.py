@@ -19,7 +19,9 @@ as {"mean", "ci95", "n"} (t interval over the n paired per-case differences); th
 
 Presets:
   cpu        3 seeds x {2, 5} labeled x 5 methods + 6 MICD ablations at 2 labeled, 1000 iterations, width 8,
-             patch 32x48x32: about 3 h for the main grid and 4 h for the ablations on 2 cores with bf16 autocast
+             patch 32x48x32, aimed at about 6 h of 2 cores; the recorded runs took 8.3 CPU-hours for the main
+             grid and 6.6 for the ablations (about 7.5 h of 2 busy cores, over the aim; the report's compute
+             line sums them)
   cpu-quick  1 seed, 2 and 5 labeled, 1000 iterations, no validation set (the first, superseded protocol)
   smoke      1 seed, 2 labeled, 40 iterations at width 4: the script end to end in a few minutes (not a result)
   gpu        the spec's full-size settings: width 32, 6000 iterations, patch 32x64x48, 3 seeds
@@ -63,6 +65,17 @@ VARIANTS = {
     # supervised with MICD's class weights (DistDW from its labeled predictions): how much of MICD's gain over
     # supervised is the weighting of its supervised loss rather than the unlabeled data?
     "supervised-micd-weights": ("supervised", ["--class-weights", "dhc-bgfloor"]),
+    # one issue-9 default at a time set back to the literal form (micd-dhc-weights above is the class weights'):
+    # each default's own share, where micd-literal shows only all of them together
+    "micd-train-pass-labels": ("micd", ["--pseudo-labels", "train_pass"]),
+    "micd-zero-fill": ("micd", ["--mask-fill", "zero"]),
+    "micd-block8": ("micd", ["--mask-block", "8"]),
+    "micd-joint-bn": ("micd", ["--bn-passes", "joint"]),
+    # stabilisers from the literature that the spec leaves open, each added to MICD's defaults: a supervised
+    # warm-up (no unlabeled terms for the first fifth of the run) and FixMatch's confidence threshold (0.95) on
+    # the pseudo-labels
+    "micd-warmup": ("micd", ["--warmup-fraction", "0.2"]),
+    "micd-threshold": ("micd", ["--pseudo-threshold", "0.95"]),
 }
 ABLATIONS = ["micd-no-mcpc", "micd-no-cfc", "micd-no-cmd", "micd-no-masking", "micd-dhc-weights", "micd-literal"]
 ORDER = METHODS + list(VARIANTS)
@@ -377,7 +390,20 @@ def summarize(runs: List[dict], others: Optional[List[dict]] = None) -> dict:
     curves = {f"L{k}-s{r['seed']}": r.get("validation_curve") for (k, m), rs in groups.items() if m == "supervised"
               for r in rs}
     return {"rows": rows, "supervised_validation_curves": curves, "best_validation": micd_val,
-            "kind_comparisons": kind_comparisons(groups, others)}
+            "kind_comparisons": kind_comparisons(groups, others), "compute": compute(runs)}
+
+
+def compute(runs: List[dict]) -> Dict[str, dict]:
+    """What the recorded runs cost, by part of the grid: training wall and CPU hours (prediction and evaluation
+    are not counted), so the report says the budget it took rather than an estimate."""
+    part = lambda m: "main grid" if m in METHODS else ("ablations" if m in ABLATIONS else "variants")  # noqa: E731
+    out: Dict[str, dict] = {}
+    for r in runs:
+        c = out.setdefault(part(r["method"]), {"runs": 0, "train_wall_h": 0.0, "train_cpu_h": 0.0})
+        c["runs"] += 1
+        c["train_wall_h"] += (r.get("train_wall_s") or 0.0) / 3600
+        c["train_cpu_h"] += (r.get("train_cpu_s") or 0.0) / 3600
+    return out
 
 
 def machines_line(rows: List[dict]) -> str:
@@ -489,6 +515,14 @@ def markdown(summary: dict, preset: str, cfg: dict, plateau: Optional[str] = Non
     first = next((r for r in summary["rows"] if r.get("cpu_flags") is not None), None)
     if first:
         lines += ["", f"Device: {first['device']} ({first['amp']}); {machines_line(summary['rows'])}"]
+    spent = summary.get("compute") or {}
+    if spent:
+        threads = f"{cfg['threads']} torch threads" if cfg.get("threads") else "torch's default threads"
+        lines += ["", f"Compute of the recorded runs (training only, {threads}; wall time includes pauses and "
+                  "other load on the machine, CPU time does not): " + "; ".join(
+                      f"{p} {c['runs']} runs, {c['train_wall_h']:.1f} h wall, {c['train_cpu_h']:.1f} h CPU"
+                      for p, c in sorted(spent.items(), key=lambda kv: ("main grid", "ablations", "variants")
+                                         .index(kv[0]))) + "."]
     curves = {k: v for k, v in summary.get("supervised_validation_curves", {}).items() if v}
     if curves:
         longer = f" (longer runs: `{plateau}/`)" if plateau else ""
