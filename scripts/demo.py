@@ -1,6 +1,7 @@
 """The main job on its default: train MICD on a few labeled cases plus unlabeled ones from the shared hippocampus
-data, train the supervised baseline on the same labeled cases with the same settings, segment held-out cases with
-both, and print their Dice side by side, so the effect of the unlabeled data is visible.
+data, train supervised on the same labeled cases with the same settings (both on their defaults, so both with MICD's
+class weights), segment held-out cases with both, and print their Dice side by side, so the effect of the unlabeled
+data is visible.
 
 Uses the recorded split (benchmarks/splits/hippocampus.json): 2 labeled cases (--labeled), 40 unlabeled, 5 more
 labeled cases for validation, and 20 of the 50 test cases for the final Dice. Everything goes to ./runs/demo (or

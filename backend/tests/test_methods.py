@@ -349,8 +349,9 @@ def test_supervised_class_weights_are_dhcs_from_labeled_patches_only():
     """--class-weights for supervised: the weights MICD uses, with DistDW counting student B's labeled predictions."""
     torch.manual_seed(0)
     x_l, y_l = torch.randn(2, 1, 16, 16, 16), torch.randint(0, 3, (2, 16, 16, 16))
-    plain = build_method("supervised", _det_net(), 3, MethodConfig())
+    plain = build_method("supervised", _det_net(), 3, MethodConfig(class_weights="none"))
     assert plain.current_weights is None and "diffdw" not in plain.extra_state()
+    assert build_method("supervised", _det_net(), 3, MethodConfig()).option("class_weights") == "dhc-bgfloor"
     m = build_method("supervised", _det_net(), 3, MethodConfig(class_weights="dhc-bgfloor"))
     m.load_state_dict(plain.state_dict())
     m.init_from_label_counts(np.array([1000.0, 50.0, 10.0]))

@@ -124,9 +124,9 @@ class TrainOptions:
     class_weights: Optional[str] = opt(None, "class weighting of DHC, MICD and supervised: dhc (DiffDW for student "
                                        "A, DistDW for B, exactly as DHC: DHC's default), dhc-bgfloor (the same with "
                                        "the background weight raised to the foreground mean, so weighted CE does not "
-                                       "favour foreground: MICD's default) or none (unweighted CE and Dice: "
-                                       "supervised's default; supervised's DistDW counts student B's predictions on "
-                                       "the labeled patches)",
+                                       "favour foreground: MICD's and supervised's default; supervised's DistDW "
+                                       "counts student B's predictions on the labeled patches) or none (unweighted "
+                                       "CE and Dice: plain supervised training)",
                                        choices=["dhc", "dhc-bgfloor", "none"])
     ema_alpha: float = opt(MethodConfig.ema_alpha, "EMA decay α of the teachers (Eq. 1)")
     init_a: Optional[str] = opt(None, "weight init of student A (default: Kaiming)", choices=["kaiming", "xavier"])
