@@ -13,7 +13,8 @@ SOURCES = {"ssl": os.path.join(HERE, "results", "ssl-cpu.md"),
            "annotation": os.path.join(HERE, "results", "annotation-cpu.md"),
            "peer-bn": os.path.join(HERE, "results", "avx2-fp32", "ssl-cpu.md"),
            "plateau-weighted-L2": os.path.join(HERE, "results", "avx2-fp32", "cpu-plateau",
-                                               "plateau-supervised-micd-weights-L2-x3.md")}
+                                               "plateau-supervised-micd-weights-L2-x3.md"),
+           "plateau-micd-L2": os.path.join(HERE, "results", "avx2-fp32", "cpu-plateau", "plateau-micd-L2-x3.md")}
 
 
 def main() -> None:
