@@ -20,9 +20,8 @@ as {"mean", "ci95", "n"} (t interval over the n paired per-case differences); th
 
 Presets:
   cpu        3 seeds x {2, 5} labeled x 5 methods + 6 MICD ablations at 2 labeled, 1000 iterations, width 8,
-             patch 32x48x32, aimed at about 6 h of 2 cores; the recorded runs took 8.3 CPU-hours for the main
-             grid and 6.6 for the ablations (about 7.5 h of 2 busy cores, over the aim; the report's compute
-             line sums them)
+             patch 32x48x32, aimed at about 6 h of 2 cores; what the recorded runs took is the report's compute
+             line (for the committed cpu table, more than the aim)
   cpu-quick  1 seed, 2 and 5 labeled, 1000 iterations, no validation set (the first, superseded protocol)
   smoke      1 seed, 2 labeled, 40 iterations at width 4: the script end to end in a few minutes (not a result)
   gpu        the spec's full-size settings: width 32, 6000 iterations, patch 32x64x48, 3 seeds
