@@ -7,6 +7,8 @@ import json
 import os
 import struct
 
+from MICDCommon.contract import MODEL_FORMAT, MODEL_JSON, MODEL_SCHEMA_VERSION, WEIGHTS_FILE
+
 BRANCHES = ("student_a", "student_b")
 
 
@@ -23,7 +25,7 @@ def safetensors_bytes(tensors):
 
 def model_meta(name, labels, colors=None, **extra):
     labels = {str(k): v for k, v in labels.items()}
-    meta = {"format": "micd-model", "schema_version": 1, "name": name, "labels": labels,
+    meta = {"format": MODEL_FORMAT, "schema_version": MODEL_SCHEMA_VERSION, "name": name, "labels": labels,
             "colors": {str(k): list(v) for k, v in (colors or {}).items()},
             "network": {"architecture": "vnet", "in_channels": 1, "out_channels": max(map(int, labels)) + 1,
                         "filters": 4, "normalization": "batchnorm"},
@@ -38,8 +40,8 @@ def write_model_folder(folder, labels, colors=None, **extra):
     folder = str(folder)
     os.makedirs(folder, exist_ok=True)
     meta = model_meta(os.path.basename(folder), labels, colors, **extra)
-    with open(os.path.join(folder, "model.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(folder, MODEL_JSON), "w", encoding="utf-8") as f:
         json.dump(meta, f)
-    with open(os.path.join(folder, "weights.safetensors"), "wb") as f:
+    with open(os.path.join(folder, WEIGHTS_FILE), "wb") as f:
         f.write(safetensors_bytes({f"{b}.head.weight": 6 for b in meta["branches"]}))
     return folder

@@ -30,6 +30,8 @@ def shared_data():
 
 
 def write_events(run_dir, iterations=3000, done=1240):
+    from MICDCommon.contract import CHECKPOINTS_DIR, EVENTS_FILE, LAST_CHECKPOINT
+
     rng = random.Random(3)
     events = [{"event": "start", "method": "micd", "device": "cuda:0", "labeled": 2, "unlabeled": 3,
                "validation": 0, "iterations": iterations, "start_iter": 0, "precision": "fp16",
@@ -49,37 +51,35 @@ def write_events(run_dir, iterations=3000, done=1240):
                            "dice": {"anterior": anterior, "posterior": posterior}})
         if it % 500 == 0:
             events.append({"event": "checkpoint", "iter": it, "kind": "last",
-                           "path": os.path.join(run_dir, "checkpoints", "last.pt")})
-    with open(os.path.join(run_dir, "events.jsonl"), "w", encoding="utf-8") as f:
+                           "path": os.path.join(run_dir, CHECKPOINTS_DIR, LAST_CHECKPOINT)})
+    with open(os.path.join(run_dir, EVENTS_FILE), "w", encoding="utf-8") as f:
         f.writelines(json.dumps(e) + "\n" for e in events)
 
 
 def running_job(runs_root, name):
     """A run folder whose job record points at this process (alive): the panel finds it and reattaches."""
     from MICDCommon import processes
+    from MICDCommon.contract import EVENTS_FILE
     from MICDCommon.jobs import JobRecord
 
     run_dir = os.path.join(runs_root, f"{name}-20261201-101500")
     os.makedirs(run_dir)
     write_events(run_dir)
     JobRecord("train", ["PythonSlicer", "-m", "micd", "train"], run_dir, pid=os.getpid(),
-              start_marker=processes.start_marker(os.getpid()), events_file=os.path.join(run_dir, "events.jsonl"),
+              start_marker=processes.start_marker(os.getpid()), events_file=os.path.join(run_dir, EVENTS_FILE),
               info={"model_name": name}).save()
 
 
 def model_folder(models_root, name):
+    """A model folder the registry lists (model_folders.py), with provenance and a validation Dice."""
     from model_folders import write_model_folder
 
     folder = os.path.join(models_root, name)
     os.makedirs(folder)
-    meta = {"format": "micd-model", "schema_version": 1, "name": name, "labels": {"1": "anterior", "2": "posterior"},
-            "colors": {"1": [0.9, 0.35, 0.2], "2": [0.2, 0.6, 0.95]}, "method": "micd",
-            "provenance": {"created": "2026-11-30T16:42:00+0000", "iterations": 3000,
-                           "counts": {"labeled": 5, "unlabeled": 20, "validation": 2}},
-            "metrics": {"best_mean_dice": 0.842}}
-    labels, colors = meta.pop("labels"), meta.pop("colors")
-    del meta["name"]  # write_model_folder names the model after its folder (the same name)
-    write_model_folder(folder, labels, colors, **meta)  # model_folders.py: a folder the registry lists
+    write_model_folder(folder, {"1": "anterior", "2": "posterior"}, {"1": [0.9, 0.35, 0.2], "2": [0.2, 0.6, 0.95]},
+                       method="micd", metrics={"best_mean_dice": 0.842},
+                       provenance={"created": "2026-11-30T16:42:00+0000", "iterations": 3000,
+                                   "counts": {"labeled": 5, "unlabeled": 20, "validation": 2}})
 
 
 def grab(loaded, path):
@@ -110,20 +110,21 @@ def render_training(out_dir, data, home):
 
     loaded = slicer_harness.load_module("MICDTraining")
     panel = loaded.widget.panel
-    panel.autoPairButton.click()
-    panel.addUnlabeledFolder(str(unlabeled))
-    panel.modelNameEdit.text = "Hippocampus"
-    panel.checkButton.click()
+    training, form, next_cases = panel.training, panel.training.form, panel.nextCases
+    training.autoPairButton.click()
+    training.addUnlabeledFolder(str(unlabeled))
+    form.modelNameEdit.text = "Hippocampus"
+    training.checkButton.click()
     loaded.widget.enter()  # reattaches to the running job, offers the registered model under Next cases
-    panel.job.poll()
-    model = panel.selectedLoopModel()
+    training.job.poll()
+    model = next_cases.selectedLoopModel()
     ranking = [{"rank": i + 1, "case": name.split(".")[0], "file": str(unlabeled / name), "score": score,
                 "least_certain_label": label} for i, (name, score, label) in
                enumerate(zip(names[10:13], (0.412, 0.305, 0.198), (2, 1, 2)))]
-    panel.showSuggestions(ranking, model)
-    panel.suggestProgress.setMaximum(1000)
-    panel.suggestProgress.setValue(1000)
-    panel.suggestStatus.setText(f"Ranked 3 volume(s); label {ranking[0]['case']} first (score 0.412, higher = "
+    next_cases.showSuggestions(ranking, model)
+    next_cases.suggestProgress.setMaximum(1000)
+    next_cases.suggestProgress.setValue(1000)
+    next_cases.suggestStatus.setText(f"Ranked 3 volume(s); label {ranking[0]['case']} first (score 0.412, higher = "
                                 "less certain).")
     slicer.app.processEvents()
     grab(loaded, out_dir / "MICDTraining.png")

@@ -48,38 +48,40 @@ def loop(scene, runnable, tmp_path, hippocampus_cases):
         os.symlink(image, unlabeled / image.name)
     logic = TrainingLogic(launcher=launcher, registry=registry, runs_root=str(tmp_path / "runs"))
     panel = TrainingWidget(logic, dependency_check=lambda: True)
-    panel.addUnlabeledFolder(str(unlabeled))
-    panel.deviceCombo.setCurrentIndex(panel.deviceCombo.findText("cpu"))
+    training, form = panel.training, panel.training.form
+    training.addUnlabeledFolder(str(unlabeled))
+    form.deviceCombo.setCurrentIndex(form.deviceCombo.findText("cpu"))
     return panel, logic, model, unlabeled
 
 
 def test_suggest_ranks_the_unlabeled_volumes_and_loads_one_to_correct(loop, hippocampus_cases):
     panel, logic, model, unlabeled = loop
-    assert panel.loopModelCombo.currentText == "Hippo v1" and panel.suggestButton.enabled
-    assert not panel.loadSuggestionButton.enabled and not panel.cancelSuggestButton.enabled
-    panel.suggestButton.click()
-    job = panel.suggestJob
-    assert panel.cancelSuggestButton.enabled and not panel.suggestButton.enabled
+    training, next_cases = panel.training, panel.nextCases
+    assert next_cases.loopModelCombo.currentText == "Hippo v1" and next_cases.suggestButton.enabled
+    assert not next_cases.loadSuggestionButton.enabled and not next_cases.cancelSuggestButton.enabled
+    next_cases.suggestButton.click()
+    job = next_cases.suggestJob
+    assert next_cases.cancelSuggestButton.enabled and not next_cases.suggestButton.enabled
     wait_for(lambda: job.finished, job, 180, "the ranking")
     assert job.state == SUCCEEDED, job.message
     with open(job.ranking_path, encoding="utf-8") as f:
         ranking = json.load(f)["ranking"]
-    assert len(ranking) == 3 == panel.suggestTable.rowCount
+    assert len(ranking) == 3 == next_cases.suggestTable.rowCount
     assert [e["score"] for e in ranking] == sorted((e["score"] for e in ranking), reverse=True)
     for row, entry in enumerate(ranking):
-        assert entry["rank"] == row + 1 and panel.suggestTable.item(row, 0).text() == entry["case"]
-        assert panel.suggestTable.item(row, 1).text() == f"{entry['score']:.3f}"
-        assert panel.suggestTable.item(row, 2).text() in ("anterior", "posterior", "-")
-    assert panel.suggestStatus.text.startswith(f"Ranked 3 volume(s); label {ranking[0]['case']} first")
-    assert panel.suggestProgress.value == panel.suggestProgress.maximum == 1000
+        assert entry["rank"] == row + 1 and next_cases.suggestTable.item(row, 0).text() == entry["case"]
+        assert next_cases.suggestTable.item(row, 1).text() == f"{entry['score']:.3f}"
+        assert next_cases.suggestTable.item(row, 2).text() in ("anterior", "posterior", "-")
+    assert next_cases.suggestStatus.text.startswith(f"Ranked 3 volume(s); label {ranking[0]['case']} first")
+    assert next_cases.suggestProgress.value == next_cases.suggestProgress.maximum == 1000
     assert job.progress.images == 3 and job.progress.scored == 3
     assert "--predictions" in job.job.record.command and str(unlabeled) in job.job.record.command
 
-    assert panel.suggestTable.currentRow() == 0 and panel.loadSuggestionButton.enabled
-    panel.suggestTable.selectRow(1)
+    assert next_cases.suggestTable.currentRow() == 0 and next_cases.loadSuggestionButton.enabled
+    next_cases.suggestTable.selectRow(1)
     view = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")  # a slice view's layers
-    panel.loadSuggestionButton.click()
-    volume, segmentation = panel.volumeSelector.currentNode(), panel.segmentationSelector.currentNode()
+    next_cases.loadSuggestionButton.click()
+    volume, segmentation = training.volumeSelector.currentNode(), training.segmentationSelector.currentNode()
     assert view.GetBackgroundVolumeID() == volume.GetID()  # shown, to correct
     assert volume.GetName() == ranking[1]["case"]
     assert os.path.abspath(volume.GetStorageNode().GetFileName()) == ranking[1]["file"]
@@ -97,18 +99,18 @@ def test_suggest_ranks_the_unlabeled_volumes_and_loads_one_to_correct(loop, hipp
         mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segment_id, volume)
         value = int(seg.GetNthSegment(i).GetLabelValue())
         assert np.array_equal(mask > 0, predicted == value)
-    assert "Correct it in the Segment Editor" in panel.suggestStatus.text
+    assert "Correct it in the Segment Editor" in next_cases.suggestStatus.text
 
     nodes = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
-    panel.onLoadSuggestion()  # again: the same nodes (corrections made meanwhile are never overwritten)
+    next_cases.onLoadSuggestion()  # again: the same nodes (corrections made meanwhile are never overwritten)
     assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == nodes
-    assert panel.segmentationSelector.currentNode() is segmentation
-    assert panel.suggestStatus.text.startswith("Already loaded")
-    panel.addCurrentButton.click()  # the corrected prediction is a labeled case
-    assert [c.segmentation for c in panel.cases] == [segmentation]
-    assert panel.casesTable.item(0, 2).text() == "anterior, posterior"
-    assert panel.suggestTable.item(1, 0).text() == ranking[1]["case"] + " (labeled)"  # it is one now
-    assert panel.suggestTable.item(0, 0).text() == ranking[0]["case"] and panel.suggestTable.currentRow() == 1
+    assert training.segmentationSelector.currentNode() is segmentation
+    assert next_cases.suggestStatus.text.startswith("Already loaded")
+    training.addCurrentButton.click()  # the corrected prediction is a labeled case
+    assert [c.segmentation for c in training.cases] == [segmentation]
+    assert training.casesTable.item(0, 2).text() == "anterior, posterior"
+    assert next_cases.suggestTable.item(1, 0).text() == ranking[1]["case"] + " (labeled)"  # it is one now
+    assert next_cases.suggestTable.item(0, 0).text() == ranking[0]["case"] and next_cases.suggestTable.currentRow() == 1
     assert not DIALOGS.shown
     # the same volume suggested by another model: its prediction is a new node; the corrected one stays as it is
     corrected = slicer.vtkSegmentation()
@@ -131,63 +133,65 @@ def _loaded_label(path):
 
 def test_suggest_failures_and_stop_reach_the_user(loop, tmp_path):
     panel, logic, model, unlabeled = loop
+    training, next_cases = panel.training, panel.nextCases
     empty = tmp_path / "no images"
     empty.mkdir()
-    panel.unlabeled = [str(empty)]
-    panel.suggestButton.click()
-    job = panel.suggestJob
+    training.unlabeled = [str(empty)]
+    next_cases.suggestButton.click()
+    job = next_cases.suggestJob
     wait_for(lambda: job.finished, job, 120, "micd suggest to refuse the folder")
     assert job.state == "failed" and job.job.returncode == 2
     (dialog,) = DIALOGS.shown
     assert dialog.kind == "slicer.util.errorDisplay" and dialog.parent == MAIN_WINDOW
     assert dialog.text.startswith("Ranking failed: ") and "folder holds no image files" in dialog.text.splitlines()[0]
-    assert panel.suggestTable.rowCount == 0 and panel.suggestButton.enabled
+    assert next_cases.suggestTable.rowCount == 0 and next_cases.suggestButton.enabled
 
-    panel.unlabeled = []
-    panel.suggestButton.click()  # nothing to rank: said before anything starts
+    training.unlabeled = []
+    next_cases.suggestButton.click()  # nothing to rank: said before anything starts
     assert DIALOGS.shown[-1].text == "Add an unlabeled folder first: its volumes are what gets ranked."
 
-    panel.unlabeled = [str(unlabeled)]
-    panel.suggestButton.click()
-    job = panel.suggestJob
-    panel.cancelSuggestButton.click()
+    training.unlabeled = [str(unlabeled)]
+    next_cases.suggestButton.click()
+    job = next_cases.suggestJob
+    next_cases.cancelSuggestButton.click()
     wait_for(lambda: job.finished, job, 60, "the stop")
     assert job.state == CANCELLED and not processes.is_alive(job.job.pid)
-    assert panel.suggestStatus.text == "Ranking cancelled." and len(DIALOGS.shown) == 2
+    assert next_cases.suggestStatus.text == "Ranking cancelled." and len(DIALOGS.shown) == 2
 
-    panel.loopModels, panel.suggestions = [], []
-    panel.loopModelCombo.clear()
-    assert not panel.suggestButton.enabled and not panel.continueButton.enabled
-    panel.onSuggest()
+    next_cases.loopModels, next_cases.suggestions = [], []
+    next_cases.loopModelCombo.clear()
+    assert not next_cases.suggestButton.enabled and not next_cases.continueButton.enabled
+    next_cases.onSuggest()
     assert DIALOGS.shown[-1].text.startswith("No model to rank with")
     assert all(d.parent == MAIN_WINDOW for d in DIALOGS.shown)
 
 
 def test_continue_from_model_trains_from_its_weights(loop, hippocampus_cases):
     panel, logic, model, _unlabeled = loop
+    training, form, next_cases = panel.training, panel.training.form, panel.nextCases
     for image, label in hippocampus_cases[:3]:
         load_case(slicer.mrmlScene, image, label)
-    panel.autoPairButton.click()
-    assert panel.continueButton.enabled
-    panel.modelNameEdit.text = "Hippo v2"
-    panel.iterationsSpin.value = 3
-    panel.timeBudgetCombo.setCurrentText("")
-    panel.patchEdit.text = "16 32 16"
-    panel.checkpointSpin.value = 5
-    panel.methodCombo.setCurrentIndex(panel.methodCombo.findData("supervised"))
-    assert panel.filtersSpin.value == 16  # the parent's width (4) is used whatever the panel says
-    panel.continueButton.click()
-    job = panel.job
+    training.autoPairButton.click()
+    assert next_cases.continueButton.enabled
+    form.modelNameEdit.text = "Hippo v2"
+    form.iterationsSpin.value = 3
+    form.timeBudgetCombo.setCurrentText("")
+    form.patchEdit.text = "16 32 16"
+    form.checkpointSpin.value = 5
+    form.methodCombo.setCurrentIndex(form.methodCombo.findData("supervised"))
+    assert form.filtersSpin.value == 16  # the parent's width (4) is used whatever the panel says
+    next_cases.continueButton.click()
+    job = training.job
     command = job.job.record.command
     assert command[command.index("--init-from") + 1] == model.path
     assert command[command.index("--filters") + 1] == "4" and command[command.index("--iterations") + 1] == "3"
-    assert "Continuing from the model 'Hippo v1'" in panel.logText.toPlainText()
+    assert "Continuing from the model 'Hippo v1'" in training.logText.toPlainText()
     wait_for(lambda: job.finished, job, 240, "the warm-started training")
     assert job.state == SUCCEEDED, job.message
     parent = job.model.meta["provenance"]["parent_model"]
     assert os.path.samefile(parent["path"], model.path) and parent["name"] == model.meta.get("name")
-    assert panel.loopModelCombo.currentText.startswith("Hippo v2")  # the new model is offered next
-    assert [m.name for m in panel.loopModels] == ["Hippo v2", "Hippo v1"]
+    assert next_cases.loopModelCombo.currentText.startswith("Hippo v2")  # the new model is offered next
+    assert [m.name for m in next_cases.loopModels] == ["Hippo v2", "Hippo v1"]
     assert not DIALOGS.shown
 
 
@@ -198,19 +202,20 @@ def test_continue_numbers_the_segments_as_the_model_does(loop, hippocampus_cases
     import SimpleITK as sitk
 
     panel, logic, _model, _unlabeled = loop
+    training, form, next_cases = panel.training, panel.training.form, panel.nextCases
     flipped = logic.registry.add_folder(str(make_runnable_model(tmp_path / "flipped", "Hippo flipped",
                                                                 {1: "Posterior", 2: "anterior"})), "Hippo flipped")
-    panel.refreshLoopModels(select="Hippo flipped")
+    next_cases.refreshLoopModels(select="Hippo flipped")
     image, label = hippocampus_cases[0]
     load_case(slicer.mrmlScene, image, label)  # anterior = 1, posterior = 2, as in the files
-    panel.autoPairButton.click()
-    panel.iterationsSpin.value = 2
-    panel.timeBudgetCombo.setCurrentText("")
-    panel.patchEdit.text = "16 32 16"
-    panel.methodCombo.setCurrentIndex(panel.methodCombo.findData("supervised"))
-    panel.continueButton.click()
+    training.autoPairButton.click()
+    form.iterationsSpin.value = 2
+    form.timeBudgetCombo.setCurrentText("")
+    form.patchEdit.text = "16 32 16"
+    form.methodCombo.setCurrentIndex(form.methodCombo.findData("supervised"))
+    next_cases.continueButton.click()
     assert not DIALOGS.shown
-    job = panel.job
+    job = training.job
     command = job.job.record.command
     assert command[command.index("--init-from") + 1] == flipped.path
     dataset_file = command[command.index("--dataset") + 1]
@@ -229,16 +234,17 @@ def test_continue_numbers_the_segments_as_the_model_does(loop, hippocampus_cases
 
 def test_continue_from_a_model_with_other_labels_is_refused_with_a_dialog(loop, hippocampus_cases, tmp_path):
     panel, logic, _model, _unlabeled = loop
+    training, next_cases = panel.training, panel.nextCases
     other = logic.registry.add_folder(str(make_runnable_model(tmp_path / "other", "Lungs",
                                                               {1: "left lung", 2: "right lung"})), "Lungs")
-    panel.refreshLoopModels(select="Lungs")
+    next_cases.refreshLoopModels(select="Lungs")
     load_case(slicer.mrmlScene, *hippocampus_cases[0])
-    panel.autoPairButton.click()
-    panel.continueButton.click()
+    training.autoPairButton.click()
+    next_cases.continueButton.click()
     (dialog,) = DIALOGS.shown
     assert dialog.kind == "slicer.util.errorDisplay" and dialog.parent == MAIN_WINDOW
     assert dialog.text == ("Could not start training: Cannot continue from 'Lungs': its labels (1=left lung, "
                            "2=right lung) differ from the cases' (1=anterior, 2=posterior). Name the segments as the "
                            "model does, or train a new model with Train.")
-    assert panel.job is None and other.name == "Lungs"
+    assert training.job is None and other.name == "Lungs"
     assert not os.path.isdir(logic.runs_root) or not os.listdir(logic.runs_root)  # nothing was started

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from MICDCommon import CANCELLED, SUCCEEDED, BackendLauncher, BackgroundJob, processes, sceneio
+from MICDCommon.contract import CHECKPOINTS_DIR, EVENTS_FILE, LAST_CHECKPOINT
 from MICDSegmentationLib.Logic import SegmentationLogic
 from MICDTrainingLib.Logic import TrainingLogic
 from scene_helpers import load_case
@@ -88,7 +89,7 @@ def test_real_training_reattach_cancel_resume(scene, launcher, unlabeled_folder,
 
     assert attached.cancel() == CANCELLED
     assert not any(processes.is_alive(p) for p in tree) and not processes.group_members(pid)
-    assert os.path.isfile(os.path.join(run_dir, "checkpoints", "last.pt"))
+    assert os.path.isfile(os.path.join(run_dir, CHECKPOINTS_DIR, LAST_CHECKPOINT))
     assert attached.job.events[-1]["event"] == "error" and attached.job.events[-1]["kind"] == "cancelled"
     assert "checkpoint of iteration" in attached.message
     job.poll()  # the first runner (the process's parent) sees the end too
@@ -151,7 +152,7 @@ def test_reused_pid_is_not_taken_for_the_job():
 def test_event_tail_waits_for_complete_lines(tmp_path):
     from MICDCommon.events import EventTail, TrainingProgress
 
-    path = tmp_path / "events.jsonl"
+    path = tmp_path / EVENTS_FILE
     path.write_text('{"event": "start", "iterations": 10}\n{"event": "iteration", "iter": 3, "tot')
     tail, progress = EventTail(str(path)), TrainingProgress()
     events = tail.read_new()

@@ -12,6 +12,7 @@ import zipfile
 import pytest
 
 from MICDCommon import BackendLauncher, ModelRegistry, RegistryError
+from MICDCommon.contract import MODEL_JSON, WEIGHTS_FILE
 from MICDCommon.registry import check_model_folder, check_with_backend
 from MICDSegmentationLib.Logic import SegmentationLogic
 from MICDTrainingLib.Logic import TrainingLogic
@@ -46,31 +47,31 @@ def launcher():
 
 
 def _edit(folder, **changes):
-    meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
+    meta = json.loads((folder / MODEL_JSON).read_text(encoding="utf-8"))
     meta.update(changes)
-    (folder / "model.json").write_text(json.dumps(meta), encoding="utf-8")
+    (folder / MODEL_JSON).write_text(json.dumps(meta), encoding="utf-8")
 
 
 def _cut_weights(f):  # a copy that stopped half-way
-    data = (f / "weights.safetensors").read_bytes()
-    (f / "weights.safetensors").write_bytes(data[: len(data) // 2])
+    data = (f / WEIGHTS_FILE).read_bytes()
+    (f / WEIGHTS_FILE).write_bytes(data[: len(data) // 2])
 
 
 def _one_byte_short(f):
-    data = (f / "weights.safetensors").read_bytes()
-    (f / "weights.safetensors").write_bytes(data[:-1])
+    data = (f / WEIGHTS_FILE).read_bytes()
+    (f / WEIGHTS_FILE).write_bytes(data[:-1])
 
 
 def _garbage_weights(f):
-    (f / "weights.safetensors").write_bytes(b"\x89PNG\r\n" + bytes(range(256)) * 8)
+    (f / WEIGHTS_FILE).write_bytes(b"\x89PNG\r\n" + bytes(range(256)) * 8)
 
 
 def _no_weights(f):
-    os.remove(f / "weights.safetensors")
+    os.remove(f / WEIGHTS_FILE)
 
 
 def _missing_branch(f):
-    meta = json.loads((f / "model.json").read_text(encoding="utf-8"))
+    meta = json.loads((f / MODEL_JSON).read_text(encoding="utf-8"))
     _edit(f, branches=meta["branches"] + ["teacher_a"])
 
 
@@ -95,7 +96,7 @@ def _future_schema(f):
 
 
 def _wider_network(f):  # the header is fine; only loading the tensors into the declared network tells
-    meta = json.loads((f / "model.json").read_text(encoding="utf-8"))
+    meta = json.loads((f / MODEL_JSON).read_text(encoding="utf-8"))
     _edit(f, network={**meta["network"], "filters": 8})
 
 

@@ -72,65 +72,69 @@ def training_panel(scene):
 
 def test_training_buttons_call_the_logic(training_panel, hippocampus_cases, tmp_path):
     panel, logic = training_panel
-    assert not panel.trainButton.enabled  # nothing to train on yet
+    training, form = panel.training, panel.training.form
+    assert not training.trainButton.enabled  # nothing to train on yet
     volume, segmentation = load_case(slicer.mrmlScene, *hippocampus_cases[0])
-    assert panel.volumeSelector.currentNode() is volume  # the selectors follow the scene
-    panel.segmentationSelector.setCurrentNode(segmentation)
-    panel.addCurrentButton.click()
-    assert len(panel.cases) == 1 and panel.casesTable.item(0, 2).text() == "anterior, posterior"
-    panel.autoPairButton.click()  # the same pair is not added twice
-    assert len(panel.cases) == 1
+    assert training.volumeSelector.currentNode() is volume  # the selectors follow the scene
+    training.segmentationSelector.setCurrentNode(segmentation)
+    training.addCurrentButton.click()
+    assert len(training.cases) == 1 and training.casesTable.item(0, 2).text() == "anterior, posterior"
+    training.autoPairButton.click()  # the same pair is not added twice
+    assert len(training.cases) == 1
 
     for folder in (tmp_path / "a", tmp_path / "b"):
         folder.mkdir()
         (folder / "._x.nii.gz").write_bytes(b"\x00\x05\x16\x07" + bytes(80))  # a macOS fork: skipped, as the backend does
         DIALOGS.answer(str(folder))
-        panel.addUnlabeledButton.click()
-    assert panel.unlabeled == [str(tmp_path / "a"), str(tmp_path / "b")]
-    assert panel.unlabeledList.count == 2 and panel.unlabeledList.item(0).text().endswith(" - 0 readable image(s)")
-    panel.unlabeledList.currentRow = 0
-    panel.removeUnlabeledButton.click()
-    assert panel.unlabeled == [str(tmp_path / "b")]
+        training.addUnlabeledButton.click()
+    assert training.unlabeled == [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert training.unlabeledList.count == 2
+    assert training.unlabeledList.item(0).text().endswith(" - 0 readable image(s)")
+    training.unlabeledList.currentRow = 0
+    training.removeUnlabeledButton.click()
+    assert training.unlabeled == [str(tmp_path / "b")]
 
-    panel.checkButton.click()
-    assert logic.check.called and "1=anterior" in panel.checksLabel.text
+    training.checkButton.click()
+    assert logic.check.called and "1=anterior" in training.checksLabel.text
 
-    panel.modelNameEdit.text = "Hippo"
-    panel.iterationsSpin.value = 300
-    panel.patchEdit.text = "16 32 16"
-    panel.methodCombo.currentIndex = panel.methodCombo.findData("cps")
+    form.modelNameEdit.text = "Hippo"
+    form.iterationsSpin.value = 300
+    form.patchEdit.text = "16 32 16"
+    form.methodCombo.currentIndex = form.methodCombo.findData("cps")
     job = mock.MagicMock(finished=False)
     logic.train.return_value = job
-    panel.trainButton.click()
+    training.trainButton.click()
     args, kwargs = logic.train.call_args
     assert args[0][0].volume is volume and args[1] == [str(tmp_path / "b")]
     settings = args[2]
     assert (settings.model_name, settings.iterations, settings.patch_size, settings.method) == \
         ("Hippo", 300, (16, 32, 16), "cps")
-    assert kwargs["on_event"] == panel.onEvent and kwargs["on_finished"] == panel.onFinished
-    assert panel.cancelButton.enabled and not panel.trainButton.enabled
+    assert kwargs["on_event"] == training.onEvent and kwargs["on_finished"] == training.onFinished
+    assert training.cancelButton.enabled and not training.trainButton.enabled
 
-    panel.cancelButton.click()
+    training.cancelButton.click()
     job.request_cancel.assert_called_once()
     assert [d.kind for d in DIALOGS.shown] == ["QFileDialog.getExistingDirectory"] * 2
 
 
 def test_training_panel_reports_bad_settings_and_reattaches(training_panel):
     panel, logic = training_panel
-    panel.patchEdit.text = "15 15"
-    assert panel.settings().problems()  # surfaced through logic.check in the real logic
+    training, form = panel.training, panel.training.form
+    form.patchEdit.text = "15 15"
+    assert training.settings().problems()  # surfaced through logic.check in the real logic
     logic.runs_to_attach.return_value = ["/runs/Hippo-1"]
     panel.enter()
     assert logic.attach.call_args[0][0] == "/runs/Hippo-1"
-    assert "Reattached" in panel.logText.toPlainText()
+    assert "Reattached" in training.logText.toPlainText()
 
 
 def test_training_settings_round_trip(training_panel):
     panel, _logic = training_panel
+    training, form = panel.training, panel.training.form
     settings = TrainingSettings(model_name="Liver", iterations=1234, patch_size=(32, 64, 64), device="cpu",
                                 method="cps", filters=8, seed=3, checkpoint_every=50, advanced={"lr": 0.01})
-    panel.showSettings(settings)
-    assert panel.settings() == settings
+    form.show(settings)
+    assert training.settings() == settings
     assert settings.cli_args()[:2] == ["--method", "cps"] and "--lr" in settings.cli_args()
 
 
@@ -139,31 +143,32 @@ def test_training_curves_have_distinct_colours_and_both_charts_show(training_pan
     from MICDTrainingLib.Curves import TrainingCurves
 
     panel, _logic = training_panel
-    blank = panel.curvesView.lossLabel.pixmap.toImage()
-    panel.curves = TrainingCurves(slicer.mrmlScene, "Hippo")
+    training = panel.training
+    blank = training.curvesView.lossLabel.pixmap.toImage()
+    training.curves = TrainingCurves(slicer.mrmlScene, "Hippo")
     for it in range(1, 41):
-        panel.curves.add_event({"event": "iteration", "iter": it, "loss": {"total": 2 / it, "sup": 1 / it,
-                                                                           "consistency": 0.1 + 0.01 * it}})
+        training.curves.add_event({"event": "iteration", "iter": it, "loss": {"total": 2 / it, "sup": 1 / it,
+                                                                              "consistency": 0.1 + 0.01 * it}})
         if it % 10 == 0:
-            panel.curves.add_event({"event": "validation", "iter": it, "mean_dice": 0.5 + it / 100,
-                                    "dice": {"anterior": 0.4 + it / 100, "posterior": 0.6 + it / 100}})
-        panel.onEvent({"event": "iteration", "iter": it})
-    for chart in (panel.curves.loss.chart_node, panel.curves.dice.chart_node):
+            training.curves.add_event({"event": "validation", "iter": it, "mean_dice": 0.5 + it / 100,
+                                       "dice": {"anterior": 0.4 + it / 100, "posterior": 0.6 + it / 100}})
+        training.onEvent({"event": "iteration", "iter": it})
+    for chart in (training.curves.loss.chart_node, training.curves.dice.chart_node):
         colors = [chart.GetNthPlotSeriesNode(i).GetColor() for i in range(chart.GetNumberOfPlotSeriesNodes())]
         assert len(colors) == 3 and len(set(colors)) == 3
-    for label in (panel.curvesView.lossLabel, panel.curvesView.diceLabel):
+    for label in (training.curvesView.lossLabel, training.curvesView.diceLabel):
         image = label.pixmap.toImage()
         assert image.width() > 300 and image != blank
         drawn = {image.pixelColor(x, y).name() for x in range(0, image.width(), 2) for y in range(0, image.height(), 2)}
         series = {qt.QColor(*[int(c * 255) for c in rgb]).name() for rgb in colors}
         assert len(series & drawn) == 3, "each series is drawn in its own colour"
 
-    panel.showCurvesButton.click()  # both charts in Slicer's view layout
+    training.showCurvesButton.click()  # both charts in Slicer's view layout
     layout = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLLayoutNode")
     assert layout.GetViewArrangement() == Curves.LAYOUT_ID
     shown = [slicer.mrmlScene.GetSingletonNode(tag, "vtkMRMLPlotViewNode").GetPlotChartNodeID()
              for tag in Curves.PLOT_VIEWS]
-    assert shown == [panel.curves.loss.chart_node.GetID(), panel.curves.dice.chart_node.GetID()]
+    assert shown == [training.curves.loss.chart_node.GetID(), training.curves.dice.chart_node.GetID()]
 
 
 @pytest.fixture
@@ -238,11 +243,12 @@ def test_changed_python_applies_to_both_modules_without_reloading(scene, tmp_pat
     training = slicer_harness.load_module("MICDTraining").widget
     segmentation = slicer_harness.load_module("MICDSegmentation").widget
     python = tmp_path / "env" / "bin" / "python"
-    training.panel.pythonEdit.text = str(python)
-    training.panel.pythonEdit.editingFinished.emit()
+    python_edit = training.panel.training.form.pythonEdit
+    python_edit.text = str(python)
+    python_edit.editingFinished.emit()
     assert training.logic.launcher.python == str(python) == segmentation.logic.launcher.python
-    training.panel.pythonEdit.text = ""
-    training.panel.pythonEdit.editingFinished.emit()
+    python_edit.text = ""
+    python_edit.editingFinished.emit()
     assert segmentation.logic.launcher.python == training.logic.launcher.python != str(python)
 
 
@@ -264,8 +270,9 @@ def test_failed_install_reaches_the_user_as_a_dialog_with_the_next_step(training
 
     monkeypatch.setattr(dependencies, "_slicer_pip", lambda: failing_pip_install)
     panel = TrainingWidget(logic)  # the real dependency step and error display
+    form = panel.training.form
     DIALOGS.answer(qt.QMessageBox.Yes)  # "MICD needs these Python packages ... Install now?"
-    panel.dependenciesButton.click()
+    form.dependenciesButton.click()
     question, error = DIALOGS.shown
     assert question.kind == "QMessageBox.question" and "monai>=1.3" in question.text
     assert error.kind == "slicer.util.errorDisplay" and error.parent == MAIN_WINDOW
@@ -280,6 +287,7 @@ def test_add_folder_says_why_a_folder_gives_no_cases(training_panel, hippocampus
     from MICDTrainingLib.Logic import TrainingLogic
 
     panel, logic = training_panel
+    training = panel.training
     logic.cases_from_folder.side_effect = TrainingLogic.cases_from_folder  # the real pairing
     images = tmp_path / "only_images"
     images.mkdir()
@@ -288,10 +296,10 @@ def test_add_folder_says_why_a_folder_gives_no_cases(training_panel, hippocampus
     empty = tmp_path / "empty"
     empty.mkdir()
     DIALOGS.answer(str(images), str(empty))
-    panel.addFolderButton.click()
-    panel.addFolderButton.click()
+    training.addFolderButton.click()
+    training.addFolderButton.click()
     errors = [d for d in DIALOGS.shown if d.kind == "slicer.util.errorDisplay"]
-    assert len(errors) == 2 and not panel.cases
+    assert len(errors) == 2 and not training.cases
     assert "2 image(s) but no label file" in errors[0].text and "hippocampus_001.nii.gz" in errors[0].text
     assert "labelsTr/ beside imagesTr/" in errors[0].text and "X_seg.nii.gz" in errors[0].text
     assert "holds no image files" in errors[1].text
@@ -306,6 +314,7 @@ def test_add_folder_refuses_a_dataset_json_it_cannot_read(training_panel, hippoc
     from MICDTrainingLib.Logic import TrainingLogic
 
     panel, logic = training_panel
+    training = panel.training
     logic.cases_from_folder.side_effect = TrainingLogic.cases_from_folder  # the real pairing and label names
     folder = tmp_path / "labeled"
     for sub in ("imagesTr", "labelsTr"):
@@ -316,16 +325,16 @@ def test_add_folder_refuses_a_dataset_json_it_cannot_read(training_panel, hippoc
     meta = folder / "dataset.json"
     meta.write_text('{"labels": {"0": "background", "1": "anterior",')  # cut off mid-write
     DIALOGS.answer(str(folder))
-    panel.addFolderButton.click()
+    training.addFolderButton.click()
     (error,) = [d for d in DIALOGS.shown if d.kind == "slicer.util.errorDisplay"]
-    assert str(meta) in error.text and "not valid JSON" in error.text and not panel.cases
+    assert str(meta) in error.text and "not valid JSON" in error.text and not training.cases
 
     meta.write_text(json.dumps({"labels": ["background", "anterior"]}))  # a list, not {value: name}
     DIALOGS.answer(str(folder))
-    panel.addFolderButton.click()
+    training.addFolderButton.click()
     assert "must be an object" in [d for d in DIALOGS.shown if d.kind == "slicer.util.errorDisplay"][-1].text
 
     meta.write_text(json.dumps({"labels": {"0": "background", "1": "anterior", "2": "posterior"}}))
     DIALOGS.answer(str(folder))
-    panel.addFolderButton.click()
-    assert len(panel.cases) == 2 and panel.file_labels == {1: "anterior", 2: "posterior"}
+    training.addFolderButton.click()
+    assert len(training.cases) == 2 and training.file_labels == {1: "anterior", 2: "posterior"}

@@ -12,6 +12,7 @@ from unittest import mock
 import pytest
 
 from MICDCommon import BackendLauncher, ModelRegistry, RegistryError
+from MICDCommon.contract import MODEL_JSON, WEIGHTS_FILE
 from MICDCommon.dependencies import DependencyError, DependencyInstaller, InstallPlan, probe
 from test_result_import import make_model_folder
 
@@ -46,7 +47,7 @@ def test_registry_never_replaces_or_moves_what_it_does_not_own(registry, tmp_pat
         registry.export_zip("Liver", str(kept))
     assert kept.read_bytes() == b"an earlier export" and not (tmp_path / "liver.zip.part").exists()
     registry.export_zip("Liver", str(kept), overwrite=True)
-    assert sorted(zipfile.ZipFile(kept).namelist()) == ["Liver/model.json", "Liver/weights.safetensors"]
+    assert sorted(zipfile.ZipFile(kept).namelist()) == [f"Liver/{MODEL_JSON}", f"Liver/{WEIGHTS_FILE}"]
     (model,) = registry.models()
     with pytest.raises(RegistryError, match="own folder"):
         registry.export_zip(model, str(tmp_path / "models" / "Liver" / "self.zip"))
@@ -63,12 +64,12 @@ def test_registry_never_replaces_or_moves_what_it_does_not_own(registry, tmp_pat
     run_model = tmp_path / "run" / "model"
     with pytest.raises(RegistryError, match="not inside the model folder"):
         registry.rename(str(run_model), "Liver v3")
-    assert (run_model / "model.json").is_file() and [m.name for m in registry.models()] == ["Liver"]
+    assert (run_model / MODEL_JSON).is_file() and [m.name for m in registry.models()] == ["Liver"]
 
 
 def test_registry_zip_round_trip_and_folder_import(registry, tmp_path):
     zip_path = registry.export_zip("Liver", str(tmp_path / "liver.zip"))
-    assert sorted(zipfile.ZipFile(zip_path).namelist()) == ["Liver/model.json", "Liver/weights.safetensors"]
+    assert sorted(zipfile.ZipFile(zip_path).namelist()) == [f"Liver/{MODEL_JSON}", f"Liver/{WEIGHTS_FILE}"]
     other = ModelRegistry(tmp_path / "elsewhere")
     imported = other.import_path(zip_path)
     assert imported.name == "Liver" and imported.labels == {1: "liver", 2: "spleen"}
@@ -76,8 +77,8 @@ def test_registry_zip_round_trip_and_folder_import(registry, tmp_path):
     assert again.folder_name == "Liver_2"
     flat = tmp_path / "flat.zip"  # model.json at the top of the zip
     with zipfile.ZipFile(flat, "w") as z:
-        z.write(tmp_path / "run" / "model" / "model.json", "model.json")
-        z.write(tmp_path / "run" / "model" / "weights.safetensors", "weights.safetensors")
+        z.write(tmp_path / "run" / "model" / MODEL_JSON, MODEL_JSON)
+        z.write(tmp_path / "run" / "model" / WEIGHTS_FILE, WEIGHTS_FILE)
     assert other.import_path(str(flat)).name == "flat"
     assert other.import_path(str(tmp_path / "run" / "model"), name="From folder").name == "From folder"
     evil = tmp_path / "evil.zip"

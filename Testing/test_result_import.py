@@ -9,6 +9,7 @@ import vtk
 
 from conftest import CT_EXAMPLE
 from MICDCommon import ModelRegistry
+from MICDCommon.contract import MODEL_JSON, WEIGHTS_FILE
 from MICDSegmentationLib.Logic import SegmentationLogic
 from scene_helpers import load_volume, make_study
 from model_folders import BRANCHES, model_meta, safetensors_bytes
@@ -17,14 +18,13 @@ from model_folders import BRANCHES, model_meta, safetensors_bytes
 def make_model_folder(folder, labels, colors):
     """A model folder as `micd train` writes it, that the registry's checks accept (model_folders.py)."""
     folder.mkdir(parents=True)
-    meta = {"format": "micd-model", "schema_version": 1, "name": folder.name,
-            "labels": {str(k): v for k, v in labels.items()},
+    meta = {"name": folder.name, "labels": {str(k): v for k, v in labels.items()},
             "colors": {str(k): list(v) for k, v in colors.items()},
             "provenance": {"created": "2026-11-24T10:00:00+0000", "counts": {"labeled": 3, "unlabeled": 10}},
             "metrics": {"best_mean_dice": 0.8}, "method": "micd"}
     meta.update({k: v for k, v in model_meta(folder.name, labels).items() if k not in meta})
-    (folder / "model.json").write_text(json.dumps(meta))
-    (folder / "weights.safetensors").write_bytes(safetensors_bytes({f"{b}.head.weight": 6 for b in BRANCHES}))
+    (folder / MODEL_JSON).write_text(json.dumps(meta))
+    (folder / WEIGHTS_FILE).write_bytes(safetensors_bytes({f"{b}.head.weight": 6 for b in BRANCHES}))
     return folder
 
 

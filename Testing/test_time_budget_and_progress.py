@@ -16,9 +16,10 @@ import slicer
 from backend_models import make_runnable_model
 from conftest import MAIN_WINDOW
 from dialogs import DIALOGS
-from MICDCommon import CANCELLED, SUCCEEDED, BackendLauncher, ModelRegistry, processes
+from MICDCommon import CANCELLED, FAILED, SUCCEEDED, BackendLauncher, ModelRegistry, processes
+from MICDCommon.contract import JOB_FILE, MODEL_FORMAT, MODEL_JSON
 from MICDCommon.events import plan_text
-from MICDTrainingLib.Parameters import TrainingSettings, parse_duration
+from MICDCommon.jobs import JobRecord
 from scene_helpers import load_case, load_volume
 
 # the start event of a real `micd train --time-budget 40s` (hippocampus, patch 16x32x16, 4 filters, CPU)
@@ -60,50 +61,41 @@ def mock_training_panel(scene):
     return TrainingWidget(logic, dependency_check=lambda: True), logic
 
 
-def test_the_panels_duration_reader_agrees_with_micd_train():
-    from micd.training.budget import parse_duration as backend_parse
-
-    for text in ("90s", "45m", "2h", "1h30m", "1.5h", "30 min", "600", "2h 15m"):
-        assert parse_duration(text) == backend_parse(text), text
-    for text in ("soon", "", "0m", "-5m", "1d"):
-        with pytest.raises(ValueError):
-            parse_duration(text)
-        with pytest.raises(ValueError):
-            backend_parse(text)
-
-
 def test_time_budget_is_the_main_setting_and_iterations_set_under_advanced_win(mock_training_panel):
     panel, logic = mock_training_panel
-    settings = panel.settings()
+    training, form = panel.training, panel.training.form
+    settings = training.settings()
     assert settings.time_budget == "30m" and settings.iterations is None  # the defaults
-    assert panel.timeBudgetCombo.currentText == "30m" and panel.iterationsSpin.text == "auto (time budget)"
-    assert panel.iterationsSpin.parentWidget() == panel.advancedBox  # iterations live under Advanced
+    assert form.timeBudgetCombo.currentText == "30m" and form.iterationsSpin.text == "auto (time budget)"
+    assert form.iterationsSpin.parentWidget() == form.advancedBox  # iterations live under Advanced
     args = settings.cli_args()
     assert args[args.index("--time-budget") + 1] == "30m" and "--iterations" not in args
-    assert "within 30m" in panel.planLabel.text
+    assert "within 30m" in training.planLabel.text
 
-    panel.timeBudgetCombo.setCurrentText("2 h")
-    assert panel.settings().cli_args()[panel.settings().cli_args().index("--time-budget") + 1] == "2h"
-    assert "within 2 h" in panel.planLabel.text
-    panel.iterationsSpin.value = 300
-    args = panel.settings().cli_args()
+    form.timeBudgetCombo.setCurrentText("2 h")
+    assert training.settings().cli_args()[training.settings().cli_args().index("--time-budget") + 1] == "2h"
+    assert "within 2 h" in training.planLabel.text
+    form.iterationsSpin.value = 300
+    args = training.settings().cli_args()
     assert args[args.index("--iterations") + 1] == "300" and "--time-budget" in args  # the count wins, ETA stays
-    assert panel.planLabel.text.startswith("Plan: 300 iterations")
+    assert training.planLabel.text.startswith("Plan: 300 iterations")
 
-    panel.timeBudgetCombo.setCurrentText("soon")
-    assert "Time budget 'soon'" in panel.planLabel.text and panel.settings().problems()
-    panel.timeBudgetCombo.setCurrentText("")
-    assert not panel.settings().problems()  # iterations alone are enough
-    panel.iterationsSpin.value = 0
-    assert panel.settings().problems() == ["Give a time budget (e.g. 45m or 2h) or, under Advanced, an iteration "
+    form.timeBudgetCombo.setCurrentText("soon")
+    assert training.planLabel.text == "Time budget 'soon': expected a duration such as 90s, 45m, 2h or 1h30m."
+    assert training.settings().problems() == [training.planLabel.text]
+    form.timeBudgetCombo.setCurrentText("")
+    assert not training.settings().problems()  # iterations alone are enough
+    form.iterationsSpin.value = 0
+    assert training.settings().problems() == ["Give a time budget (e.g. 45m or 2h) or, under Advanced, an iteration "
                                            "count."]
 
-    panel.timeBudgetCombo.setCurrentText("45m")
-    panel.saveSettings()  # kept between sessions
+    form.timeBudgetCombo.setCurrentText("45m")
+    form.save()  # kept between sessions
     from MICDTrainingLib.Widget import TrainingWidget
 
     again = TrainingWidget(logic, dependency_check=lambda: True)
-    assert again.settings().time_budget == "45m" and again.settings().iterations is None
+    stored = again.training.settings()
+    assert stored.time_budget == "45m" and stored.iterations is None
 
 
 def test_settings_stored_before_the_time_budget_existed_keep_only_chosen_iterations(mock_training_panel):
@@ -112,30 +104,32 @@ def test_settings_stored_before_the_time_budget_existed_keep_only_chosen_iterati
     _panel, logic = mock_training_panel
     qt.QSettings().setValue(SETTINGS_KEY, json.dumps({"model_name": "Old", "iterations": 6000}))
     old_default = TrainingWidget(logic, dependency_check=lambda: True)  # kept until the scene is released
-    assert (old_default.settings().iterations, old_default.settings().time_budget) == (None, "30m")  # no choice
+    stored = old_default.training.settings()
+    assert (stored.iterations, stored.time_budget) == (None, "30m")  # the old default was no choice
     qt.QSettings().setValue(SETTINGS_KEY, json.dumps({"model_name": "Old", "iterations": 2000}))
     chosen = TrainingWidget(logic, dependency_check=lambda: True)
-    assert chosen.settings().iterations == 2000
+    assert chosen.training.settings().iterations == 2000
 
 
 def test_the_plan_of_the_start_event_is_shown_with_precision_and_why(mock_training_panel, hippocampus_cases):
     from MICDCommon.events import TrainingProgress
 
     panel, logic = mock_training_panel
+    training, form = panel.training, panel.training.form
     load_case(slicer.mrmlScene, *hippocampus_cases[0])
-    panel.autoPairButton.click()
+    training.autoPairButton.click()
     job = mock.MagicMock(finished=False, progress=TrainingProgress())
     logic.train.return_value = job
-    panel.trainButton.click()
-    assert panel.planLabel.text == "Plan: calibrating (a few timed steps)..."
+    training.trainButton.click()
+    assert training.planLabel.text == "Plan: calibrating (a few timed steps)..."
     job.progress.update(BUDGET_START)
-    panel.onEvent(BUDGET_START)
-    text = panel.planLabel.text
+    training.onEvent(BUDGET_START)
+    text = training.planLabel.text
     assert text == plan_text(BUDGET_START)
     assert text.startswith("Plan: 24 iterations x 0.58 s, about 19 s to go (count planned for the 40s budget)")
     assert "Precision: bf16 autocast: this CPU has AMX/AVX512-BF16" in text
-    panel.timeBudgetCombo.setCurrentText("1h")  # editing the settings during a run leaves its plan shown
-    assert panel.planLabel.text == text
+    form.timeBudgetCombo.setCurrentText("1h")  # editing the settings during a run leaves its plan shown
+    assert training.planLabel.text == text
 
     fixed = dict(BUDGET_START, iterations=500, expected_total_s=300.0,
                  budget_plan={"planned_iterations": False}, precision="fp32",
@@ -156,24 +150,25 @@ def test_real_budgeted_run_shows_its_plan_and_cancels(scene, launcher, hippocamp
     logic = TrainingLogic(launcher=launcher, registry=ModelRegistry(tmp_path / "models"),
                           runs_root=str(tmp_path / "runs"))
     panel = TrainingWidget(logic, dependency_check=lambda: True)
-    panel.autoPairButton.click()
-    panel.timeBudgetCombo.setCurrentText("10m")
-    panel.patchEdit.text = "16 32 16"
-    panel.filtersSpin.value = 4
-    panel.deviceCombo.setCurrentIndex(panel.deviceCombo.findText("cpu"))
-    panel.methodCombo.setCurrentIndex(panel.methodCombo.findData("supervised"))
-    panel.trainButton.click()
-    job = panel.job
+    training, form = panel.training, panel.training.form
+    training.autoPairButton.click()
+    form.timeBudgetCombo.setCurrentText("10m")
+    form.patchEdit.text = "16 32 16"
+    form.filtersSpin.value = 4
+    form.deviceCombo.setCurrentIndex(form.deviceCombo.findText("cpu"))
+    form.methodCombo.setCurrentIndex(form.methodCombo.findData("supervised"))
+    training.trainButton.click()
+    job = training.job
     assert job is not None and "--time-budget" in job.job.record.command
     wait_for(lambda: job.progress.start is not None or job.finished, job, 180, "the start event")
     start = job.progress.start
     assert start is not None, job.message
     assert start["time_budget"] == "10m" and start["budget_plan"]["planned_iterations"] is True
-    text = panel.planLabel.text
+    text = training.planLabel.text
     assert text.startswith(f"Plan: {start['iterations']} iterations x {start['sec_per_iter_expected']:.2f} s")
     assert "(count planned for the 10m budget)" in text and f"Precision: {start['precision_reason']}" in text
-    assert any("Plan:" in line for line in panel.logText.toPlainText().splitlines())  # the log has it too
-    panel.cancelButton.click()
+    assert any("Plan:" in line for line in training.logText.toPlainText().splitlines())  # the log has it too
+    training.cancelButton.click()
     wait_for(lambda: job.finished, job, 60, "the cancel")
     assert job.state == CANCELLED and not processes.is_alive(job.job.pid)
     assert not DIALOGS.shown  # a cancel is no error
@@ -188,32 +183,36 @@ def test_real_budget_error_reaches_the_user_as_a_dialog(scene, launcher, hippoca
     logic = TrainingLogic(launcher=launcher, registry=ModelRegistry(tmp_path / "models"),
                           runs_root=str(tmp_path / "runs"))
     panel = TrainingWidget(logic, dependency_check=lambda: True)
-    panel.autoPairButton.click()
-    panel.timeBudgetCombo.setCurrentText("1s")  # start-up alone takes longer
-    panel.patchEdit.text = "16 32 16"
-    panel.filtersSpin.value = 4
-    panel.deviceCombo.setCurrentIndex(panel.deviceCombo.findText("cpu"))
-    panel.methodCombo.setCurrentIndex(panel.methodCombo.findData("supervised"))
-    panel.trainButton.click()
-    job = panel.job
+    training, form = panel.training, panel.training.form
+    training.autoPairButton.click()
+    form.timeBudgetCombo.setCurrentText("1s")  # start-up alone takes longer
+    form.patchEdit.text = "16 32 16"
+    form.filtersSpin.value = 4
+    form.deviceCombo.setCurrentIndex(form.deviceCombo.findText("cpu"))
+    form.methodCombo.setCurrentIndex(form.methodCombo.findData("supervised"))
+    training.trainButton.click()
+    job = training.job
     wait_for(lambda: job.finished, job, 180, "the budget error")
     assert job.state == "failed" and job.job.returncode == 2
     assert job.job.error_event["kind"] == "budget"
     (dialog,) = DIALOGS.shown
     assert dialog.kind == "slicer.util.errorDisplay" and dialog.parent == MAIN_WINDOW
     assert "--time-budget 1s" in dialog.text and "What to do: give a longer --time-budget" in dialog.text
-    assert panel.trainButton.enabled and not panel.cancelButton.enabled
+    assert training.trainButton.enabled and not training.cancelButton.enabled
 
 
 # --- the segment panel ---------------------------------------------------------------------------------------------
 FAKE_PREDICT = r"""
 import json, sys, time
 args = sys.argv[1:]
-if "--fail" in open(args[args.index("--model") + 1] + "/mode").read():
+mode = open(args[args.index("--model") + 1] + "/mode").read()
+if "--fail" in mode:
     print("micd predict: error: --input: the image header declares 9 GiB, 2 GiB are available", file=sys.stderr)
     sys.exit(2)
 out = args[args.index("--output") + 1]
 print(json.dumps({"event": "plan", "device": "cpu", "grid_shape": [1, 1, 1], "roi": [16, 32, 16]}), flush=True)
+if "--no-output" in mode:
+    sys.exit(0)  # a success that wrote nothing
 for done in range(0, 40, 4):
     print(json.dumps({"event": "progress", "input": "x", "image": 1, "images": 1, "windows_done": done,
                       "windows_total": 40, "fraction": done / 40, "elapsed_s": done / 4, "eta_s": 80 - 2 * done}),
@@ -238,7 +237,7 @@ class FakeBackend(BackendLauncher):
 def fake_model(tmp_path):
     folder = tmp_path / "models" / "Fake"
     folder.mkdir(parents=True)
-    (folder / "model.json").write_text(json.dumps({"format": "micd-model", "labels": {"1": "anterior"}}))
+    (folder / MODEL_JSON).write_text(json.dumps({"format": MODEL_FORMAT, "labels": {"1": "anterior"}}))
     (folder / "mode").write_text("run")
     from MICDCommon.registry import ModelInfo
 
@@ -291,6 +290,27 @@ def test_a_failed_prediction_reaches_the_user_as_a_dialog(scene, fake_model, hip
     assert dialog.kind == "slicer.util.errorDisplay" and dialog.parent == MAIN_WINDOW
     assert "image header declares 9 GiB" in dialog.text and "exit code 2" in dialog.text
     assert panel.progressBar.value == 0 and panel.segmentButton.enabled
+
+
+def test_a_prediction_that_exits_0_without_its_output_failed_and_its_record_says_so(scene, fake_model, tmp_path,
+                                                                                   hippocampus_cases):
+    """The job's state is decided before its record (job.json) is written: `micd predict` exiting 0 without the
+    label map is a failure, for the panel and for whoever reads the record later."""
+    from MICDSegmentationLib.Logic import SegmentationLogic
+
+    with open(os.path.join(fake_model.path, "mode"), "w", encoding="utf-8") as f:
+        f.write("--no-output")
+    logic = SegmentationLogic(launcher=FakeBackend(FAKE_PREDICT), work_root=str(tmp_path / "segment"))
+    finished = []
+    job = logic.segment(load_volume(hippocampus_cases[0][0], "hippo"), fake_model, on_finished=finished.append)
+    wait_for(lambda: job.finished, job, 60, "the prediction")
+    assert job.job.returncode == 0 and job.state == FAILED and finished == [job]
+    assert job.message.startswith(f"micd predict ended without writing {job.output_path}")
+    with open(os.path.join(job.run_dir, JOB_FILE), encoding="utf-8") as f:
+        record = json.load(f)
+    assert (record["status"], record["returncode"]) == (FAILED, 0) and record["ended"] is not None
+    assert JobRecord.load(job.run_dir).status == FAILED  # the folder of a failure is kept, with its record
+    assert job.segmentation is None and not DIALOGS.shown
 
 
 def test_real_prediction_drives_the_progress_bar(scene, launcher, hippocampus_cases, tmp_path):

@@ -1,6 +1,7 @@
 """Shared by the MICDTraining and MICDSegmentation modules: the background job runner (`jobs`), the backend launcher
 (`backend`), the dependency check/install (`dependencies`), the model registry (`registry`), the progress stream
-(`events`) and scene/file helpers (`sceneio`). Imports only slicer, vtk, numpy and the standard library; `qtsupport`
+(`events`), scene/file helpers (`sceneio`) and the contract with the backend (`contract`: the backend's own
+micd/contract.py). Imports only slicer, vtk, numpy and the standard library; `qtsupport`
 (job poller, settings, dialogs, panel parts) and `slicermodule` (what both module files share) import qt and ctk
 when used."""
 

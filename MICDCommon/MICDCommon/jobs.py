@@ -11,18 +11,12 @@ import subprocess
 import time
 
 from . import processes, runlock
+from .contract import EXIT_CANCELLED, EXIT_OK, JOB_FILE, JOB_LOG_FILE, STOP_FILE, STOP_FILE_VARIABLE
 from .events import EventTail, LineTail, describe_event, parse_event
-
-RECORD_FILE = "job.json"
-LOG_FILE = "job.log"
-STOP_FILE = "stop"  # written to ask for a polite stop; the backend watches the path in MICD_STOP_FILE
-STOP_FILE_VARIABLE = "MICD_STOP_FILE"
 
 RUNNING, CANCELLING = "running", "cancelling"
 SUCCEEDED, FAILED, CANCELLED, LOST = "succeeded", "failed", "cancelled", "lost"
 FINISHED_STATES = (SUCCEEDED, FAILED, CANCELLED, LOST)
-
-CANCELLED_EXIT_CODE = 3  # micd: SIGTERM/SIGINT, checkpoint saved
 
 
 class JobError(Exception):
@@ -46,7 +40,7 @@ class JobRecord:
         self.start_marker = start_marker
         self.started = started if started is not None else time.time()
         self.events_file = events_file
-        self.log_file = log_file or os.path.join(self.run_dir, LOG_FILE)
+        self.log_file = log_file or os.path.join(self.run_dir, JOB_LOG_FILE)
         self.status = status
         self.returncode = returncode
         self.ended = ended
@@ -54,7 +48,7 @@ class JobRecord:
 
     @property
     def path(self):
-        return os.path.join(self.run_dir, RECORD_FILE)
+        return os.path.join(self.run_dir, JOB_FILE)
 
     @property
     def stop_file(self):
@@ -72,7 +66,7 @@ class JobRecord:
 
     @classmethod
     def load(cls, run_dir):
-        path = os.path.join(run_dir, RECORD_FILE)
+        path = os.path.join(run_dir, JOB_FILE)
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
@@ -93,14 +87,18 @@ class JobRecord:
 class BackgroundJob:
     """One running (or finished) job. Create with `start()` or `attach()`; call `poll()` regularly.
 
-    Callbacks: on_event(event dict), on_log(text line), on_finished(job). `state` is one of running, cancelling,
-    succeeded, failed, cancelled, lost (the process ended without saying how, e.g. it was killed)."""
+    Callbacks: on_event(event dict), on_log(text line), conclude(job) and on_finished(job). `state` is one of
+    running, cancelling, succeeded, failed, cancelled, lost (the process ended without saying how, e.g. it was
+    killed). When the process has ended, its state is decided from the exit code and the events, then `conclude`
+    runs and may change it (a job that exited 0 without the output it should have written failed), then the record
+    is saved with that final state, then `on_finished` runs."""
 
-    def __init__(self, record, popen=None, on_event=None, on_log=None, on_finished=None):
+    def __init__(self, record, popen=None, on_event=None, on_log=None, on_finished=None, conclude=None):
         self.record = record
         self._popen = popen
         self.on_event = on_event
         self.on_log = on_log
+        self.conclude = conclude
         self.on_finished = on_finished
         self.events = []
         self.state = record.status if record.status in FINISHED_STATES else RUNNING
@@ -206,20 +204,32 @@ class BackgroundJob:
         return new
 
     def _settle(self):
+        self.state = self._outcome()
+        try:
+            if self.conclude:
+                self.conclude(self)
+        finally:
+            self._save_outcome()
+        if not self._finished_notified:
+            self._finished_notified = True
+            if self.on_finished:
+                self.on_finished(self)
+
+    def _outcome(self):
+        """The state the ended process left: from the exit code, its last event, or the outputs it was to write."""
         last = self.events[-1] if self.events else {}
         if self.returncode is None:
             self.returncode = self.record.returncode
-        if self._cancel_requested or self.returncode == CANCELLED_EXIT_CODE or (
+        if self._cancel_requested or self.returncode == EXIT_CANCELLED or (
                 last.get("event") == "error" and last.get("kind") == "cancelled"):
-            self.state = CANCELLED
-        elif self.returncode == 0 or last.get("event") == "done":
-            self.state = SUCCEEDED
-        elif self.returncode is not None or last.get("event") == "error":
-            self.state = FAILED
-        elif self._outputs_present():
-            self.state = SUCCEEDED
-        else:
-            self.state = LOST
+            return CANCELLED
+        if self.returncode == EXIT_OK or last.get("event") == "done":
+            return SUCCEEDED
+        if self.returncode is not None or last.get("event") == "error":
+            return FAILED
+        return SUCCEEDED if self._outputs_present() else LOST
+
+    def _save_outcome(self):
         self.record.status, self.record.returncode, self.record.ended = self.state, self.returncode, time.time()
         try:  # keep notes another runner of the same job wrote meanwhile (e.g. where it registered the model)
             self.record.info = {**self.record.info, **JobRecord.load(self.run_dir).info}
@@ -229,10 +239,6 @@ class BackgroundJob:
             self.record.save()
         except OSError:
             pass
-        if not self._finished_notified:
-            self._finished_notified = True
-            if self.on_finished:
-                self.on_finished(self)
 
     def _outputs_present(self):
         outputs = self.record.info.get("outputs") or []
@@ -290,15 +296,16 @@ class BackgroundJob:
 class JobWrapper:
     """What a training, segmentation or ranking job shares: it wraps a BackgroundJob (`job`), follows its events
     into `progress`, passes each event and log line on (`on_event`, `on_log`: the panel, the console), and once the
-    job ends lets the subclass `conclude` (set `message`, import or register the result) before it tells
-    `on_finished`."""
+    job ends lets the subclass `conclude` (set `message`, import or register the result, turn a success without its
+    result into a failure) before the job's record is saved, then `clean_up` (remove what is not kept) before it
+    tells `on_finished`."""
 
     def __init__(self, job, progress=None, on_event=None, on_log=None, on_finished=None):
         self.job = job
         self.progress = progress
         self.message = ""
         self._on_event, self._on_log, self._on_finished = on_event, on_log, on_finished
-        job.on_event, job.on_log, job.on_finished = self._event, self._log, self._finished
+        job.on_event, job.on_log, job.conclude, job.on_finished = self._event, self._log, self.conclude, self._finished
 
     def describe(self, event):
         """The log line for an event (None: none)."""
@@ -308,7 +315,11 @@ class JobWrapper:
         """A subclass's own use of each event (e.g. the training curves)."""
 
     def conclude(self, job):
-        """Called once when the job has ended: set `message`, import or register what it made."""
+        """Called once when the job has ended, before its record is saved: set `message`, import or register what it
+        made; set `job.state` to FAILED when that is missing or unusable (the saved record then says failed)."""
+
+    def clean_up(self, job):
+        """Called once after the record holds the final state: remove what is not kept (e.g. temporary files)."""
 
     def _event(self, event):
         if self.progress is not None:
@@ -325,7 +336,7 @@ class JobWrapper:
             self._on_log(line)
 
     def _finished(self, job):
-        self.conclude(job)
+        self.clean_up(job)
         if self._on_log and self.message:
             self._on_log(self.message)
         if self._on_finished:
@@ -394,7 +405,7 @@ def find_jobs(root, kind=None):
         return found
     for name in os.listdir(root):
         run_dir = os.path.join(root, name)
-        if os.path.isfile(os.path.join(run_dir, RECORD_FILE)):
+        if os.path.isfile(os.path.join(run_dir, JOB_FILE)):
             try:
                 record = JobRecord.load(run_dir)
             except JobError:

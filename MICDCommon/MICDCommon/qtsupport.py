@@ -116,6 +116,19 @@ def section(title, parent_layout, collapsed=False):
     return box, qt.QFormLayout(box)
 
 
+def node_selector(node_type):
+    """A combo box of the scene's nodes of one type (no "create new"), narrow enough for a module panel."""
+    import qt
+    import slicer
+
+    combo = slicer.qMRMLNodeComboBox()
+    combo.nodeTypes = [node_type]
+    combo.addEnabled = False
+    combo.sizeAdjustPolicy = qt.QComboBox.AdjustToMinimumContentsLengthWithIcon
+    combo.setMRMLScene(slicer.mrmlScene)
+    return combo
+
+
 def button(text, tooltip, slot):
     import qt
 

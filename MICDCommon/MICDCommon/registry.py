@@ -14,10 +14,8 @@ import struct
 import tempfile
 import zipfile
 
-MODEL_JSON = "model.json"
-WEIGHTS_FILE = "weights.safetensors"
-MODEL_FORMAT = "micd-model"
-MODEL_SCHEMA_VERSION = 1
+from .contract import MODEL_FORMAT, MODEL_JSON, MODEL_SCHEMA_VERSION, WEIGHTS_FILE
+
 # bytes per element of the safetensors dtypes
 _DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
                 "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}

@@ -1,12 +1,11 @@
 """Is a trainer running in a run folder? A probe of the lock `micd train` holds on RUN_DIR/train.lock while it runs
-(the protocol is defined in the backend's micd/training/runlock.py), with the standard library only. The operating
-system drops the lock when the trainer dies, so the answer holds where process ids cannot be trusted."""
+(the protocol is defined in the backend's micd/training/runlock.py, its file name and offsets in micd/contract.py),
+with the standard library only. The operating system drops the lock when the trainer dies, so the answer holds where
+process ids cannot be trusted."""
 
 import os
 
-LOCK_FILE = "train.lock"
-LOCK_OFFSET = 1024  # Windows: the locked byte, past the pid text
-PID_WIDTH = 20
+from .contract import LOCK_FILE, LOCK_OFFSET, LOCK_PID_WIDTH
 
 
 def probe(run_dir):
@@ -17,7 +16,7 @@ def probe(run_dir):
         return None
     try:
         try:
-            pid = int(os.read(fd, PID_WIDTH).decode().strip() or 0) or None
+            pid = int(os.read(fd, LOCK_PID_WIDTH).decode().strip() or 0) or None
         except (OSError, ValueError):
             pid = None
         return not _lock_and_unlock(fd), pid

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 import time
 
-from MICDCommon import (CANCELLED, SUCCEEDED, BackendLauncher, BackgroundJob, ModelRegistry, PredictionProgress,
+from MICDCommon import (CANCELLED, FAILED, SUCCEEDED, BackendLauncher, BackgroundJob, ModelRegistry, PredictionProgress,
                         micd_home, sceneio)
 from MICDCommon.jobs import JobWrapper, failure_message, log_excerpt
 
@@ -54,18 +54,19 @@ class SegmentationJob(JobWrapper):
             if job.state == SUCCEEDED and os.path.isfile(self.output_path):
                 self._import()
             elif job.state == SUCCEEDED:
-                job.state = "failed"
+                job.state = FAILED  # conclude runs before the job record is saved: it says failed too
                 self.message = f"micd predict ended without writing {self.output_path}." + log_excerpt(job)
             elif job.state == CANCELLED:
                 self.message = "Segmentation cancelled."
             else:
                 self.message = failure_message(job, "micd predict")
         except Exception as e:  # noqa: BLE001 - reported to the panel / console
-            job.state = "failed"
+            job.state = FAILED
             self.message = f"Could not load the result: {e}"
-        finally:
-            if not self.keep_files and job.state in (SUCCEEDED, "cancelled"):
-                shutil.rmtree(job.run_dir, ignore_errors=True)
+
+    def clean_up(self, job):
+        if not self.keep_files and job.state in (SUCCEEDED, CANCELLED):
+            shutil.rmtree(job.run_dir, ignore_errors=True)
 
     def _import(self):
         self.segmentation = import_label_file(self.output_path, self.volume, self.model.labels, self.model.colors,

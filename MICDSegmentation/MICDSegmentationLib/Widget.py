@@ -8,6 +8,7 @@ import qt
 import slicer
 
 from MICDCommon import qtsupport
+from MICDCommon.jobs import CANCELLED, SUCCEEDED
 
 from .Parameters import SegmentationSettings
 
@@ -63,11 +64,7 @@ class SegmentationWidget:
 
     def _buildSegment(self, layout):
         _box, form = qtsupport.section(_("Segment"), layout)
-        self.volumeSelector = slicer.qMRMLNodeComboBox()
-        self.volumeSelector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
-        self.volumeSelector.addEnabled = False
-        self.volumeSelector.sizeAdjustPolicy = qt.QComboBox.AdjustToMinimumContentsLengthWithIcon
-        self.volumeSelector.setMRMLScene(slicer.mrmlScene)
+        self.volumeSelector = qtsupport.node_selector("vtkMRMLScalarVolumeNode")
         self.volumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda _node: self.updateButtons())
         form.addRow(_("Volume:"), self.volumeSelector)
         self.deviceCombo = qt.QComboBox()
@@ -221,10 +218,10 @@ class SegmentationWidget:
     def onFinished(self, job):
         self.timer.stop()
         self.progressBar.setMaximum(100)
-        self.progressBar.setValue(100 if job.state == "succeeded" else 0)
+        self.progressBar.setValue(100 if job.state == SUCCEEDED else 0)
         self._cancelling = False
         self.statusLabel.setText(job.message.split("\n")[0] if job.message else job.state)
-        if job.state != "succeeded" and job.state != "cancelled":
+        if job.state not in (SUCCEEDED, CANCELLED):
             self.show_error(job.message)
         self.updateButtons()
 

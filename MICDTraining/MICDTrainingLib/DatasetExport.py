@@ -244,6 +244,13 @@ def _loaded_from(volume):
     return os.path.abspath(name) if name and os.path.isfile(name) else None
 
 
+def image_files(cases):
+    """The image files of labeled cases: a file case's image, a scene case's volume by the file it was loaded from."""
+    files = {case.image for case in cases if isinstance(case, FileCase)}
+    loaded = {_loaded_from(case.volume) for case in cases if isinstance(case, LabeledCase) and case.volume is not None}
+    return files | (loaded - {None})
+
+
 def export_dataset(labeled, unlabeled_folders, out_dir, report=None, colors=None):
     """Write images/, labels/ and dataset.json under `out_dir`; returns ExportedDataset. Runs the checks first
     (or uses `report`) and raises ValueError listing the errors when there are any."""

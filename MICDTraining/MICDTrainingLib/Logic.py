@@ -7,7 +7,8 @@ import os
 import time
 
 from MICDCommon import (CANCELLED, CANCELLING, FAILED, LOST, RUNNING, SUCCEEDED, BackendLauncher, BackgroundJob,
-                        ModelRegistry, TrainingProgress, find_jobs, micd_home)
+                        EventTail, ModelRegistry, TrainingProgress, find_jobs, micd_home)
+from MICDCommon.contract import CHECKPOINTS_DIR, EVENTS_FILE, LAST_CHECKPOINT, MODEL_DIR
 from MICDCommon.jobs import JobRecord, JobWrapper, failure_message
 from MICDCommon.registry import safe_name
 
@@ -40,6 +41,14 @@ class TrainingJob(JobWrapper):
         if self.curves is not None:
             self.curves.add_event(event)
 
+    def replay_history(self):
+        """Follow the events of the iterations before a resume (the resumed job reads only new ones): the progress
+        and the curves then start where the run started."""
+        for event in EventTail(os.path.join(self.run_dir, EVENTS_FILE)).read_new():
+            if event.get("event") in ("start", "iteration", "validation", "checkpoint"):
+                self.progress.update(event)
+                self.observe(event)
+
     def conclude(self, job):
         if job.state == SUCCEEDED:
             self._register()
@@ -60,7 +69,7 @@ class TrainingJob(JobWrapper):
             self.model = self.registry.get(info["registered_model"])
             self.message = f"Model '{self.model.name}' is ready in MICD Segmentation."
             return
-        model_dir = self.progress.model_path or os.path.join(self.run_dir, "model")
+        model_dir = self.progress.model_path or os.path.join(self.run_dir, MODEL_DIR)
         colors = {int(k): v for k, v in (info.get("colors") or {}).items()}
         try:
             self.model = self.registry.add_folder(model_dir, self.model_name, colors=colors)
@@ -191,7 +200,7 @@ class TrainingLogic:
         if settings.threads and not launcher.threads:
             launcher = launcher.with_threads(settings.threads)
         job = BackgroundJob.start(command, run_dir, kind="train", env=launcher.environment(),
-                                  events_file=os.path.join(run_dir, "events.jsonl"), info=info)
+                                  events_file=os.path.join(run_dir, EVENTS_FILE), info=info)
         return self._follow(job, wait, timeout, on_event, on_log, on_finished, curves)
 
     def _parent_model(self, init_from):
@@ -271,7 +280,7 @@ class TrainingLogic:
         record = JobRecord.load(run_dir)
         if record.process_running():
             raise TrainingError(f"{run_dir} is still running; attach to it instead.")
-        if not os.path.isfile(os.path.join(run_dir, "checkpoints", "last.pt")):
+        if not os.path.isfile(os.path.join(run_dir, CHECKPOINTS_DIR, LAST_CHECKPOINT)):
             raise TrainingError(f"{run_dir} has no checkpoint to resume from; start a new training.")
         command = list(record.command)
         if "--resume" not in command:
@@ -298,4 +307,4 @@ class TrainingLogic:
         """Run folders that stopped before finishing (cancelled, failed, killed) and have a checkpoint."""
         return [r.run_dir for r in find_jobs(self.runs_root, "train")
                 if r.status in (CANCELLED, FAILED, LOST) and not r.process_running()
-                and os.path.isfile(os.path.join(r.run_dir, "checkpoints", "last.pt"))]
+                and os.path.isfile(os.path.join(r.run_dir, CHECKPOINTS_DIR, LAST_CHECKPOINT))]

@@ -1,10 +1,14 @@
-"""Training settings: defaults, validation with reasons, and their `micd train` command-line form."""
+"""Training settings: defaults, validation with reasons, and their `micd train` command-line form.
+
+The methods, devices, option defaults and the duration parser are the backend's (MICDCommon.contract, read from the
+shipped backend's micd/contract.py), so the panel offers what `micd train` accepts and starts from its defaults."""
 
 import dataclasses
 import re
 from dataclasses import dataclass, field
 
-METHODS = ("micd", "supervised", "mean-teacher", "cps", "dhc")
+from MICDCommon.contract import DEVICES, METHODS, TRAIN_DEFAULTS, parse_duration
+
 METHOD_TITLES = {
     "micd": "MICD (masked consistency + discrepancy co-training)",
     "supervised": "Supervised only (ignores unlabeled data)",
@@ -13,33 +17,23 @@ METHOD_TITLES = {
     "dhc": "DHC (class-balanced co-training)",
 }
 
-# Advanced options offered in the panel: option name (as on the command line) -> (type, default, help)
-ADVANCED_OPTIONS = {
-    "lr": (float, 0.03, "initial learning rate"),
-    "beta-max": (float, 0.1, "weight of the unlabeled-data terms after ramp-up"),
-    "mask-ratio": (float, 0.5, "share of masked blocks in the masked-consistency term"),
-    "val-fraction": (float, 0.2, "share of labeled cases held out for validation"),
-    "batch-labeled": (int, 2, "labeled patches per step"),
-    "batch-unlabeled": (int, 2, "unlabeled patches per step"),
-}
+# Advanced options offered in the panel: option name (as on the command line) -> (type, default, help); the
+# defaults are `micd train`'s own
+ADVANCED_OPTIONS = {name: (type(TRAIN_DEFAULTS[name]), TRAIN_DEFAULTS[name], help_text) for name, help_text in (
+    ("lr", "initial learning rate"),
+    ("beta-max", "weight of the unlabeled-data terms after ramp-up"),
+    ("mask-ratio", "share of masked blocks in the masked-consistency term"),
+    ("val-fraction", "share of labeled cases held out for validation"),
+    ("batch-labeled", "labeled patches per step"),
+    ("batch-unlabeled", "unlabeled patches per step"),
+)}
 
-
-DEFAULT_TIME_BUDGET = "30m"
+DEFAULT_TIME_BUDGET = "30m"  # the panel's; `micd train` without --time-budget runs a fixed iteration count
 OLD_DEFAULT_ITERATIONS = 6000  # what panels before the time budget stored without the user choosing it
-_DURATION = re.compile(r"^(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m(?:in)?)?(?:(?P<s>\d+(?:\.\d+)?)s?)?$")
 
 
-def parse_duration(text):
-    """Seconds in '90s', '45m', '2h', '1h30m', '1.5h', '30 min' or a plain number of seconds (as `micd train
-    --time-budget` reads them); ValueError otherwise."""
-    s = str(text).strip().lower().replace(" ", "")
-    m = _DURATION.match(s)
-    if not s or not m or not any(m.groupdict().values()):
-        raise ValueError(f"Time budget {text!r}: give a duration such as 90s, 45m, 2h or 1h30m.")
-    seconds = sum(float(m.group(k) or 0) * f for k, f in (("h", 3600), ("m", 60), ("s", 1)))
-    if seconds <= 0:
-        raise ValueError(f"Time budget {text!r}: the budget must be longer than zero.")
-    return seconds
+def _sentence(text):
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
 
 
 @dataclass
@@ -54,11 +48,11 @@ class TrainingSettings:
     time_budget: str = DEFAULT_TIME_BUDGET
     iterations: object = None  # None: planned from the time budget
     patch_size: object = None  # None or (D, H, W), multiples of 16
-    device: str = "auto"
-    method: str = "micd"
-    filters: int = 16
-    seed: int = 0
-    checkpoint_every: int = 500
+    device: str = TRAIN_DEFAULTS["device"]
+    method: str = TRAIN_DEFAULTS["method"]
+    filters: int = TRAIN_DEFAULTS["filters"]
+    seed: int = TRAIN_DEFAULTS["seed"]
+    checkpoint_every: int = TRAIN_DEFAULTS["checkpoint-every"]
     advanced: dict = field(default_factory=dict)  # ADVANCED_OPTIONS name -> value
     threads: object = None  # CPU threads for the job (None: backend default)
 
@@ -73,7 +67,7 @@ class TrainingSettings:
             try:
                 parse_duration(self.time_budget)
             except ValueError as e:
-                found.append(str(e))
+                found.append(_sentence(str(e)))
         elif self.iterations is None:
             found.append("Give a time budget (e.g. 45m or 2h) or, under Advanced, an iteration count.")
         if self.patch_size is not None:
@@ -82,8 +76,8 @@ class TrainingSettings:
                 found.append("Patch size must be three multiples of 16 (D H W), or empty for automatic.")
         if self.method not in METHODS:
             found.append(f"Unknown method {self.method!r}; choose one of {', '.join(METHODS)}.")
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
-            found.append(f"Device {self.device!r} must be auto, cpu, cuda or cuda:N.")
+        if str(self.device) not in DEVICES and not re.fullmatch(r"cuda:\d+", str(self.device)):
+            found.append(f"Device {self.device!r} must be {', '.join(DEVICES)} or cuda:N.")
         if int(self.filters) < 1 or int(self.checkpoint_every) < 1:
             found.append("Filters and checkpoint interval must be positive.")
         for name in self.advanced:

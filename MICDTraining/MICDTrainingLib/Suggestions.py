@@ -7,7 +7,7 @@ Talks to the backend only through its command line, its progress lines and its `
 import json
 import os
 
-from MICDCommon import CANCELLED, SUCCEEDED, PredictionProgress, describe_event, sceneio
+from MICDCommon import CANCELLED, FAILED, SUCCEEDED, PredictionProgress, describe_event, sceneio
 from MICDCommon.jobs import JobWrapper, failure_message, log_excerpt
 from MICDCommon.resultimport import find_previous_result, import_label_file, result_name
 
@@ -46,7 +46,7 @@ class SuggestJob(JobWrapper):
                     result = json.load(f)
                 self.ranking, self.failed = list(result["ranking"]), list(result.get("failed") or [])
             except (OSError, ValueError, KeyError, TypeError) as e:
-                job.state = "failed"
+                job.state = FAILED
                 self.message = f"micd suggest ended without a readable ranking ({e})." + log_excerpt(job)
             else:
                 self.message = _ranked_message(self.ranking, self.failed)

@@ -5,7 +5,8 @@ Schema version 1 (`EVENT_SCHEMA_VERSION`). Every object has `"event"`, `"time"` 
 
 - `start`: method, device, labeled, unlabeled, validation (case counts), iterations, start_iter, patch_size,
   batch_size, world_size, plan (how patch/spacing were chosen), resumed (bool), notes (list of strings),
-  precision ("fp32" | "bf16" | "fp16") and precision_reason (why, in words; `amp` stays as before).
+  precision ("fp32" | "bf16" | "fp16") and precision_reason (why, in words; `amp` stays as before);
+  validate_every, checkpoint_every, rampup_iterations and warmup_iterations (the plan's cadences, RUN_DIR/plan.json).
   With `--time-budget` also: time_budget (as given), time_budget_s, eta_s (expected seconds from this event to the
   end of the export), expected_total_s (from the start of the process), sec_per_iter_expected, and budget_plan
   {planned_iterations (false when --iterations was given), calibration {warmup_s, step_s, sec_per_iter,
@@ -24,7 +25,7 @@ Schema version 1 (`EVENT_SCHEMA_VERSION`). Every object has `"event"`, `"time"` 
 grid, buffer plan, precision and precision_reason), `progress` (input, image, images, windows_done, windows_total,
 fraction, elapsed_s, eta_s: at most every 0.5 s and once at 100 %), `prediction` and `done`.
 
-Additions, same version 1: the `start` precision and time-budget fields, error kinds `budget` and `disk`,
+Additions, same version 1: the `start` precision, time-budget and cadence fields, error kinds `budget` and `disk`,
 `micd predict` `progress` events.
 
 Readers must ignore fields and event kinds they do not know; a change that removes or renames a field bumps the
@@ -39,9 +40,7 @@ import sys
 import time
 from typing import IO, Any, Callable, Optional
 
-EVENT_SCHEMA_VERSION = 1
-EVENT_KINDS = ("start", "warning", "iteration", "validation", "checkpoint", "retry", "done", "error")
-ERROR_KINDS = ("data", "oom", "cuda", "cancelled", "internal", "budget", "disk")
+from micd.contract import ERROR_KINDS, EVENT_KINDS, EVENT_SCHEMA_VERSION  # noqa: F401 - re-exported
 
 
 class EventWriter:

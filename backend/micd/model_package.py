@@ -32,16 +32,13 @@ from typing import Dict, List, Mapping, Optional
 import torch
 
 from micd.atomicfile import replacing
+from micd.contract import MODEL_FORMAT, MODEL_JSON, MODEL_SCHEMA_VERSION, WEIGHTS_FILE  # noqa: F401 - re-exported
 from micd.data.io import default_color
 from micd.data.label_channels import LabelChannels
 from micd.diskfull import disk_guard
 from micd.data.preprocess import PreprocessPlan
 from micd.nets.vnet import NetworkConfig, VNet
 
-MODEL_SCHEMA_VERSION = 1
-MODEL_FORMAT = "micd-model"
-MODEL_JSON = "model.json"
-WEIGHTS_FILE = "weights.safetensors"
 
 
 class ModelPackageError(Exception):

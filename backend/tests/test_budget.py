@@ -14,7 +14,8 @@ from realdata import TINY, micd_cmd, run_micd, write_dataset
 from test_training import _wait_for, losses_by_iter
 from micd.events import read_events
 from micd.data.planning import plan_patch_size, shrink_for_speed
-from micd.training.budget import Calibration, RunCosts, parse_duration
+from micd.contract import parse_duration
+from micd.training.budget import Calibration, RunCosts
 from micd.training.devices import cpu_has_fast_bf16
 
 BUDGET = 40  # seconds: 6-25 s of start-up and preprocessing (the more, the busier the machine), then ~1 s iterations
@@ -91,13 +92,15 @@ def test_budget_run_ends_in_time_and_schedule_follows_the_count(budget_run):
     assert [e["iter"] for e in its] == list(range(1, n + 1)) and {e["total"] for e in its} == {n}
     assert its[-1]["lr"] == pytest.approx(0.03 * (1 / n) ** 0.9, rel=1e-6)  # poly schedule over the planned count
     assert its[-1]["beta"] == pytest.approx(0.1 * 2.718281828 ** (-5 * (1 / n) ** 2), rel=1e-4)  # ramp-up too
+    # the options stay as given (config.json); what was derived from them is the plan's (plan.json)
     cfg = json.load(open(os.path.join(run, "config.json")))
-    every = cfg["validate_every"] or max(1, n // 10)  # the plan may validate less often than ten times
-    assert every >= max(1, n // 10) and (cfg["validate_every"] == 0) == (every == max(1, n // 10))
+    assert cfg["iterations"] is None and cfg["validate_every"] == 0 and cfg["time_budget"] == f"{BUDGET}s"
+    plan = json.load(open(os.path.join(run, "plan.json")))
+    every = plan["validate_every"]  # the plan may validate less often than ten times
+    assert every >= max(1, n // 10) and start["validate_every"] == every
     assert [e["iter"] for e in events if e["event"] == "validation"] == \
         [i for i in range(1, n + 1) if i % every == 0 or i == n]
-    assert cfg["iterations"] == n
-    assert json.load(open(os.path.join(run, "plan.json")))["iterations"] == n
+    assert plan["iterations"] == n and plan["patch_size"] == start["patch_size"] and plan["format"] == "micd-plan"
     assert events[-1]["event"] == "done" and events[-1]["iter"] == n
     # the memory-planned patch (48x64x48 for these cases) is cut for speed on the CPU, after a probe step
     cands = cal["patch_candidates"]
@@ -149,7 +152,7 @@ def test_resume_keeps_the_planned_count(tmp_path, shared_data):
     its = [e for e in events if e["event"] == "iteration"]
     assert max(e["iter"] for e in its) == n and {e["total"] for e in its} == {n} and events[-1]["event"] == "done"
     assert its[-1]["lr"] == pytest.approx(0.03 * (1 / n) ** 0.9, rel=1e-6)  # the schedule of the planned count
-    assert json.load(open(os.path.join(out, "config.json")))["iterations"] == n
+    assert json.load(open(os.path.join(out, "plan.json")))["iterations"] == n
     # iterations run both before the kill and after the resume repeat exactly
     resumed = losses_by_iter(events)
     for it in range(again["start_iter"] + 1, max(before) + 1):

@@ -139,7 +139,7 @@ def shrink_for_speed(patch: Sequence[int], speedup: float, floor: Sequence[int],
     """The largest patch with at most 1/`speedup` of `patch`'s voxels, shrinking the largest axis first in steps of
     `divisor` and no axis below `floor` (per axis, a multiple of `divisor`).
 
-    Used with `--time-budget` on a CPU (micd/training/budget.py): the time of a training step grows about linearly
+    Used with `--time-budget` on a CPU (micd/training/planner.py): the time of a training step grows about linearly
     with the patch's voxels, so a patch whose steps are too slow for enough iterations in the budget is cut to one
     that is about `speedup` times faster, then measured again. Shrinking the largest axis first keeps an anisotropic
     patch (few thick slices, large in-plane) anisotropic: the thin axis is the last to shrink.
@@ -181,21 +181,10 @@ def plan_strides(spacing_zyx: Sequence[float], stages: int = 4) -> Optional[list
     return out
 
 
-def network_strides(trainer) -> Optional[list]:
-    """The strides of the run's network: from the checkpoint on --resume, from the parent with --init-from (its
-    weights must fit), else planned from the preprocessed spacing; a note on the `start` event says so."""
-    if trainer.resume_state is not None:
-        return trainer.resume_state["network"].get("strides")
-    parent = getattr(trainer, "parent", None)
-    if parent is not None:
-        return parent.network_config.strides
-    zyx = list(reversed([float(v) for v in trainer.data.plan.target_spacing]))
-    strides = plan_strides(zyx)
-    if strides is not None:
-        kept = [a for a in range(3) if strides[0][a] == 1]
-        names = "/".join("zyx"[a] for a in kept)
-        trainer.data.notes.append(
-            f"thick slices (spacing {' x '.join(f'{v:g}' for v in zyx)} mm, z y x): the network does not downsample "
-            f"{names} while its spacing is over twice the finest (strides per stage {strides}), so patch sizes there "
-            f"are multiples of {'/'.join(str(int(np.prod([s[a] for s in strides]))) for a in kept)}")
-    return strides
+def thick_slice_note(spacing_zyx: Sequence[float], strides: list) -> str:
+    """What the `start` event says about a network planned by `plan_strides` for thick slices."""
+    kept = [a for a in range(3) if strides[0][a] == 1]
+    names = "/".join("zyx"[a] for a in kept)
+    return (f"thick slices (spacing {' x '.join(f'{v:g}' for v in spacing_zyx)} mm, z y x): the network does not "
+            f"downsample {names} while its spacing is over twice the finest (strides per stage {strides}), so patch "
+            f"sizes there are multiples of {'/'.join(str(int(np.prod([s[a] for s in strides]))) for a in kept)}")

@@ -6,6 +6,7 @@ import json
 import os
 from typing import Dict, List, Optional, Tuple
 
+from micd.contract import MODEL_JSON
 from micd.data.io import expand_image_sources
 from micd.inference.outputs import case_name
 
@@ -43,7 +44,7 @@ def read_label_names(spec: Optional[str]) -> Optional[Dict[int, str]]:
     """Label names from a model folder, a model.json / dataset.json (its "labels"), or a {"1": "name"} JSON file."""
     if not spec:
         return None
-    path = os.path.join(spec, "model.json") if os.path.isdir(spec) else spec
+    path = os.path.join(spec, MODEL_JSON) if os.path.isdir(spec) else spec
     try:
         with open(path, encoding="utf-8") as f:
             d = json.load(f)

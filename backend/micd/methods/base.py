@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from micd.contract import TRAIN_DEFAULTS
 from micd.methods.class_weights import BranchWeights, Reduce
 from micd.methods.ema import ema_alpha
 from micd.methods.losses import GlobalBatch, dice_ce, hard_pseudo_labels, weighted_ce
@@ -22,11 +23,11 @@ BN_PASSES = ("separate", "joint")
 class MethodConfig:
     """Options of the methods. Defaults are the spec's recommended choices (docs: micd-method.md §9)."""
 
-    beta_max: float = 0.1            # Eq. 7: weight of the unsupervised terms after ramp-up (DHC's -w 0.1)
+    beta_max: float = TRAIN_DEFAULTS["beta-max"]  # Eq. 7: weight of the unsupervised terms after ramp-up (DHC's -w 0.1)
     rampup_fraction: float = 1.0     # ramp length as a fraction of all iterations (DHC: the whole run)
     term_weights: Tuple[float, float, float] = (1.0, 1.0, 1.0)  # MCPC, CFC, CMD multipliers inside Eq. 7
     warmup_fraction: float = 0.0     # β = 0 for this share of the run (supervised warm-up), then the ramp starts
-    mask_ratio: float = 0.5          # Eq. 2: r, probability that a block is dropped
+    mask_ratio: float = TRAIN_DEFAULTS["mask-ratio"]  # Eq. 2: r, probability that a block is dropped
     mask_block: int = 0              # Eq. 2: s, block side in voxels; 0: an eighth of each patch axis (MIC's ratio)
     mask_fill: str = "min"           # min: the patch's minimum (its background, also the padding value) | zero
     mask_shared: bool = True         # one mask per sample for both students
@@ -91,6 +92,11 @@ class Method(nn.Module):
     branch_inits: Tuple[str, str] = ("kaiming", "kaiming")
     # The method's own value of options left at None in MethodConfig (see `option`).
     own_defaults: Dict[str, object] = {}
+
+    @property
+    def current_weights(self) -> Optional[Dict[str, list]]:
+        """The class weights the losses receive now; None for a method without class weighting."""
+        return None
 
     def __init__(self, net_config: NetworkConfig, num_classes: int, config: MethodConfig):
         super().__init__()

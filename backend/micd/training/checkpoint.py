@@ -23,9 +23,10 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from micd.contract import LAST_CHECKPOINT
 from micd.diskfull import disk_guard
 
-LAST = "last.pt"
+LAST = LAST_CHECKPOINT
 PREVIOUS = "previous.pt"
 BEST = "best.pt"
 FORMAT, FORMAT_VERSION = "micd-checkpoint", 2

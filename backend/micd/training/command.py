@@ -1,4 +1,5 @@
-"""`micd train`: parse options (defaults < saved run config < --config < flags), then run the Trainer."""
+"""`micd train`: parse options (defaults < saved run config < --config < flags), then run the training session
+(plan, then train: micd.training.session)."""
 
 from __future__ import annotations
 
@@ -22,10 +23,10 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from micd.contract import CONFIG_FILE, EXIT_DATA
     from micd.events import EventWriter
-    from micd.training.outcome import CONFIG_FILE, EXIT_DATA
-    from micd.training.trainer import Trainer
     from micd.training.runlock import HOLDER_VARIABLE, RunFolderBusy, RunLock
+    from micd.training.session import run_training
 
     saved = None
     out = getattr(args, "out", None)
@@ -65,8 +66,6 @@ def run(args: argparse.Namespace) -> int:
             os.environ.setdefault(START_TIME_VARIABLE, repr(command_start_time()))  # --time-budget counts from here
             argv = sys.argv[1:] if sys.argv[1:2] == ["train"] else ["train", *sys.argv[1:]]
             return launch_local(opts.nproc, argv, opts.out, lock.fd)
-        trainer = Trainer(opts)
-        trainer.process_t0 = command_start_time()
-        return trainer.run()
+        return run_training(opts, command_start_time())
     finally:
         lock.release()

@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from micd.contract import EVENTS_FILE
+
 
 @dataclass
 class DistContext:
@@ -251,7 +253,7 @@ def launch_local(nproc: int, argv: List[str], run_dir: str, lock_fd: Optional[in
 def _last_error(run_dir: str) -> dict:
     from micd.events import read_events
 
-    path = os.path.join(run_dir, "events.jsonl")
+    path = os.path.join(run_dir, EVENTS_FILE)
     if not os.path.exists(path):
         return {}
     errors = [e for e in read_events(path) if e.get("event") == "error"]

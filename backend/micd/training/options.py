@@ -11,7 +11,10 @@ import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, List, Optional
 
+from micd.contract import METHODS, TRAIN_DEFAULTS, parse_duration
 from micd.methods.base import MethodConfig
+
+DEFAULT_ITERATIONS = TRAIN_DEFAULTS["iterations"]  # without --iterations and without --time-budget
 
 
 def opt(default: Any, help: str, **argparse_kwargs: Any):
@@ -21,12 +24,17 @@ def opt(default: Any, help: str, **argparse_kwargs: Any):
     return field(default=default, metadata=md)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainOptions:
+    """The options of one `micd train` invocation, as resolved; never changed afterwards (what is derived from them
+    is the plan's: micd.training.plan)."""
+
     dataset: Optional[str] = opt(None, "dataset JSON file, or an MSD/nnU-Net folder (imagesTr/, labelsTr/, dataset.json)")
     out: Optional[str] = opt(None, "run folder: config, events.jsonl, checkpoints and, on success, model/")
-    method: str = opt("micd", "training method", choices=["micd", "supervised", "mean-teacher", "cps", "dhc"])
-    iterations: int = opt(6000, "number of optimizer steps (the run ends at this iteration count, also after --resume)")
+    method: str = opt(TRAIN_DEFAULTS["method"], "training method", choices=list(METHODS))
+    iterations: Optional[int] = opt(None, f"number of optimizer steps (the run ends at this iteration count, also after "
+                                    f"--resume; default: planned from --time-budget, else {DEFAULT_ITERATIONS})",
+                                    type=int)
     time_budget: Optional[str] = opt(None, "wall-clock budget of the whole run, e.g. 90s, 45m, 2h or 1h30m: a few "
                                      "timed steps on the real data and device fix --iterations so that training, "
                                      "validation and export end within it (an --iterations given explicitly wins; "
@@ -34,14 +42,14 @@ class TrainOptions:
     patch_size: Optional[List[int]] = opt(None, "training patch D H W in voxels of the preprocessed grid (multiples of "
                                           "16); planned from the data and memory when omitted", nargs=3, type=int,
                                           metavar=("D", "H", "W"))
-    filters: int = opt(16, "base width of the VNet students (the spec uses 32 on GPUs)")
+    filters: int = opt(TRAIN_DEFAULTS["filters"], "base width of the VNet students (the spec uses 32 on GPUs)")
     normalization: str = opt("batchnorm", "normalisation layers of the students (instancenorm is per sample, so "
                              "it does not depend on how the batch is split over ranks)",
                              choices=["batchnorm", "instancenorm", "none"])
     dropout: float = opt(0.5, "Dropout3d probability on the bottleneck and the last decoder features (DHC: 0.5)")
-    device: str = opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
-    seed: int = opt(0, "random seed; with the same seed a CPU run repeats exactly")
-    checkpoint_every: int = opt(500, "save RUN_DIR/checkpoints/last.pt every N iterations")
+    device: str = opt(TRAIN_DEFAULTS["device"], "auto (CUDA when present), cpu, cuda or cuda:N")
+    seed: int = opt(TRAIN_DEFAULTS["seed"], "random seed; with the same seed a CPU run repeats exactly")
+    checkpoint_every: int = opt(TRAIN_DEFAULTS["checkpoint-every"], "save RUN_DIR/checkpoints/last.pt every N iterations")
     resume: bool = opt(False, "continue the run in --out from its last checkpoint", action="store_true")
     init_from: Optional[str] = opt(None, "start the students (and teachers) from this model folder's weights, e.g. "
                                    "an earlier RUN_DIR/model, after adding labels; the labels and the network "
@@ -51,9 +59,9 @@ class TrainOptions:
     config: Optional[str] = opt(None, "JSON file of options (keys as the long flags, with - or _); flags override it")
     progress: str = opt("jsonl", "jsonl: one JSON event per line on stdout; bar: a tqdm progress bar on stderr "
                         "(events still go to events.jsonl); none: nothing on stdout", choices=["jsonl", "bar", "none"])
-    batch_labeled: int = opt(2, "labeled patches per iteration (global, over all ranks)")
-    batch_unlabeled: int = opt(2, "unlabeled patches per iteration (global, over all ranks)")
-    lr: float = opt(0.03, "initial learning rate (SGD, momentum 0.9, Nesterov)")
+    batch_labeled: int = opt(TRAIN_DEFAULTS["batch-labeled"], "labeled patches per iteration (global, over all ranks)")
+    batch_unlabeled: int = opt(TRAIN_DEFAULTS["batch-unlabeled"], "unlabeled patches per iteration (global, over all ranks)")
+    lr: float = opt(TRAIN_DEFAULTS["lr"], "initial learning rate (SGD, momentum 0.9, Nesterov)")
     momentum: float = opt(0.9, "SGD momentum")
     weight_decay: float = opt(3e-5, "SGD weight decay")
     lr_schedule: str = opt("poly", "poly: lr·(1 − t/T)^power per iteration; constant", choices=["poly", "constant"])
@@ -74,7 +82,7 @@ class TrainOptions:
                               "of the networks from this many batches of uniform patches of the unlabeled images "
                               "(precise BN; 0: off, keep the running averages of training; helped DHC's last weights and hurt "
                               "the supervised baseline in benchmarks/bn_posthoc.py)")
-    val_fraction: float = opt(0.2, "share of labeled cases held out for validation when the dataset gives none "
+    val_fraction: float = opt(TRAIN_DEFAULTS["val-fraction"], "share of labeled cases held out for validation when the dataset gives none "
                           "(at most 20; 0: none, the model keeps the last weights)")
     export_last: bool = opt(False, "when validation picks the best weights for RUN_DIR/model, also export the last "
                             "weights to RUN_DIR/model-last (to compare the two)", action="store_true")
@@ -190,10 +198,10 @@ def resolve(ns: argparse.Namespace, saved: Optional[dict] = None) -> TrainOption
     merged.update(given)
     opts = TrainOptions(**merged)
     if opts.time_budget is not None:
-        from micd.training.budget import parse_duration
-        parse_duration(opts.time_budget)  # ValueError with the accepted forms
-    # --time-budget sets the count unless --iterations was said now (flag or --config), not merely saved by a run
-    opts.iterations_given = "iterations" in given or bool(cfg_path and "iterations" in load_config_file(cfg_path))
+        try:
+            parse_duration(opts.time_budget)
+        except ValueError as e:  # the accepted forms, said with the flag's name
+            raise ValueError(f"--time-budget: {e}") from None
     return opts
 
 

@@ -12,9 +12,8 @@ import os
 import time
 from typing import Optional
 
-LOCK_FILE = "train.lock"
-LOCK_OFFSET = 1024
-PID_WIDTH = 20
+from micd.contract import LOCK_FILE, LOCK_OFFSET
+from micd.contract import LOCK_PID_WIDTH as PID_WIDTH
 HOLDER_VARIABLE = "MICD_RUN_LOCK_HOLDER"  # set by `micd train --nproc` for its ranks: their launcher holds the lock
 
 
@@ -34,8 +33,10 @@ class RunLock:
         self.fd: Optional[int] = None
 
     def acquire(self) -> "RunLock":
+        """Take the lock, then write this process's pid. A refused acquire leaves the file as it was (bytes and
+        mtime): it is opened without O_TRUNC and written only once the lock is held."""
         os.makedirs(self.run_dir, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
         for _ in range(20):  # a probe of the job runner holds it for an instant
             if _try_lock(fd):
                 break
@@ -43,8 +44,13 @@ class RunLock:
         else:
             os.close(fd)
             raise RunFolderBusy(self.run_dir, read_holder_pid(self.path))
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, str(os.getpid()).ljust(PID_WIDTH).encode())  # fixed width: no truncation needed
+        try:  # the holder only: the pid in fixed width, and anything after it cut off
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, str(os.getpid()).ljust(PID_WIDTH).encode())
+            if os.fstat(fd).st_size > PID_WIDTH:  # not written by micd; Windows: the locked byte lies past the end
+                os.ftruncate(fd, PID_WIDTH)
+        except OSError:  # a full disk: the lock is what counts, the pid is for people (the probe then reads none)
+            pass
         self.fd = fd
         return self
 

@@ -8,7 +8,7 @@ import os
 import signal
 from typing import Optional
 
-STOP_FILE_VARIABLE = "MICD_STOP_FILE"
+from micd.contract import STOP_FILE_VARIABLE
 
 
 class CancelFlag:

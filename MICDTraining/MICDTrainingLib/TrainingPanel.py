@@ -1,0 +1,367 @@
+"""The training workflow of the "Train semi-supervised" panel: labeled cases, unlabeled folders, checks, settings
+(SettingsForm: the time budget first, iterations under Advanced) and the run (Train / Cancel / Resume, the plan,
+progress with ETA, loss and Dice charts, log). All work is delegated to the logic (`Logic.TrainingLogic`)."""
+
+import os
+
+import qt
+import slicer
+
+from MICDCommon import FAILED, LOST, SUCCEEDED, qtsupport
+from MICDCommon.events import TrainingProgress
+
+from .CasePairing import LabelNamesError, no_pairs_reason, pair_scene_cases, summarize_unlabeled_folder
+from .Curves import TrainingCurves
+from .CurvesView import CurvesView
+from .DatasetExport import FileCase, LabeledCase
+from .SettingsForm import SettingsForm
+
+try:
+    from slicer.i18n import tr as _
+except ImportError:  # headless tests
+    def _(text):
+        return text
+
+LOG_LINE_LIMIT = 2000
+
+
+class TrainingPanel:
+    """The sections of the training workflow in `widget`; the run it started or reattached to is `job`.
+
+    Others follow it through two lists of callables: `changeListeners` (no arguments) run after the labeled cases or
+    the run's state changed, `trainedListeners` (the new model's name) after a training succeeded."""
+
+    def __init__(self, logic, show_error, dependency_check=None):
+        self.logic = logic
+        self.show_error = show_error
+        self.dependency_check = dependency_check or (
+            lambda: qtsupport.ensure_backend_ready(self.logic.launcher, self.appendLog, show_error=self.show_error))
+        self.cases = []
+        self.file_labels = {}
+        self.unlabeled = []
+        self.job = None
+        self.curves = None
+        self.report = None
+        self.changeListeners = []
+        self.trainedListeners = []
+        self.widget = qt.QWidget()
+        layout = qt.QVBoxLayout(self.widget)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self._buildCases(layout)
+        self._buildUnlabeled(layout)
+        self._buildChecks(layout)
+        self.form = SettingsForm(layout, self.onCheckDependencies)
+        self._buildTraining(layout)
+        # every widget exists: connect the edits, then the first refresh
+        self.form.connectChanged(self.showPlanPreview)
+        self.form.load()
+        self.showPlanPreview()
+        self.updateButtons()
+
+    # --- building -------------------------------------------------------------------------------------------------
+    def _buildCases(self, layout):
+        _box, form = qtsupport.section(_("Labeled cases"), layout)
+        self.volumeSelector = qtsupport.node_selector("vtkMRMLScalarVolumeNode")
+        form.addRow(_("Volume:"), self.volumeSelector)
+        self.segmentationSelector = qtsupport.node_selector("vtkMRMLSegmentationNode")
+        form.addRow(_("Segmentation:"), self.segmentationSelector)
+        self.addCurrentButton = qtsupport.button(_("Add current"), _("Add the selected volume and segmentation"),
+                                                 self.onAddCurrent)
+        self.autoPairButton = qtsupport.button(_("Auto-pair scene"), _("Pair every segmentation with its volume (by "
+                                               "reference, name or study)"), self.onAutoPair)
+        self.addFolderButton = qtsupport.button(_("Add folder..."), _("Image/label files: imagesTr+labelsTr, or "
+                                                "X.nii.gz beside X_seg.nii.gz"), self.onAddFolder)
+        self.removeCaseButton = qtsupport.button(_("Remove"), _("Remove the selected case"), self.onRemoveCase)
+        form.addRow(qtsupport.button_grid([self.addCurrentButton, self.autoPairButton, self.addFolderButton,
+                                           self.removeCaseButton], 2))
+        self.casesTable = qt.QTableWidget(0, 3)
+        self.casesTable.setHorizontalHeaderLabels([_("Volume"), _("Segmentation"), _("Segments")])
+        self.casesTable.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
+        self.casesTable.setSelectionBehavior(qt.QAbstractItemView.SelectRows)
+        self.casesTable.setEditTriggers(qt.QAbstractItemView.NoEditTriggers)
+        self.casesTable.setMaximumHeight(140)
+        form.addRow(self.casesTable)
+
+    def _buildUnlabeled(self, layout):
+        _box, form = qtsupport.section(_("Unlabeled data"), layout)
+        self.unlabeledList = qt.QListWidget()
+        self.unlabeledList.setMaximumHeight(90)
+        form.addRow(self.unlabeledList)
+        self.addUnlabeledButton = qtsupport.button(_("Add folder..."), _("A folder of unlabeled images (NIfTI, NRRD, "
+                                                   "MHA, DICOM series)"), self.onAddUnlabeled)
+        self.removeUnlabeledButton = qtsupport.button(_("Remove"), _("Remove the selected folder"),
+                                                      self.onRemoveUnlabeled)
+        form.addRow(qtsupport.button_grid([self.addUnlabeledButton, self.removeUnlabeledButton], 2))
+
+    def _buildChecks(self, layout):
+        _box, form = qtsupport.section(_("Checks"), layout)
+        self.checkButton = qtsupport.button(_("Check"), _("Check names, label values and geometry before training"),
+                                            self.onCheck)
+        form.addRow(self.checkButton)
+        self.checksLabel = qt.QLabel(_("Add labeled cases, then press Check."))
+        self.checksLabel.wordWrap = True
+        form.addRow(self.checksLabel)
+
+    def _buildTraining(self, layout):
+        _box, form = qtsupport.section(_("Training"), layout)
+        self.trainButton = qtsupport.button(_("Train"), _("Export the cases and start training in the background"),
+                                            self.startTraining)
+        self.cancelButton = qtsupport.button(_("Cancel"), _("Stop training; the last checkpoint is kept"),
+                                             self.onCancel)
+        self.resumeButton = qtsupport.button(_("Resume"), _("Continue the last stopped run from its checkpoint"),
+                                             self.onResume)
+        form.addRow(qtsupport.button_grid([self.trainButton, self.cancelButton, self.resumeButton], 3))
+        self.planLabel = qt.QLabel("")
+        self.planLabel.wordWrap = True
+        form.addRow(self.planLabel)
+        self.progressBar = qt.QProgressBar()
+        form.addRow(self.progressBar)
+        self.statusLabel = qt.QLabel(_("Idle"))
+        self.statusLabel.wordWrap = True
+        form.addRow(self.statusLabel)
+        self.curvesView = CurvesView()
+        form.addRow(self.curvesView.widget)
+        self.showCurvesButton = qtsupport.button(_("Show curves in the view layout"), _("Show the loss and Dice "
+                                                 "charts in Slicer's view layout, below the red slice"),
+                                                 self.onShowCurves)
+        form.addRow(self.showCurvesButton)
+        self.logText = qt.QPlainTextEdit()
+        self.logText.setReadOnly(True)
+        self.logText.setMaximumBlockCount(LOG_LINE_LIMIT)
+        form.addRow(self.logText)
+
+    # --- state ----------------------------------------------------------------------------------------------------
+    @property
+    def running(self):
+        return self.job is not None and not self.job.finished
+
+    def settings(self):
+        """The settings the panel shows, as a TrainingSettings (SettingsForm.read)."""
+        return self.form.read()
+
+    def showPlanPreview(self):
+        """Before a run starts: what the settings will do (the run's `start` event then shows the measured plan)."""
+        if self.running:
+            return  # the run's plan is shown
+        settings = self.settings()
+        problems = [p for p in settings.problems() if "budget" in p or "teration" in p]
+        self.planLabel.setText(problems[0] if problems else settings.plan_preview())
+
+    def appendLog(self, text):
+        self.logText.appendPlainText(str(text))
+
+    def updateButtons(self):
+        running = self.running
+        self.trainButton.setEnabled(not running and bool(self.cases))
+        self.trainButton.setToolTip(_("Export the cases and start training in the background") if self.cases
+                                    else _("Add at least one labeled case first"))
+        self.cancelButton.setEnabled(running)
+        self.resumeButton.setEnabled(not running)
+        for listener in self.changeListeners:
+            listener()
+
+    # --- labeled and unlabeled data ------------------------------------------------------------------------------
+    def addCase(self, case):
+        if any(isinstance(c, LabeledCase) and c.segmentation is getattr(case, "segmentation", None)
+               for c in self.cases):
+            return
+        self.cases.append(case)
+        self.refreshCases()
+
+    def selectCase(self, volume, segmentation):
+        """Show a volume and its segmentation in the selectors, ready for 'Add current'."""
+        self.volumeSelector.setCurrentNode(volume)
+        self.segmentationSelector.setCurrentNode(segmentation)
+
+    def refreshCases(self):
+        self.casesTable.setRowCount(len(self.cases))
+        for row, case in enumerate(self.cases):
+            if isinstance(case, FileCase):
+                cells = [os.path.basename(case.image), os.path.basename(case.label),
+                         ", ".join(self.file_labels.values())]
+            else:
+                cells = [case.volume.GetName(), case.segmentation.GetName(),
+                         ", ".join(name for _id, name in case.segments())]
+            for column, text in enumerate(cells):
+                self.casesTable.setItem(row, column, qt.QTableWidgetItem(text))
+        self.report = None
+        self.updateButtons()
+
+    def onAddCurrent(self):
+        volume, segmentation = self.volumeSelector.currentNode(), self.segmentationSelector.currentNode()
+        if volume is None or segmentation is None:
+            self.show_error(_("Select a volume and its segmentation first."))
+            return
+        self.addCase(LabeledCase(volume, segmentation))
+
+    def onAutoPair(self):
+        pairs, unpaired = pair_scene_cases(slicer.mrmlScene)
+        for volume, segmentation in pairs:
+            self.addCase(LabeledCase(volume, segmentation))
+        if unpaired:
+            self.appendLog(_("No volume found for: ") + ", ".join(unpaired) + _(" (add them with 'Add current')"))
+
+    def onAddFolder(self):
+        folder = qt.QFileDialog.getExistingDirectory(qtsupport.main_window(), _("Folder of labeled image/label files"))
+        if not folder:
+            return
+        try:
+            cases, labels, unpaired = self.logic.cases_from_folder(folder)
+        except LabelNamesError as e:
+            self.show_error(str(e))
+            return
+        if not cases:
+            self.show_error(_("No image/label pairs found. ") + no_pairs_reason(folder, unpaired))
+            return
+        self.file_labels.update(labels)
+        for case in cases:
+            self.addCase(case)
+        if unpaired:
+            self.appendLog(_("Images without a label in the folder: ") + ", ".join(unpaired[:10]))
+
+    def onRemoveCase(self):
+        row = self.casesTable.currentRow()
+        if 0 <= row < len(self.cases):
+            del self.cases[row]
+            self.refreshCases()
+
+    def addUnlabeledFolder(self, folder):
+        if folder and folder not in self.unlabeled:
+            self.unlabeled.append(folder)
+        self.refreshUnlabeled()
+
+    def refreshUnlabeled(self):
+        self.unlabeledList.clear()
+        for folder in self.unlabeled:
+            name = os.path.basename(os.path.normpath(folder)) or folder
+            self.unlabeledList.addItem(f"{name} - {summarize_unlabeled_folder(folder).text()}")
+            self.unlabeledList.item(self.unlabeledList.count - 1).setToolTip(folder)
+        self.report = None
+
+    def onAddUnlabeled(self):
+        self.addUnlabeledFolder(qt.QFileDialog.getExistingDirectory(qtsupport.main_window(),
+                                                                    _("Folder of unlabeled images")))
+
+    def onRemoveUnlabeled(self):
+        row = self.unlabeledList.currentRow
+        if 0 <= row < len(self.unlabeled):
+            del self.unlabeled[row]
+            self.refreshUnlabeled()
+
+    # --- checks and training --------------------------------------------------------------------------------------
+    def onCheck(self):
+        self.report = self.logic.check(self.cases, self.unlabeled, self.settings(), file_labels=self.file_labels)
+        labels = ", ".join(f"{v}={n}" for v, n in sorted(self.report.labels.items()))
+        self.checksLabel.setText((_("Label values: ") + labels + "\n" if labels else "") + self.report.text())
+        self.updateButtons()
+        return self.report
+
+    def onCheckDependencies(self):
+        self.form.save()
+        if self.dependency_check():
+            self.appendLog(_("The backend is ready in ") + self.logic.launcher.python)
+            self.form.showDevices(self.logic.launcher, self.appendLog)
+
+    def startTraining(self, init_from=None):
+        """Check, then train on the cases in the background; from the weights of the model `init_from` if given."""
+        self.form.save()
+        report = self.onCheck()
+        if not report.ok:
+            self.show_error(_("Training cannot start:\n") + "\n".join(report.errors))
+            return
+        if not self.dependency_check():
+            return
+        settings = self.settings()
+        self.logText.clear()
+        self.curves = self._newCurves(settings.model_name)
+        extra = {"init_from": init_from} if init_from is not None else {}
+        try:
+            self.job = self.logic.train(self.cases, self.unlabeled, settings, file_labels=self.file_labels,
+                                        **extra, **self._callbacks())
+        except Exception as e:  # noqa: BLE001 - shown to the user
+            self.show_error(_("Could not start training: ") + str(e))
+            self.job = None
+        else:
+            self.planLabel.setText(_("Plan: calibrating (a few timed steps)...") if settings.iterations is None
+                                   else settings.plan_preview())
+            if init_from is not None:
+                self.appendLog(_("Continuing from the model '") + init_from.name + "'")
+        self.updateButtons()
+
+    def _newCurves(self, name):
+        if self.curves is not None:
+            self.curves.remove()
+        try:
+            return TrainingCurves(slicer.mrmlScene, name)
+        except Exception:  # noqa: BLE001 - charts are optional (e.g. a scene without plot support)
+            return None
+
+    def _callbacks(self):
+        return {"on_event": self.onEvent, "on_log": self.appendLog, "on_finished": self.onFinished,
+                "curves": self.curves}
+
+    def onCancel(self):
+        if self.running:
+            self.job.request_cancel()
+            self.statusLabel.setText(_("Cancelling (saving a checkpoint)..."))
+        self.updateButtons()
+
+    def onResume(self):
+        runs = self.logic.resumable_runs()
+        if not runs:
+            self.show_error(_("There is no stopped run to resume."))
+            return
+        if not self.dependency_check():
+            return
+        self.curves = self._newCurves(os.path.basename(runs[0]))
+        self.job = self.logic.resume(runs[0], **self._callbacks())
+        self.job.replay_history()  # the curves and progress of the iterations before the resume
+        self.curvesView.show(self.curves)
+        self.updateButtons()
+
+    def onShowCurves(self):
+        if self.curves is None:
+            self.show_error(_("No training curves yet: start or resume a training first."))
+            return
+        self.curves.show_in_layout(slicer.mrmlScene)
+
+    def onEvent(self, event):
+        if event.get("event") in ("iteration", "validation"):
+            self.curvesView.show(self.curves)
+        progress = self.job.progress if self.job is not None else TrainingProgress()
+        if event.get("event") == "start":
+            self.planLabel.setText(progress.plan_text())
+        self.progressBar.setMaximum(1000)
+        self.progressBar.setValue(int(1000 * progress.fraction))
+        self.statusLabel.setText(progress.status_text())
+
+    def onFinished(self, job):
+        self.statusLabel.setText(f"{job.state}: {job.message}" if job.message else job.state)
+        self.updateButtons()
+        if job.state == SUCCEEDED:
+            model = getattr(job, "model", None)
+            for listener in self.trainedListeners:
+                listener(model.name if model is not None else None)
+        elif job.state in (FAILED, LOST):
+            self.show_error(_("Training stopped: ") + (job.message or job.state))
+
+    # --- module life cycle -----------------------------------------------------------------------------------------
+    def enter(self):
+        """On showing the panel: reattach to a run that is still going (or ended unseen); mention resumable ones."""
+        if self.running:
+            return
+        attach = self.logic.runs_to_attach()
+        if attach:
+            self.curves = self._newCurves(os.path.basename(attach[0]))
+            self.job = self.logic.attach(attach[0], **self._callbacks())
+            self.appendLog(_("Reattached to the training in ") + attach[0])
+        else:
+            resumable = self.logic.resumable_runs()
+            if resumable:
+                self.statusLabel.setText(_("A run stopped before finishing: ") + os.path.basename(resumable[0]) +
+                                         _(". Press Resume to continue it."))
+        self.updateButtons()
+
+    def cleanup(self):
+        """The module is closing: the training process keeps running; it is reattached on return."""
+        self.form.save()

@@ -1,0 +1,128 @@
+"""The planner decides through the trainer's small public interface (planner.Calibratable), so a fake trainer with
+known step times gives a plan whose every figure can be checked; the options and the plan are frozen."""
+
+import dataclasses
+import os
+import time
+
+import pytest
+import torch
+
+from micd.training import distributed as D
+from micd.training.budget import MIN_ITERATIONS, SAFETY, Calibration, RunCosts
+from micd.training.options import TrainOptions
+from micd.training.outcome import DataProblem
+from micd.training.plan import TrainingPlan, read_plan, write_plan
+from micd.training.planner import calibrate, plan_training
+from micd.training.run_data import prepare_run_data
+from realdata import write_dataset
+
+
+class FakeTrainer:
+    """A Calibratable whose step takes `sec_per_voxel` x the patch's voxels (as the planner models it)."""
+
+    def __init__(self, plan: TrainingPlan, sec_per_voxel: float):
+        self._patch = plan.patch
+        self.sec_per_voxel = sec_per_voxel
+        self.patches_used = []
+        self.threads_probed = []
+
+    @property
+    def patch(self):
+        return list(self._patch)
+
+    def use_patch(self, patch):
+        self._patch = [int(v) for v in patch]
+        self.patches_used.append(self.patch)
+
+    def time_steps(self, n, beta):
+        voxels = self._patch[0] * self._patch[1] * self._patch[2]
+        return [self.sec_per_voxel * voxels] * n
+
+    def time_validation(self):
+        return 0.5
+
+    def time_checkpoint(self):
+        return 0.2
+
+    def time_probe_pass(self, threads, patch):
+        self.threads_probed.append(threads)
+        return 0.1 if threads == 1 else 1.0  # a busy machine: one thread wins
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, shared_data):
+    folder = tmp_path_factory.mktemp("plan")
+    ds = write_dataset(folder, 2, 1, 1)
+    o = TrainOptions(dataset=ds, out=os.path.join(folder, "run"), device="cpu")
+    return o, prepare_run_data(o, o.out, D.DistContext(), None, lambda m, f: None)
+
+
+def _plan(o, data, sec_per_voxel, built):
+    def make(plan):
+        built.append(FakeTrainer(plan, sec_per_voxel))
+        return built[-1]
+    return plan_training(o, data, torch.device("cpu"), D.DistContext(), None, None, None, time.time(), make)
+
+
+def test_without_a_budget_nothing_is_timed_and_the_plan_is_the_draft(data):
+    o, d = data
+    built = []
+    plan = _plan(dataclasses.replace(o, iterations=200), d, 1e-6, built)
+    assert built == [] and plan.iterations == 200 and plan.validate_every == 20 and plan.budget == {}
+    assert plan.patch == [48, 64, 48] and "median preprocessed shape" in plan.patch_note
+    assert plan.rampup_iterations == 200 and plan.warmup_iterations == 0
+
+
+def test_a_budget_plan_follows_the_timed_steps(data):
+    o, d = data
+    o = dataclasses.replace(o, time_budget="120s")
+    spv = 2e-6  # 48x64x48 would take 0.29 s a step, too slow for 1000 iterations in 120 s
+    built = []
+    plan = _plan(o, d, spv, built)
+    fake, = built
+    # threads: one thread won the probe and is planned (torch's default was compared against it)
+    if torch.get_num_threads() > 1:
+        assert plan.threads == 1 and plan.budget["budget_plan"]["threads"]["chosen"] == 1
+    # the probe patch, then the speed-cut patch, which the plan keeps
+    assert fake.patches_used[0] == [32, 32, 32] and fake.patches_used[-1] == plan.patch
+    assert plan.patch[0] * plan.patch[1] * plan.patch[2] < 48 * 64 * 48 and min(plan.patch) >= 32
+    assert "cut to" in plan.patch_note
+    # the count is the largest that fits what is left of the budget at the timed speed
+    step = spv * plan.patch[0] * plan.patch[1] * plan.patch[2]
+    cal = Calibration([step], [step] * 3, step, 0.5, 0.2, 0.7, 0.0)
+    costs = RunCosts(0, o.checkpoint_every, True, max_validations=int(0.2 * 120 / 0.5))
+    available = 120 - costs.finish_seconds(cal)
+    assert costs.loop_seconds(plan.iterations, cal) <= SAFETY * available
+    assert costs.loop_seconds(plan.iterations + 1, cal) > SAFETY * (available - 2.0)  # planning took under 2 s
+    assert plan.budget["budget_plan"]["planned_iterations"] is True and plan.budget["time_budget_s"] == 120
+    assert plan.validate_every >= max(1, plan.iterations // 10)
+    # frozen: a plan is replaced, never changed
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.iterations = 5
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        o.iterations = 5
+
+
+def test_a_budget_too_small_for_the_shortest_run_is_refused(data):
+    o, d = data
+    o = dataclasses.replace(o, time_budget="20s", patch_size=[32, 32, 32])
+    with pytest.raises(DataProblem) as e:
+        _plan(o, d, 1e-4, [])  # 3.3 s a step: not even 10 fit in 20 s
+    assert e.value.kind == "budget" and f"even {MIN_ITERATIONS}" in str(e.value)
+
+
+def test_calibration_scales_one_validation_case_to_the_set(data):
+    o, d = data
+    fake = FakeTrainer(_plan(dataclasses.replace(o, iterations=10), d, 1e-6, []), 1e-6)
+    cal = calibrate(fake, D.DistContext(), d, 600.0, 0.1)
+    assert cal.validation_s == pytest.approx(0.5 * len(d.validation)) and cal.checkpoint_s == 0.2
+    assert len(cal.warmup_s) == 1 and len(cal.step_s) == 3
+
+
+def test_the_plan_is_written_once_and_read_back(data, tmp_path):
+    o, d = data
+    plan = _plan(dataclasses.replace(o, iterations=30), d, 1e-6, [])
+    write_plan(str(tmp_path), plan)
+    stored = read_plan(str(tmp_path))
+    assert stored["format"] == "micd-plan" and TrainingPlan.from_dict(stored) == plan
