@@ -121,7 +121,8 @@ def draft_plan(o: TrainOptions, data: RunData, device: torch.device, ctx: D.Dist
         warnings.append(f"the patch {patch} with batch {o.batch_labeled}+{o.batch_unlabeled} needs about "
                         f"{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB are free on {device}; expect an out-of-memory "
                         "retry with a smaller patch")
-    n = int(o.iterations or _stored(stored_plan, "iterations") or DEFAULT_ITERATIONS)
+    stored_n = _stored(stored_plan, "iterations")
+    n = int(o.iterations if o.iterations is not None else stored_n if stored_n is not None else DEFAULT_ITERATIONS)
     precision, why = precision_reason(o.amp, device)
     return TrainingPlan(
         iterations=n, patch_size=tuple(patch), patch_note=patch_note, network=net.to_dict(),
