@@ -42,11 +42,20 @@ class MICDSegmentationWidget(PanelHost, ScriptedLoadableModuleWidget):
         return SegmentationWidget(logic)
 
 
-class MICDSegmentationLogic(module_logic(SegmentationLogic, poll_ms=300)):
+class MICDSegmentationLogic(module_logic(SegmentationLogic, poll_ms=50)):
     """Console API, e.g.:
     job = MICDSegmentationLogic().segment(getNode("CT"), "Liver", wait=True)
     job.segmentation  # the new segmentation node
-    """
+
+    Predictions run in a warm worker process (`micd serve`) shared by the panel and the console, so a second
+    segmentation costs the prediction, not Python's start-up; it ends after MICD/WorkerIdleMinutes idle minutes.
+    The poller looks at the worker's answers every 50 ms: a result lands in the scene that soon after it exists."""
+
+    def __init__(self, **kwargs):
+        from MICDCommon import qtsupport
+
+        kwargs.setdefault("idle_timeout_s", qtsupport.worker_idle_timeout_s())
+        super().__init__(**kwargs)
 
 
 class MICDSegmentationTest(ScriptedLoadableModuleTest):

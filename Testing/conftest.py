@@ -62,6 +62,24 @@ def micd_home(tmp_path, monkeypatch):
     return home
 
 
+@pytest.fixture(autouse=True)
+def no_worker_left_running(monkeypatch):
+    """Every segmentation worker (`micd serve`) a test started is ended with it, as module exit would."""
+    from MICDCommon.worker import BackendWorker
+
+    started = []
+    real_start = BackendWorker.start
+
+    def start(self):
+        started.append(self)
+        return real_start(self)
+
+    monkeypatch.setattr(BackendWorker, "start", start)
+    yield
+    for worker in started:
+        worker.shutdown()
+
+
 @pytest.fixture
 def hippocampus_cases():
     names = sorted(p.name for p in (HIPPOCAMPUS / "imagesTr").iterdir())

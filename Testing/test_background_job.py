@@ -2,6 +2,7 @@
 events, reattached from a new runner, cancelled (whole tree, checkpoint kept), resumed; a short run that succeeds
 registers its model (and, when `micd predict` is available, segments a volume with it)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -199,3 +200,30 @@ def test_run_folder_lock_tells_running_from_lost(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_the_saved_record_holds_the_state_conclude_decided(tmp_path):
+    """A job's state is decided before its record (job.json) is written: a program that exits 0 without what it was
+    to make is a failure, for the panel and for whoever reads the record later (the ranking and training jobs)."""
+    from MICDCommon import FAILED
+    from MICDCommon.contract import JOB_FILE
+    from MICDCommon.jobs import JobRecord, JobWrapper
+
+    class NeedsOutput(JobWrapper):
+        def conclude(self, job):
+            if job.state == SUCCEEDED and not os.path.exists(os.path.join(job.run_dir, "result.txt")):
+                job.state = FAILED
+                self.message = "ended without writing result.txt"
+
+    command = [sys.executable, "-c", "import json; print(json.dumps({'event': 'done'}))"]
+    finished = []
+    job = NeedsOutput(BackgroundJob.start(command, str(tmp_path / "run"), kind="rank"), on_finished=finished.append)
+    deadline = time.monotonic() + 60
+    while not job.finished and time.monotonic() < deadline:
+        job.poll()
+        time.sleep(0.05)
+    assert job.state == FAILED and job.job.returncode == 0 and finished == [job]
+    with open(os.path.join(job.run_dir, JOB_FILE), encoding="utf-8") as f:
+        record = json.load(f)
+    assert (record["status"], record["returncode"]) == (FAILED, 0) and record["ended"] is not None
+    assert JobRecord.load(job.run_dir).status == FAILED

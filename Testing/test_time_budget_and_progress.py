@@ -1,10 +1,8 @@
 """Issue 10 on the Slicer side: the training panel's time budget (the main setting; iterations under Advanced win
-when set), the plan of the run from its `start` event, a budget error reaching the user as a dialog; the segment
-panel's progress bar from `micd predict`'s progress events and its Cancel. Real `micd` subprocesses where they are
-cheap, otherwise a fake backend process (a real subprocess of a script that prints what `micd predict` prints)."""
+when set), the plan of the run from its `start` event, a budget error reaching the user as a dialog. Real `micd`
+subprocesses where they are cheap. (The segment panel's progress and Cancel: test_segment_worker.py.)"""
 
 import json
-import os
 import sys
 import time
 from unittest import mock
@@ -13,14 +11,11 @@ import pytest
 import qt
 import slicer
 
-from backend_models import make_runnable_model
 from conftest import MAIN_WINDOW
 from dialogs import DIALOGS
-from MICDCommon import CANCELLED, FAILED, SUCCEEDED, BackendLauncher, ModelRegistry, processes
-from MICDCommon.contract import JOB_FILE, MODEL_FORMAT, MODEL_JSON
+from MICDCommon import CANCELLED, BackendLauncher, ModelRegistry, processes
 from MICDCommon.events import plan_text
-from MICDCommon.jobs import JobRecord
-from scene_helpers import load_case, load_volume
+from scene_helpers import load_case
 
 # the start event of a real `micd train --time-budget 40s` (hippocampus, patch 16x32x16, 4 filters, CPU)
 BUDGET_START = {
@@ -199,140 +194,3 @@ def test_real_budget_error_reaches_the_user_as_a_dialog(scene, launcher, hippoca
     assert dialog.kind == "slicer.util.errorDisplay" and dialog.parent == MAIN_WINDOW
     assert "--time-budget 1s" in dialog.text and "What to do: give a longer --time-budget" in dialog.text
     assert training.trainButton.enabled and not training.cancelButton.enabled
-
-
-# --- the segment panel ---------------------------------------------------------------------------------------------
-FAKE_PREDICT = r"""
-import json, sys, time
-args = sys.argv[1:]
-mode = open(args[args.index("--model") + 1] + "/mode").read()
-if "--fail" in mode:
-    print("micd predict: error: --input: the image header declares 9 GiB, 2 GiB are available", file=sys.stderr)
-    sys.exit(2)
-out = args[args.index("--output") + 1]
-print(json.dumps({"event": "plan", "device": "cpu", "grid_shape": [1, 1, 1], "roi": [16, 32, 16]}), flush=True)
-if "--no-output" in mode:
-    sys.exit(0)  # a success that wrote nothing
-for done in range(0, 40, 4):
-    print(json.dumps({"event": "progress", "input": "x", "image": 1, "images": 1, "windows_done": done,
-                      "windows_total": 40, "fraction": done / 40, "elapsed_s": done / 4, "eta_s": 80 - 2 * done}),
-          flush=True)
-    time.sleep(0.05)
-time.sleep(120)  # a long volume: the test cancels here
-"""
-
-
-class FakeBackend(BackendLauncher):
-    """Runs a script in place of `python -m micd SUBCOMMAND`, with the same arguments and environment."""
-
-    def __init__(self, script):
-        super().__init__(python=sys.executable)
-        self.script = script
-
-    def command(self, subcommand, *args):
-        return [sys.executable, "-c", self.script, *[str(a) for a in args]]
-
-
-@pytest.fixture
-def fake_model(tmp_path):
-    folder = tmp_path / "models" / "Fake"
-    folder.mkdir(parents=True)
-    (folder / MODEL_JSON).write_text(json.dumps({"format": MODEL_FORMAT, "labels": {"1": "anterior"}}))
-    (folder / "mode").write_text("run")
-    from MICDCommon.registry import ModelInfo
-
-    return ModelInfo(str(folder), {"labels": {"1": "anterior"}, "name": "Fake"})
-
-
-def _segment_panel(logic, model):
-    from MICDSegmentationLib.Widget import SegmentationWidget
-
-    with mock.patch.object(type(logic), "models", lambda self: [model]):
-        panel = SegmentationWidget(logic, dependency_check=lambda: True)
-    return panel
-
-
-def test_segment_progress_bar_follows_predict_and_cancel_stops_it(scene, fake_model, hippocampus_cases, tmp_path):
-    from MICDSegmentationLib.Logic import SegmentationLogic
-
-    logic = SegmentationLogic(launcher=FakeBackend(FAKE_PREDICT), work_root=str(tmp_path / "segment"))
-    panel = _segment_panel(logic, fake_model)
-    load_volume(hippocampus_cases[0][0], "hippo")
-    panel.segmentButton.click()
-    job = panel.job
-    assert panel.progressBar.maximum == 0  # busy until the first windows are reported
-    wait_for(lambda: job.progress.windows_done == 36, job, 60, "progress events")
-    assert (panel.progressBar.maximum, panel.progressBar.value) == (1000, 900)
-    assert panel.statusLabel.text == "Segmenting: 36 / 40 windows · 8 s left"
-    panel.onTick()  # the elapsed-seconds text is only for the time before the first progress event
-    assert panel.statusLabel.text.startswith("Segmenting: 36 / 40")
-    assert panel.cancelButton.enabled
-    panel.cancelButton.click()
-    assert panel.statusLabel.text == "Cancelling..." and not panel.cancelButton.enabled
-    wait_for(lambda: job.finished, job, 30, "the cancel")
-    assert job.state == CANCELLED and not processes.is_alive(job.job.pid)
-    assert panel.statusLabel.text == "Segmentation cancelled." and panel.progressBar.value == 0
-    assert not os.path.exists(job.run_dir) and job.segmentation is None  # nothing left behind
-    assert panel.segmentButton.enabled and not DIALOGS.shown
-
-
-def test_a_failed_prediction_reaches_the_user_as_a_dialog(scene, fake_model, hippocampus_cases, tmp_path):
-    from MICDSegmentationLib.Logic import SegmentationLogic
-
-    with open(os.path.join(fake_model.path, "mode"), "w", encoding="utf-8") as f:
-        f.write("--fail")
-    logic = SegmentationLogic(launcher=FakeBackend(FAKE_PREDICT), work_root=str(tmp_path / "segment"))
-    panel = _segment_panel(logic, fake_model)
-    load_volume(hippocampus_cases[0][0], "hippo")
-    panel.segmentButton.click()
-    wait_for(lambda: panel.job.finished, panel.job, 60, "the failure")
-    (dialog,) = DIALOGS.shown
-    assert dialog.kind == "slicer.util.errorDisplay" and dialog.parent == MAIN_WINDOW
-    assert "image header declares 9 GiB" in dialog.text and "exit code 2" in dialog.text
-    assert panel.progressBar.value == 0 and panel.segmentButton.enabled
-
-
-def test_a_prediction_that_exits_0_without_its_output_failed_and_its_record_says_so(scene, fake_model, tmp_path,
-                                                                                   hippocampus_cases):
-    """The job's state is decided before its record (job.json) is written: `micd predict` exiting 0 without the
-    label map is a failure, for the panel and for whoever reads the record later."""
-    from MICDSegmentationLib.Logic import SegmentationLogic
-
-    with open(os.path.join(fake_model.path, "mode"), "w", encoding="utf-8") as f:
-        f.write("--no-output")
-    logic = SegmentationLogic(launcher=FakeBackend(FAKE_PREDICT), work_root=str(tmp_path / "segment"))
-    finished = []
-    job = logic.segment(load_volume(hippocampus_cases[0][0], "hippo"), fake_model, on_finished=finished.append)
-    wait_for(lambda: job.finished, job, 60, "the prediction")
-    assert job.job.returncode == 0 and job.state == FAILED and finished == [job]
-    assert job.message.startswith(f"micd predict ended without writing {job.output_path}")
-    with open(os.path.join(job.run_dir, JOB_FILE), encoding="utf-8") as f:
-        record = json.load(f)
-    assert (record["status"], record["returncode"]) == (FAILED, 0) and record["ended"] is not None
-    assert JobRecord.load(job.run_dir).status == FAILED  # the folder of a failure is kept, with its record
-    assert job.segmentation is None and not DIALOGS.shown
-
-
-def test_real_prediction_drives_the_progress_bar(scene, launcher, hippocampus_cases, tmp_path):
-    from MICDSegmentationLib.Logic import SegmentationLogic
-
-    registry = ModelRegistry(tmp_path / "models")
-    model = registry.add_folder(str(make_runnable_model(tmp_path / "made")), "Hippo")
-    logic = SegmentationLogic(launcher=launcher, registry=registry, work_root=str(tmp_path / "segment"))
-    from MICDSegmentationLib.Widget import SegmentationWidget
-
-    panel = SegmentationWidget(logic, dependency_check=lambda: True)
-    assert panel.selectedModel().path == model.path
-    volume = load_volume(hippocampus_cases[0][0], "hippo")
-    panel.deviceCombo.setCurrentIndex(panel.deviceCombo.findText("cpu"))
-    seen = []
-    panel.progressBar.connect("valueChanged(int)", lambda value: seen.append(value))
-    panel.segmentButton.click()
-    job = panel.job
-    wait_for(lambda: job.finished, job, 180, "the prediction")
-    assert job.state == SUCCEEDED, job.message
-    assert job.progress.windows_total > 0 and job.progress.windows_done == job.progress.windows_total
-    assert 1000 in seen  # the bar reached the end from predict's own last progress event
-    assert panel.progressBar.value == panel.progressBar.maximum
-    assert job.segmentation.GetName() == "hippo segmentation" and panel.statusLabel.text.startswith("Segmented hippo")
-    assert volume.GetID() == job.segmentation.GetAttribute("MICD.SourceVolume") and not DIALOGS.shown

@@ -273,24 +273,25 @@ class BackgroundJob:
     def cancel(self, grace_s=30.0, interval=0.1):
         """Stop the whole process tree and wait until it is gone (killing it after `grace_s`)."""
         self.request_cancel(grace_s)
-        while not self.finished:
-            self.poll()
-            time.sleep(interval)
-        return self.state
+        return poll_until_finished(self, interval=interval)
 
     def wait(self, timeout=None, interval=0.5, idle=None):
         """Poll until the job ends (or `timeout` s pass); `idle()` runs between polls (e.g. processEvents)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.finished:
-            self.poll()
-            if self.finished:
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                break
-            if idle:
-                idle()
-            time.sleep(interval)
-        return self.state
+        return poll_until_finished(self, timeout, interval, idle)
+
+
+def poll_until_finished(job, timeout=None, interval=0.5, idle=None):
+    """Poll `job` (anything with poll(), finished and state) until it ends or `timeout` s pass; `idle()` runs
+    between polls. Returns its state."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not job.finished:
+        job.poll()
+        if job.finished or (deadline is not None and time.monotonic() > deadline):
+            break
+        if idle:
+            idle()
+        time.sleep(interval)
+    return job.state
 
 
 class JobWrapper:

@@ -4,6 +4,7 @@ background jobs on Slicer's main thread, the settings both modules share (which 
 and the panels' building blocks (sections, buttons)."""
 
 PYTHON_SETTING = "MICD/PythonInterpreter"
+WORKER_IDLE_SETTING = "MICD/WorkerIdleMinutes"  # the segmentation worker ends after this many idle minutes
 
 
 class QtJobPoller:
@@ -67,6 +68,24 @@ def slicer_collaborators(kwargs, poll_ms=1000):
 
 
 _READY_PYTHONS = set()
+
+
+def backend_known_ready(launcher):
+    """True when this session's dependency check already passed for the launcher's Python (no probe is run)."""
+    return launcher.python in _READY_PYTHONS
+
+
+def worker_idle_timeout_s():
+    """Seconds a segmentation worker may stay idle (Slicer setting MICD/WorkerIdleMinutes, default 10 minutes)."""
+    import qt
+
+    from .worker import DEFAULT_IDLE_TIMEOUT_S
+
+    try:
+        minutes = float(qt.QSettings().value(WORKER_IDLE_SETTING, DEFAULT_IDLE_TIMEOUT_S / 60.0))
+    except (TypeError, ValueError):
+        minutes = DEFAULT_IDLE_TIMEOUT_S / 60.0
+    return max(0.0, minutes) * 60.0
 
 
 def main_window():

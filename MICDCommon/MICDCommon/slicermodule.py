@@ -38,6 +38,9 @@ class PanelHost:
     def enter(self):
         self.panel.enter()
 
+    def exit(self):
+        self.panel.exit()
+
     def cleanup(self):
         """Module reload or Slicer exit: stop polling here (a running job goes on and is reattached later)."""
         self.panel.cleanup()

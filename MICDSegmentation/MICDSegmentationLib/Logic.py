@@ -1,15 +1,17 @@
-"""Segmenting a volume without the GUI: write it to a file, run `micd predict` in the background, import the label
-map as a segmentation node (names, colours, geometry, study), optionally the uncertainty map. Also the model list
-operations the panel offers (rename, delete, export, import)."""
+"""Segmenting a volume without the GUI: write it to a file, have the warm backend worker (`micd serve`, one process
+kept between clicks: MICDCommon/worker.py) predict it, import the label map as a segmentation node (names, colours,
+geometry, study), optionally the uncertainty map. Also the model list operations the panel offers (rename, delete,
+export, import)."""
 
 import os
 import shutil
 import tempfile
 import time
 
-from MICDCommon import (CANCELLED, FAILED, SUCCEEDED, BackendLauncher, BackgroundJob, ModelRegistry, PredictionProgress,
-                        micd_home, sceneio)
+from MICDCommon import (CANCELLED, FAILED, SUCCEEDED, BackendLauncher, ModelRegistry, PredictionProgress, micd_home,
+                        sceneio)
 from MICDCommon.jobs import JobWrapper, failure_message, log_excerpt
+from MICDCommon.worker import DEFAULT_IDLE_TIMEOUT_S, BackendWorker
 
 from .Parameters import SegmentationSettings
 from .ResultImport import find_previous_result, import_label_file, import_uncertainty, result_name
@@ -20,8 +22,8 @@ class SegmentationError(Exception):
 
 
 class SegmentationJob(JobWrapper):
-    """A running `micd predict` and, once it succeeded, the imported result (`segmentation`, `uncertainty`);
-    `progress` follows predict's `progress` events (windows done / total, ETA)."""
+    """A prediction running in the worker and, once it succeeded, the imported result (`segmentation`,
+    `uncertainty`); `progress` follows predict's `progress` events (windows done / total, ETA)."""
 
     cancel_grace_s = 5.0  # prediction keeps nothing worth waiting for
 
@@ -81,15 +83,29 @@ class SegmentationJob(JobWrapper):
 class SegmentationLogic:
     """Console and panel entry point for segmentation and for managing models.
 
-    launcher/registry/work_root/job_poller as in the training logic; keep_files keeps the temporary folder."""
+    launcher/registry/work_root/job_poller as in the training logic; keep_files keeps the temporary folder;
+    worker: the `micd serve` process that predicts (default: one started with the launcher's Python on first use,
+    or by `warm_up()`; shut down after `idle_timeout_s` without a request, or by `shutdown_worker()`)."""
 
-    def __init__(self, launcher=None, registry=None, work_root=None, job_poller=None, keep_files=False):
+    def __init__(self, launcher=None, registry=None, work_root=None, job_poller=None, keep_files=False,
+                 worker=None, idle_timeout_s=DEFAULT_IDLE_TIMEOUT_S):
         home = micd_home()
         self.launcher = launcher or BackendLauncher()
         self.registry = registry or ModelRegistry(os.path.join(home, "models"), launcher=self.launcher)
         self.work_root = work_root or os.path.join(home, "segment")
         self.job_poller = job_poller
         self.keep_files = keep_files
+        self.worker = worker or BackendWorker(self.launcher, idle_timeout_s)
+
+    # --- the worker ---------------------------------------------------------------------------------------------
+    def warm_up(self):
+        """Start the worker now (returns at once), so that the first Segment does not wait for Python and torch to
+        load."""
+        self.worker.start()
+
+    def shutdown_worker(self):
+        """End the worker and give its memory back (returns at once); the next Segment starts a new one."""
+        self.worker.shutdown()
 
     # --- models -------------------------------------------------------------------------------------------------
     def models(self):
@@ -136,12 +152,10 @@ class SegmentationLogic:
         work_dir = tempfile.mkdtemp(prefix="segment-", dir=self.work_root)
         input_path = sceneio.write_volume(volume, os.path.join(work_dir, "input.nrrd"), compress=False)
         output_path = os.path.join(work_dir, "prediction.nrrd")
-        args = ["--model", model.path, "--input", input_path, "--output", output_path, *settings.cli_args()]
+        fields = dict(model=model.path, input=input_path, output=output_path, **settings.request_fields())
         if settings.uncertainty:
-            args += ["--uncertainty", os.path.join(work_dir, "uncertainty.nrrd")]
-        command = self.launcher.command("predict", *args)
-        job = BackgroundJob.start(command, work_dir, kind="predict", env=self.launcher.environment(),
-                                  info={"outputs": [output_path], "volume": volume.GetName(), "model": model.path})
+            fields["uncertainty"] = os.path.join(work_dir, "uncertainty.nrrd")
+        job = self.worker.submit("predict", run_dir=work_dir, **fields)
         segmentation_job = SegmentationJob(job, volume, model, target, settings.uncertainty, self.keep_files,
                                            on_log, on_finished, on_event)
         if wait:

@@ -15,5 +15,6 @@ class SegmentationSettings:
             return [f"Device {self.device!r} must be auto, cpu, cuda or cuda:N."]
         return []
 
-    def cli_args(self):
-        return ["--device", self.device] + (["--tta"] if self.tta else [])
+    def request_fields(self):
+        """The options of a `predict` request to the worker (`micd serve`), as `micd predict` names them."""
+        return {"device": self.device, "tta": bool(self.tta)}

@@ -41,6 +41,10 @@ class SegmentationWidget:
         self.timer = qt.QTimer()
         self.timer.setInterval(500)
         self.timer.connect("timeout()", self.onTick)
+        # the worker's idle timeout and a changed backend Python are noticed when it is polled: also between clicks
+        self.workerTimer = qt.QTimer()
+        self.workerTimer.setInterval(30000)
+        self.workerTimer.connect("timeout()", self.logic.worker.poll)
         self.refreshModels()
         self.updateButtons()
 
@@ -237,7 +241,20 @@ class SegmentationWidget:
             b.setEnabled(has_model and not running)
 
     def enter(self):
+        """Refresh the models; start the worker now when this session's dependency check already passed (else the
+        first Segment click starts it, after the check)."""
         self.refreshModels(select=self.selectedModel().name if self.selectedModel() else None)
+        if qtsupport.backend_known_ready(self.logic.launcher):
+            self.logic.warm_up()
+        self.workerTimer.start()
+
+    def exit(self):
+        """Leaving the module ends the worker (its memory goes back); a running segmentation finishes first."""
+        if self.job is None or self.job.finished:
+            self.logic.shutdown_worker()
+            self.workerTimer.stop()
 
     def cleanup(self):
         self.timer.stop()
+        self.workerTimer.stop()
+        self.logic.shutdown_worker()

@@ -32,6 +32,9 @@ class TrainingWidget:
         self.nextCases.refreshLoopModels()
         self.training.enter()
 
+    def exit(self):
+        """Leaving the module: a training keeps running and the panel keeps following it."""
+
     def cleanup(self):
         """The module is closing: a training keeps running; it is reattached on return."""
         self.training.cleanup()

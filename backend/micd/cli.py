@@ -15,6 +15,7 @@ COMMANDS = {
     "convert-checkpoint": "micd.training.convert",
     "predict": "micd.inference.command",
     "suggest": "micd.inference.suggest_command",
+    "serve": "micd.inference.serve_command",
     "evaluate": "micd.evaluation.command",
     "info": "micd.info_command",
 }

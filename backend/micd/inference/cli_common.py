@@ -7,7 +7,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from micd.contract import EXIT_CANCELLED
+from micd.inference.progress import PredictionCancelled  # noqa: F401 - what `should_stop` raises
 
 EXIT_BAD_INPUT = 2  # bad model folder, input, options or device; a volume could not be read
 EXIT_FAILURE = 1    # anything else (out of memory included)
@@ -60,6 +64,27 @@ class Reporter:
         return self.fail(f"{inp}: out of memory ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})",
                          "try --max-buffer-gb with a smaller value, --sw-batch-size 1, or --device cpu", "oom",
                          EXIT_FAILURE)
+
+
+@dataclass
+class CommandIO:
+    """How a predicting command meets its caller: `micd predict` / `micd suggest` on a terminal (events on stdout, a
+    bar on stderr, each model loaded from disk) or `micd serve` (events tagged with the request's id, models from
+    its cache, a cancel asked before each batch of windows)."""
+
+    report: Reporter
+    load_model: Callable[[str], object]
+    should_stop: Optional[Callable[[], bool]] = None
+    bars: bool = True
+
+    @classmethod
+    def terminal(cls, report: Reporter) -> "CommandIO":
+        from micd.model_package import load_model_package
+
+        return cls(report, load_model_package)
+
+    def cancelled(self, inp: str) -> int:
+        return self.report.fail(f"{inp}: cancelled", "", "cancelled", EXIT_CANCELLED)
 
 
 def check_window_arguments(args: argparse.Namespace) -> Optional[str]:

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from micd.inference.cli_common import Reporter, add_window_arguments, check_window_arguments
+from micd.inference.cli_common import CommandIO, Reporter, add_window_arguments, check_window_arguments
 
 DESCRIPTION = """Segment images with a trained model folder. The two students' softmax probabilities are averaged
 (Gaussian-blended sliding windows, ROI = the training patch), the argmax is taken on the network grid and resampled
@@ -42,53 +42,57 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, io: "CommandIO | None" = None) -> int:
+    """`micd predict` (io: how events and models reach the caller; `micd serve` passes its own)."""
     from tqdm import tqdm
 
     from micd.data.io import ImageReadError, read_image, write_image, write_label
     from micd.inference.branches import BranchError, branch_names
     from micd.inference.outputs import OutputError, plan_outputs, uncertainty_path
     from micd.inference.predictor import PredictOptions, predict_image
-    from micd.model_package import ModelPackageError, load_model_package
+    from micd.inference.progress import PredictionCancelled
+    from micd.model_package import ModelPackageError
     from micd.training.devices import DeviceError, resolve_device
 
+    io = io or CommandIO.terminal(REPORT)
+    report = io.report
     problem = check_window_arguments(args)
     if problem:
-        return REPORT.fail(problem)
+        return report.fail(problem)
     try:
         resolve_device(args.device)
-        package = load_model_package(args.model)
+        package = io.load_model(args.model)
         branch_names(package, args.branches)
         pairs, problems = plan_outputs(args.input, args.output, args.format)
         if not pairs:
-            return REPORT.fail("; ".join(problems) or f"--input {args.input}: no images found")
+            return report.fail("; ".join(problems) or f"--input {args.input}: no images found")
         unc = {o: uncertainty_path(args.uncertainty, o, len(pairs) if os.path.isdir(args.input) else 1)
                for _, o in pairs} if args.uncertainty else {}
     except (ModelPackageError, DeviceError, BranchError, OutputError) as e:
-        return REPORT.fail(str(e))
+        return report.fail(str(e))
     taken = [f for _, o in pairs for f in (o, unc.get(o)) if f and os.path.lexists(f)]
     if taken and not args.overwrite:
-        return REPORT.fail(f"{taken[0]} already exists ({len(taken)} of the output files)",
+        return report.fail(f"{taken[0]} already exists ({len(taken)} of the output files)",
                            "pass --overwrite to replace them, or choose another --output")
     for p in problems:
-        REPORT.warn(p)
+        report.warn(p)
 
     opts = PredictOptions(branches=args.branches, tta=args.tta, device=args.device, uncertainty=bool(unc),
                           overlap=args.overlap, sw_batch_size=args.sw_batch_size, max_buffer_gib=args.max_buffer_gb, amp=args.amp)
     many = len(pairs) > 1
-    bar = tqdm(pairs, desc="micd predict", unit="image", file=sys.stderr, disable=not many)
+    bar = tqdm(pairs, desc="micd predict", unit="image", file=sys.stderr, disable=not (many and io.bars))
     failed = []
     t0 = time.time()
     for index, (inp, out) in enumerate(bar, 1):
         def log(info, inp=inp):
-            REPORT.emit({"event": "plan", "input": inp, **info}, bar if many else None)
+            report.emit({"event": "plan", "input": inp, **info}, bar if many else None)
 
         def progress(state, inp=inp, index=index):
-            REPORT.emit({"event": "progress", "input": inp, "image": index, "images": len(pairs), **state},
+            report.emit({"event": "progress", "input": inp, "image": index, "images": len(pairs), **state},
                         bar if many else None)
         try:
             image = read_image(inp)
-            pred = predict_image(image, package, opts, log, progress)
+            pred = predict_image(image, package, opts, log, progress, io.should_stop)
             write_label(pred.labels, out, package.labels, package.colors)
             if pred.uncertainty is not None:
                 write_image(pred.uncertainty, unc[out])
@@ -96,19 +100,21 @@ def run(args: argparse.Namespace) -> int:
             if not many:
                 from micd.diskfull import is_disk_full
                 disk = isinstance(e, OSError) and is_disk_full(e)
-                return REPORT.fail(f"{inp}: {e}", "free space on that disk, or write --output elsewhere" if disk
+                return report.fail(f"{inp}: {e}", "free space on that disk, or write --output elsewhere" if disk
                                    else "", "disk" if disk else "data")
             failed.append(inp)
-            REPORT.error_line(f"{inp}: {e}", bar if many else None)
+            report.error_line(f"{inp}: {e}", bar if many else None)
             continue
+        except PredictionCancelled:
+            return io.cancelled(inp)
         except (RuntimeError, MemoryError) as e:
             from micd.training.devices import is_oom
             if is_oom(e) or isinstance(e, MemoryError):
-                return REPORT.out_of_memory(inp, e)
+                return report.out_of_memory(inp, e)
             raise
-        REPORT.emit({"event": "prediction", "input": inp, "output": out, "uncertainty": unc.get(out),
+        report.emit({"event": "prediction", "input": inp, "output": out, "uncertainty": unc.get(out),
                      "labels_found": pred.info["labels_found"], "seconds": pred.info["seconds"]},
                     bar if many else None)
-    REPORT.emit({"event": "done", "images": len(pairs) - len(failed), "failed": failed,
+    report.emit({"event": "done", "images": len(pairs) - len(failed), "failed": failed,
                  "seconds": round(time.time() - t0, 2)})
     return 2 if failed else 0

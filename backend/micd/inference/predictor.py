@@ -21,7 +21,7 @@ from micd.inference.branches import branch_names
 from micd.inference.ensemble import EnsembleProbabilities
 from micd.inference.memory import (AccumulationPlan, cpu_budget, default_sw_batches, fixed_bytes, gpu_budget,
                                    plan_accumulation)
-from micd.inference.progress import CountingPredictor, count_windows
+from micd.inference.progress import CountingPredictor, count_windows, stoppable
 from micd.inference.sliding import segment_grid
 from micd.model_package import ModelPackage
 from micd.training.devices import amp_dtype, precision_reason, resolve_device
@@ -63,8 +63,12 @@ class GridRun:
     t0: float
 
     def segment(self, predictor: Callable, channels: int, opts: PredictOptions, want_entropy: bool = False,
-                reduce: Optional[Callable] = None, progress: Optional[Callable[[dict], None]] = None):
-        """Run the windows with `predictor` (x -> `channels` blended probabilities); (labels, entropy) on the grid."""
+                reduce: Optional[Callable] = None, progress: Optional[Callable[[dict], None]] = None,
+                should_stop: Optional[Callable[[], bool]] = None):
+        """Run the windows with `predictor` (x -> `channels` blended probabilities); (labels, entropy) on the grid.
+        `should_stop()` is asked before each batch of windows (PredictionCancelled when it says yes)."""
+        if should_stop is not None:
+            predictor = stoppable(predictor, should_stop)
         counter = CountingPredictor(predictor, self.windows, progress) if progress else None
         out = segment_grid(self.array, counter or predictor, self.info["roi"], self.plan, channels, want_entropy,
                            opts.overlap, self.sw_batch, reduce=reduce)
@@ -111,14 +115,17 @@ def prepare_grid(image: sitk.Image, package: ModelPackage, opts: PredictOptions,
 
 def predict_image(image: sitk.Image, package: ModelPackage, options: Optional[PredictOptions] = None,
                   log: Optional[Callable[[dict], None]] = None,
-                  progress: Optional[Callable[[dict], None]] = None) -> Prediction:
+                  progress: Optional[Callable[[dict], None]] = None,
+                  should_stop: Optional[Callable[[], bool]] = None) -> Prediction:
     """Segment `image` with `package`; `log` receives the chosen plan as a dict before the windows run, `progress`
-    {windows_done, windows_total, fraction, elapsed_s, eta_s} while they run (micd/inference/progress.py)."""
+    {windows_done, windows_total, fraction, elapsed_s, eta_s} while they run (micd/inference/progress.py);
+    `should_stop()`, asked before each batch of windows, ends it with PredictionCancelled."""
     opts = options or PredictOptions()
     n_classes = package.network_config.out_channels
     run = prepare_grid(image, package, opts, branch_names(package, opts.branches), n_classes, log)
     predictor = EnsembleProbabilities(run.nets, opts.tta, run.plan.torch_dtype, run.amp)
-    labels, entropy = run.segment(predictor, n_classes, opts, opts.uncertainty, progress=progress)
+    labels, entropy = run.segment(predictor, n_classes, opts, opts.uncertainty, progress=progress,
+                                  should_stop=should_stop)
     labels = package.channels.to_values(labels)  # argmax channel -> the dataset's label value
     out = run.on_input_grid(labels)
     unc = None

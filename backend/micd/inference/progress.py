@@ -28,6 +28,20 @@ def count_windows(shape: Sequence[int], roi: Sequence[int], plan: AccumulationPl
     return total
 
 
+class PredictionCancelled(Exception):
+    """The caller asked to stop (`micd serve`'s cancel); raised before the next batch of windows."""
+
+
+def stoppable(predictor: Callable[[torch.Tensor], torch.Tensor],
+              should_stop: Callable[[], bool]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`predictor`, asking `should_stop()` before each batch of windows."""
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if should_stop():
+            raise PredictionCancelled()
+        return predictor(x)
+    return run
+
+
 class CountingPredictor:
     """Calls `predictor` and reports {windows_done, windows_total, fraction, elapsed_s, eta_s} to `report`."""
 

@@ -159,7 +159,8 @@ def student_branches(package: ModelPackage) -> List[str]:
 
 def score_image(image: sitk.Image, package: ModelPackage, options: Optional[PredictOptions] = None,
                 log: Optional[Callable[[dict], None]] = None,
-                progress: Optional[Callable[[dict], None]] = None) -> Tuple[dict, sitk.Image]:
+                progress: Optional[Callable[[dict], None]] = None,
+                should_stop: Optional[Callable[[], bool]] = None) -> Tuple[dict, sitk.Image]:
     """Score one image (see the module docstring); returns (summary, ensemble label map on the input's grid).
     `log` receives the plan before the windows run, `progress` the windows done as `micd predict` reports them.
 
@@ -171,7 +172,8 @@ def score_image(image: sitk.Image, package: ModelPackage, options: Optional[Pred
     run = prepare_grid(image, package, opts, student_branches(package), 2 * n_classes, log)
     stats = DisagreementStats(n_classes)
     predictor = PairProbabilities(run.nets, opts.tta, run.plan.torch_dtype, run.amp)
-    labels, _ = run.segment(predictor, 2 * n_classes, opts, reduce=stats.reduce, progress=progress)
+    labels, _ = run.segment(predictor, 2 * n_classes, opts, reduce=stats.reduce, progress=progress,
+                            should_stop=should_stop)
     summary = stats.summary(package.labels, package.channels.values)
     summary["plan"] = {"device": run.plan.compute_device, "buffer_device": run.plan.buffer_device,
                        "dtype": run.plan.dtype, "n_slabs": run.plan.n_slabs, "sw_batch_size": run.sw_batch,

@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from micd.inference.cli_common import Reporter, add_window_arguments, check_window_arguments
+from micd.inference.cli_common import CommandIO, Reporter, add_window_arguments, check_window_arguments
 from micd.atomicfile import write_json
 
 DESCRIPTION = """Rank unlabeled volumes by how unsure a trained model is about them, to choose what to label next.
@@ -63,46 +63,51 @@ def check_json_target(path: str) -> None:
             raise ValueError(f"--json {path} exists and is not a micd suggest file; remove it or choose another name")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, io: "CommandIO | None" = None) -> int:
+    """`micd suggest` (io: how events and models reach the caller; `micd serve` passes its own)."""
     from micd.data.io import ImageReadError, expand_image_sources, read_image, write_label
     from micd.inference.outputs import case_name
     from micd.inference.predictor import PredictOptions
     from micd.inference.suggest import SCORE_DEFINITION, SuggestError, rank, score_image, student_branches
-    from micd.model_package import ModelPackageError, load_model_package
+    from micd.inference.progress import PredictionCancelled
+    from micd.model_package import ModelPackageError
     from micd.training.devices import DeviceError, is_oom, resolve_device
+
+    io = io or CommandIO.terminal(REPORT)
+    report = io.report
 
     problem = check_window_arguments(args)
     if problem:
-        return REPORT.fail(problem)
+        return report.fail(problem)
     if args.top is not None and args.top < 1:
-        return REPORT.fail(f"--top {args.top}: must be at least 1")
+        return report.fail(f"--top {args.top}: must be at least 1")
     try:
         resolve_device(args.device)
-        package = load_model_package(args.model)
+        package = io.load_model(args.model)
         student_branches(package)
         if args.json:
             check_json_target(args.json)
     except (ModelPackageError, DeviceError, SuggestError, ValueError) as e:
-        return REPORT.fail(str(e))
+        return report.fail(str(e))
     paths, problems = expand_image_sources(args.input)
     first: dict = {}
     for p in paths:  # one volume named twice (relative and absolute, or through a link) is ranked once
         first.setdefault(os.path.realpath(p), p)
     paths = list(first.values())
     if not paths:
-        return REPORT.fail("; ".join(problems) or "--input: no images found")
+        return report.fail("; ".join(problems) or "--input: no images found")
     for p in problems:
-        REPORT.warn(p)
+        report.warn(p)
     preds = {}
     if args.predictions:
         if os.path.isfile(args.predictions):
-            return REPORT.fail(f"--predictions {args.predictions} is a file; give a folder")
+            return report.fail(f"--predictions {args.predictions} is a file; give a folder")
         preds = {p: os.path.join(args.predictions, case_name(p) + ".seg.nrrd") for p in paths}
         if len(set(preds.values())) < len(preds):
-            return REPORT.fail("--predictions: two inputs share a case name; rank them in separate calls")
+            return report.fail("--predictions: two inputs share a case name; rank them in separate calls")
         taken = [o for o in preds.values() if os.path.exists(o)]
         if taken:
-            return REPORT.fail(f"--predictions: {taken[0]} already exists ({len(taken)} file(s))",
+            return report.fail(f"--predictions: {taken[0]} already exists ({len(taken)} file(s))",
                                "remove them or choose another folder")
 
     opts = PredictOptions(tta=args.tta, device=args.device, overlap=args.overlap, sw_batch_size=args.sw_batch_size,
@@ -113,24 +118,26 @@ def run(args: argparse.Namespace) -> int:
         try:
             image = read_image(inp)
             summary, labels = score_image(
-                image, package, opts, lambda info, inp=inp: REPORT.emit({"event": "plan", "input": inp, **info}),
-                lambda state, inp=inp, i=i: REPORT.emit({"event": "progress", "input": inp, "image": i + 1,
-                                                   "images": len(paths), **state}))
+                image, package, opts, lambda info, inp=inp: report.emit({"event": "plan", "input": inp, **info}),
+                lambda state, inp=inp, i=i: report.emit({"event": "progress", "input": inp, "image": i + 1,
+                                                   "images": len(paths), **state}), io.should_stop)
             if inp in preds:
                 os.makedirs(args.predictions, exist_ok=True)
                 write_label(labels, preds[inp], package.labels, package.colors)
         except (ImageReadError, OSError) as e:
             failed.append(inp)
-            REPORT.error_line(f"{inp}: {e}")
+            report.error_line(f"{inp}: {e}")
             continue
+        except PredictionCancelled:
+            return io.cancelled(inp)
         except (RuntimeError, MemoryError) as e:
             if is_oom(e) or isinstance(e, MemoryError):
-                return REPORT.out_of_memory(inp, e)
+                return report.out_of_memory(inp, e)
             raise
         seconds = summary.pop("seconds")
         entry = {"file": os.path.abspath(inp), "case": case_name(inp), **summary, "prediction": preds.get(inp)}
         entries.append(entry)
-        REPORT.emit({"event": "scored", "input": inp, "index": i + 1, "total": len(paths), "score": entry["score"],
+        report.emit({"event": "scored", "input": inp, "index": i + 1, "total": len(paths), "score": entry["score"],
                "disagreement": entry["disagreement"], "entropy": entry["entropy"],
                "labels_found": entry["labels_found"], "prediction": entry["prediction"], "seconds": seconds})
     ranking = rank(entries)[: args.top] if args.top else rank(entries)
@@ -143,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         os.makedirs(folder, exist_ok=True)
         write_json(args.json, result, indent=1)
     print(table(ranking, package.labels), file=sys.stderr)
-    REPORT.emit({"event": "done", "images": len(entries), "failed": failed, "json": args.json,
+    report.emit({"event": "done", "images": len(entries), "failed": failed, "json": args.json,
            "ranking": [{"rank": e["rank"], "file": e["file"], "score": e["score"]} for e in ranking],
            "seconds": round(time.time() - t0, 2)})
     return 2 if failed else 0
