@@ -89,6 +89,11 @@ def sum_across_ranks(ctx: DistContext) -> Callable[[torch.Tensor], torch.Tensor]
     return reduce
 
 
+def _for_collective(t: torch.Tensor) -> torch.Tensor:
+    """A small CPU tensor where the process group can reduce it: NCCL reduces CUDA tensors only."""
+    return t.cuda() if dist.get_backend() == "nccl" else t
+
+
 def broadcast_object(ctx: DistContext, obj):
     if not ctx.enabled:
         return obj
@@ -106,9 +111,7 @@ def any_rank(ctx: DistContext, flag: bool) -> bool:
     """True on every rank when `flag` is true on at least one (used to stop all ranks at the same iteration)."""
     if not ctx.enabled:
         return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
+    t = _for_collective(torch.tensor([1 if flag else 0], dtype=torch.int32))
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 
@@ -170,7 +173,7 @@ def mean_across_ranks(ctx: DistContext, values: dict) -> dict:
     if not ctx.enabled:
         return values
     keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    t = _for_collective(torch.tensor([values[k] for k in keys], dtype=torch.float64))
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return {k: float(v) / ctx.world_size for k, v in zip(keys, t.tolist())}
 
