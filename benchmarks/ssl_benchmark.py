@@ -1,4 +1,8 @@
-"""Semi-supervised benchmark on the shared hippocampus data: MICD against supervised, mean teacher, CPS and DHC.
+"""Semi-supervised benchmark on the shared data: MICD against supervised, mean teacher, CPS and DHC.
+
+Datasets (`--dataset`, default hippocampus): `hippocampus` (the protocol below) and `la`, the Left Atrium set
+(splits/la.json, written by make_split.py: UA-MT's 20 test cases; 4 or 8 labeled cases, the first of train.list;
+4 fixed labeled validation cases; 68 unlabeled cases whose labels are never read; label 1 left_atrium, modality MR).
 
 Protocol: the recorded split in benchmarks/splits/hippocampus.json (50 test cases; 2 or 5 labeled cases taken from
 a fixed pool of 10; 200 unlabeled cases whose labels are never read). The last 5 cases of the pool are a labeled
@@ -18,7 +22,14 @@ labeled, then the ablations, so a partial run already answers the first question
 Per row: mean Dice over seeds; the paired difference to supervised and to the best peer, over test cases x seeds,
 as {"mean", "ci95", "n"} (t interval over the n paired per-case differences); the foreground ratio.
 
-Presets:
+Equal time (`--time-budget 7m [21m ...]`): every method trains with `micd train --time-budget B` instead of a fixed
+iteration count (the count is planned by each run from its own timed steps and recorded with the plan); these records
+(file names ending in -t<budget>) and their summary (RESULTS/ssl-<preset>[-<dataset>]-equal-time.{json,md}) are kept
+apart from the equal-iteration ones. Records of another dataset than hippocampus live in
+RESULTS/<preset>/runs/<dataset>/ and are summarised in RESULTS/ssl-<preset>-<dataset>.{json,md}; hippocampus' paths
+are as they always were.
+
+Presets (for la: 4 and 8 labeled, 4 validation cases, patch 32x64x64, no ablations by default; smoke 16x32x32):
   cpu        3 seeds x {2, 5} labeled x 5 methods + 6 MICD ablations at 2 labeled, 1000 iterations, width 8,
              patch 32x48x32, aimed at about 6 h of 2 cores; what the recorded runs took is the report's compute
              line (for the committed cpu table, more than the aim)
@@ -83,6 +94,21 @@ METHOD_FLAGS = {"supervised": ["--class-weights", "none"]}
 ABLATIONS = ["micd-no-mcpc", "micd-no-cfc", "micd-no-cmd", "micd-no-masking", "micd-dhc-weights", "micd-literal"]
 ORDER = METHODS + list(VARIANTS)
 LABEL_NAMES = {"1": "hippocampus_anterior", "2": "hippocampus_posterior"}
+WEIGHTED = "supervised-micd-weights"  # the baseline every row is also paired with (paired_diff_vs_supervised_weighted)
+# Each dataset: its folder under shared/data, its recorded split (benchmarks/make_split.py), its label names (with the
+# short forms of the report's columns) and the modality written into every run's dataset.json. The LA images are
+# stored as int16 = z x 1000, z-scored by their providers over more than the crop (a crop's mean is about +0.9 z):
+# micd's MR normalisation z-scores each crop again after clipping it to its 0.5-99.5th percentiles (undoing the x 1000,
+# re-centring and clipping the bright tail); declaring MR matters, as micd would guess CT from their negative values
+# (1st percentile below -500 in 80 of the 100 volumes).
+DATASETS = {
+    "hippocampus": dict(folder="hippocampus", split="hippocampus.json", labels=LABEL_NAMES, modality="MR",
+                        title="Hippocampus (shared data)",
+                        short={"hippocampus_anterior": "anterior", "hippocampus_posterior": "posterior"}),
+    "la": dict(folder="la", split="la.json", labels={"1": "left_atrium"}, modality="MR",
+               title="Left atrium (shared data, LGE-MRI at 1.25 mm; UA-MT's test list)",
+               short={"left_atrium": "left atrium"}),
+}
 
 PRESETS = {
     "cpu": dict(seeds=[0, 1, 2], labeled=[2, 5], iterations=1000, filters=8, patch=[32, 48, 32], device="cpu",
@@ -94,6 +120,48 @@ PRESETS = {
     "gpu": dict(seeds=[0, 1, 2], labeled=[2, 5], iterations=6000, filters=32, patch=[32, 64, 48], device="cuda",
                 threads=0, validation=5, ablations=ABLATIONS),
 }
+
+
+# What differs for a dataset other than hippocampus, by preset: its labeled counts (the literature's 4 and 8 of 80 for
+# LA), the validation cases at the end of its labeled pool, a patch for its larger crops (LA: about 44x71x95 voxels
+# z y x after preprocessing; micd's own planner would pick 48x80x96) and no ablations unless named.
+DATASET_PRESETS = {
+    "la": {
+        "cpu": dict(labeled=[4, 8], validation=4, patch=[32, 64, 64], ablations=[]),
+        "cpu-quick": dict(labeled=[4, 8], validation=0, patch=[32, 64, 64], ablations=[]),
+        "smoke": dict(labeled=[4], validation=4, patch=[16, 32, 32], ablations=[]),
+        "gpu": dict(labeled=[4, 8], validation=4, patch=[48, 80, 96], ablations=[]),
+    },
+}
+
+
+def config(preset: str, dataset: str = "hippocampus") -> dict:
+    """The preset's settings for a dataset (hippocampus: the preset as it is)."""
+    return dict(PRESETS[preset], **DATASET_PRESETS.get(dataset, {}).get(preset, {}))
+
+
+def parse_budget(text: str) -> float:
+    """Seconds of a --time-budget string, as `micd train` reads it."""
+    try:
+        from micd.contract import parse_duration
+    except ImportError:  # older micd: the parser lived with the budget arithmetic
+        from micd.training.budget import parse_duration
+    return parse_duration(text)
+
+
+def budget_tag(budget: str) -> str:
+    """The file-name form of a budget ('7m' -> 't7m')."""
+    return "t" + "".join(c for c in str(budget) if c.isalnum() or c == ".")
+
+
+def scope_parts(dataset: str, timed: bool) -> List[str]:
+    """Sub-folders of RESULTS/<preset>/runs/ and WORK/<preset>/ that keep a dataset's and equal-time records apart
+    (none for hippocampus at equal iterations: the paths it always had)."""
+    return ([] if dataset == "hippocampus" else [dataset]) + (["equal-time"] if timed else [])
+
+
+def summary_name(preset: str, dataset: str, timed: bool) -> str:
+    return f"ssl-{preset}" + ("" if dataset == "hippocampus" else f"-{dataset}") + ("-equal-time" if timed else "")
 
 
 def micd(args: List[str], log: str, threads: int) -> Dict[str, float]:
@@ -121,26 +189,20 @@ def link_folder(folder: str, sources: Dict[str, str]) -> str:
 
 
 def run_one(method: str, k: int, seed: int, cfg: dict, split: dict, hip: str, work: str, runs_dir: str,
-            preset: str) -> dict:
-    name = f"{method}-L{k}-s{seed}"
+            preset: str, dataset: str = "hippocampus", time_budget: Optional[str] = None) -> dict:
+    """Train, predict, evaluate and record one run. `hip`: the dataset's folder in the shared data; `time_budget`:
+    train with `micd train --time-budget` (equal time) instead of the preset's iterations."""
+    name = f"{method}-L{k}-s{seed}" + (f"-{budget_tag(time_budget)}" if time_budget else "")
     record = os.path.join(runs_dir, name + ".json")
     if os.path.exists(record):
         return json.load(open(record))
     d = os.path.join(work, name)
     os.makedirs(d, exist_ok=True)
     log = os.path.join(d, "log.txt")
-    img = lambda n: os.path.join(hip, "imagesTr", n)
-    lab = lambda n: os.path.join(hip, "labelsTr", n)
-    pool = split["labeled_pool"]
+    ds_path = write_run_dataset(d, split, hip, k, cfg.get("validation", 0), dataset)
     n_val = cfg.get("validation", 0)
-    ds = {"labels": LABEL_NAMES, "modality": "MR",
-          "labeled": [{"image": img(n), "label": lab(n)} for n in pool[:k]],
-          "unlabeled": [img(n) for n in split["unlabeled"]]}
-    if n_val:
-        assert k <= len(pool) - n_val, "the validation cases must not be training cases"
-        ds["validation"] = [{"image": img(n), "label": lab(n)} for n in pool[len(pool) - n_val:]]
-    ds_path = os.path.join(d, "dataset.json")
-    json.dump(ds, open(ds_path, "w", encoding="utf-8"), indent=1)
+    img = lambda n: os.path.join(hip, "imagesTr", n)  # noqa: E731
+    lab = lambda n: os.path.join(hip, "labelsTr", n)  # noqa: E731
     run = os.path.join(d, "run")
     model = os.path.join(run, "model")
     timing = {"wall_s": None, "cpu_s": None}
@@ -148,8 +210,11 @@ def run_one(method: str, k: int, seed: int, cfg: dict, split: dict, hip: str, wo
     if not os.path.isfile(os.path.join(model, "model.json")):
         resume = ["--resume"] if os.path.isdir(os.path.join(run, "checkpoints")) else []
         base, extra = VARIANTS.get(method, (method, METHOD_FLAGS.get(method, [])))
-        t = micd(["train", "--dataset", ds_path, "--out", run, "--method", base, *extra, "--iterations",
-                  str(cfg["iterations"]), "--patch-size", *map(str, cfg["patch"]), "--filters", str(cfg["filters"]),
+        # equal time: the budget plans the count; the threads are pinned as at equal iterations (no thread probe)
+        length = (["--time-budget", time_budget] + (["--num-threads", str(cfg["threads"])] if cfg["threads"] else [])
+                  if time_budget else ["--iterations", str(cfg["iterations"])])
+        t = micd(["train", "--dataset", ds_path, "--out", run, "--method", base, *extra, *length,
+                  "--patch-size", *map(str, cfg["patch"]), "--filters", str(cfg["filters"]),
                   "--device", cfg["device"], "--seed", str(seed), "--checkpoint-every", "250", "--val-fraction", "0",
                   *(["--export-last"] if n_val else []),
                   "--cache-dir", os.path.join(work, "cache"), "--log-every", "50", "--progress", "none", *resume],
@@ -181,7 +246,9 @@ def run_one(method: str, k: int, seed: int, cfg: dict, split: dict, hip: str, wo
     meta = json.load(open(os.path.join(model, "model.json")))
     prov = meta["provenance"]
     ev = evaluations["best"]
-    result = {"method": method, "labeled": k, "seed": seed, "preset": preset, "iterations": cfg["iterations"],
+    result = {"method": method, "labeled": k, "seed": seed, "preset": preset, "dataset": dataset,
+              # equal time: the budget as given and the count the run planned for it (its `start` event)
+              "time_budget": time_budget, "iterations": start["iterations"] if time_budget else cfg["iterations"],
               "filters": cfg["filters"], "patch_size": cfg["patch"], "device": start["device"], "amp": start["amp"],
               "unlabeled": len(split["unlabeled"]), "test_cases": len(split["test"]), "validation_cases": n_val,
               "weights_from": meta.get("weights_from"), "validation_curve": curve,
@@ -195,10 +262,55 @@ def run_one(method: str, k: int, seed: int, cfg: dict, split: dict, hip: str, wo
               "evaluation": ev, "evaluation_last": evaluations.get("last"),
               "foreground_ratio_last": foreground_ratio(evaluations["last"]) if "last" in evaluations else None,
               **machine(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if time_budget:
+        result.update({"time_budget_s": start.get("time_budget_s"), "budget_plan": start.get("budget_plan"),
+                       "sec_per_iter_expected": start.get("sec_per_iter_expected"),
+                       "expected_total_s": start.get("expected_total_s"), "threads": start.get("threads")})
     tmp = record + ".tmp"
     json.dump(result, open(tmp, "w", encoding="utf-8"), indent=1)
     os.replace(tmp, record)  # recorded at once; a restart skips it
     return result
+
+
+def write_run_dataset(folder: str, split: dict, hip: str, k: int, n_val: int, dataset: str = "hippocampus") -> str:
+    """The run's dataset.json: the first k cases of the split's labeled pool, its last n_val as the validation set,
+    every unlabeled case (image only: their labels are never read)."""
+    img = lambda n: os.path.join(hip, "imagesTr", n)  # noqa: E731
+    lab = lambda n: os.path.join(hip, "labelsTr", n)  # noqa: E731
+    pool = split["labeled_pool"]
+    spec = DATASETS[dataset]
+    ds = {"labels": spec["labels"], "modality": spec["modality"],
+          "labeled": [{"image": img(n), "label": lab(n)} for n in pool[:k]],
+          "unlabeled": [img(n) for n in split["unlabeled"]]}
+    if n_val:
+        assert k <= len(pool) - n_val, "the validation cases must not be training cases"
+        ds["validation"] = [{"image": img(n), "label": lab(n)} for n in pool[len(pool) - n_val:]]
+    ds_path = os.path.join(folder, "dataset.json")
+    json.dump(ds, open(ds_path, "w", encoding="utf-8"), indent=1)
+    return ds_path
+
+
+def warm_cache(cfg: dict, split: dict, hip: str, work: str, k: int, dataset: str) -> None:
+    """Preprocess every training case into WORK's cache before the first run under a time budget: the budget counts
+    from the start of `micd train`, so the run that preprocessed the data would otherwise get fewer iterations than
+    the others. One untimed 1-iteration MICD run with the largest labeled set (all cases it reads), then removed."""
+    d = os.path.join(work, f"cache-warmup-{dataset}")
+    marker = os.path.join(d, f"warm-L{k}.json")
+    if os.path.exists(marker):
+        return
+    os.makedirs(d, exist_ok=True)
+    ds_path = write_run_dataset(d, split, hip, k, cfg.get("validation", 0), dataset)
+    run = os.path.join(d, "run")
+    import shutil
+
+    shutil.rmtree(run, ignore_errors=True)
+    t = micd(["train", "--dataset", ds_path, "--out", run, "--method", "micd", "--iterations", "1", "--patch-size",
+              *map(str, cfg["patch"]), "--filters", str(cfg["filters"]), "--device", cfg["device"],
+              "--val-fraction", "0", "--cache-dir", os.path.join(work, "cache"), "--progress", "none"],
+             os.path.join(d, "log.txt"), cfg["threads"])
+    shutil.rmtree(run, ignore_errors=True)
+    json.dump({"labeled": k, "wall_s": t["wall_s"], "finished": time.strftime("%Y-%m-%dT%H:%M:%S")},
+              open(marker, "w", encoding="utf-8"))
 
 
 def machine() -> Dict[str, object]:
@@ -319,10 +431,33 @@ def kind_comparisons(groups: Dict[tuple, List[dict]], others: List[dict]) -> Lis
     return out
 
 
-def summarize(runs: List[dict], others: Optional[List[dict]] = None) -> dict:
-    """The table's rows from the recorded runs; `others` are runs replaced in the table by a run on another CPU
-    kind, kept because rows trained on that kind (ablations) pair with them."""
+def summarize_all(runs: List[dict], others: Optional[List[dict]] = None, dataset: str = "hippocampus") -> dict:
+    """`summarize` for each time budget among the runs (None: equal iterations) and the rows of all of them: a row
+    pairs only with rows of its own budget."""
+    budgets: Dict[Optional[str], List[dict]] = {}
+    for r in runs:
+        budgets.setdefault(r.get("time_budget"), []).append(r)
+    if set(budgets) <= {None}:
+        return summarize(runs, others, dataset)
+    out: dict = {"rows": [], "supervised_validation_curves": {}, "best_validation": {}, "kind_comparisons": [],
+                 "compute": compute(runs)}
+    for b in sorted(budgets, key=lambda b: (b is not None, parse_budget(b) if b else 0.0)):
+        s = summarize(budgets[b], others if b is None else [], dataset)
+        prefix = f"{budget_tag(b)}-" if b else ""
+        out["rows"] += s["rows"]
+        curves = s["supervised_validation_curves"]
+        out["supervised_validation_curves"].update({prefix + k: v for k, v in curves.items()})
+        out["best_validation"].update({prefix + k: v for k, v in s["best_validation"].items()})
+        out["kind_comparisons"] += [dict(c, time_budget=b) for c in s["kind_comparisons"]]
+    return out
+
+
+def summarize(runs: List[dict], others: Optional[List[dict]] = None, dataset: str = "hippocampus") -> dict:
+    """The table's rows from the recorded runs (of one dataset and one time budget or none); `others` are runs
+    replaced in the table by a run on another CPU kind, kept because rows trained on that kind (ablations) pair with
+    them."""
     others = others or []
+    label_names = list(DATASETS[dataset]["labels"].values())
     groups: Dict[tuple, List[dict]] = {}
     for r in runs:
         groups.setdefault((r["labeled"], r["method"]), []).append(r)
@@ -337,7 +472,7 @@ def summarize(runs: List[dict], others: Optional[List[dict]] = None) -> dict:
         per_label = {}
         for r in sorted(rs, key=lambda r: r["seed"]):
             sc = per_case_scores(r["evaluation"])
-            for lab in LABEL_NAMES.values():
+            for lab in label_names:
                 d = [c[lab]["dice"] for c in sc.values() if lab in c]
                 h = [c[lab]["hd95"] for c in sc.values() if lab in c and c[lab]["hd95"] is not None]
                 per_label.setdefault(lab, {"dice": [], "hd95": []})
@@ -354,6 +489,7 @@ def summarize(runs: List[dict], others: Optional[List[dict]] = None) -> dict:
         if micd_ref is not None:
             micd_val[f"{k}-{method}"] = best_validation_mean(micd_ref)
         rows.append({
+            "dataset": dataset, "time_budget": rs[0].get("time_budget"),
             "labeled": k, "method": method, "seeds": sorted(r["seed"] for r in rs),
             "mean_dice": float(np.mean(per_seed)), "std_dice": float(np.std(per_seed)),
             "per_seed_mean_dice": per_seed,
@@ -367,6 +503,9 @@ def summarize(runs: List[dict], others: Optional[List[dict]] = None) -> dict:
                        for lab, v in per_label.items()},
             "paired_diff_vs_supervised": (paired(rs, groups[(k, "supervised")])
                                           if method != "supervised" and (k, "supervised") in groups else None),
+            # against supervised with MICD's class weights (the product's supervised default), same seeds
+            "paired_diff_vs_supervised_weighted": (paired(rs, groups[(k, WEIGHTED)])
+                                                   if method != WEIGHTED and (k, WEIGHTED) in groups else None),
             "best_peer": best_peer,
             "paired_diff_vs_best_peer": paired(rs, groups[(k, best_peer)]) if best_peer else None,
             "paired_diff_vs_micd": paired(rs, micd_ref) if micd_ref is not None else None,
@@ -379,6 +518,9 @@ def summarize(runs: List[dict], others: Optional[List[dict]] = None) -> dict:
             "paired_diff_micd_minus_this": (paired(same_kind(rs, micd_pool.get(k, [])), rs)
                                             if base_ref and micd_pool.get(k) else None),
             "iterations": rs[0]["iterations"], "device": rs[0]["device"], "amp": rs[0].get("amp"),
+            # per seed (in the order of `seeds`): equal time plans each run's count from its own timed steps
+            "iterations_by_seed": [r["iterations"] for r in sorted(rs, key=lambda r: r["seed"])],
+            "time_budget_s": rs[0].get("time_budget_s"),
             "cpu_flags": rs[0].get("cpu_flags"),
             # per seed: the same seed and code train differently under other bf16 kernels (AMX or not), so a row
             # compared across machines carries that difference too
@@ -394,6 +536,9 @@ def summarize(runs: List[dict], others: Optional[List[dict]] = None) -> dict:
         })
     curves = {f"L{k}-s{r['seed']}": r.get("validation_curve") for (k, m), rs in groups.items() if m == "supervised"
               for r in rs}
+    for row in rows:  # every run's validation curve, for the plateau question of the weighted baseline and MICD
+        row["validation_curves"] = {str(r["seed"]): r.get("validation_curve")
+                                    for r in sorted(groups[(row["labeled"], row["method"])], key=lambda r: r["seed"])}
     return {"rows": rows, "supervised_validation_curves": curves, "best_validation": micd_val,
             "kind_comparisons": kind_comparisons(groups, others), "compute": compute(runs)}
 
@@ -461,20 +606,38 @@ def repo_path(path: str) -> str:
     return os.path.relpath(path, root) if os.path.exists(os.path.join(root, ".git")) else os.path.abspath(path)
 
 
-def markdown(summary: dict, preset: str, cfg: dict, plateau: Optional[str] = None) -> str:
-    lines = [f"# Semi-supervised benchmark, preset `{preset}`", "",
-             f"Hippocampus (shared data), 50 test cases, 200 unlabeled cases, {cfg['iterations']} iterations, "
+def markdown(summary: dict, preset: str, cfg: dict, plateau: Optional[str] = None, dataset: str = "hippocampus",
+             split: Optional[dict] = None, timed: bool = False) -> str:
+    """The report. Hippocampus at equal iterations keeps the table it always had; another dataset or equal time
+    (`timed`) adds the budget, the planned iterations and the difference to supervised with MICD's weights."""
+    spec = DATASETS[dataset]
+    labels = list(spec["labels"].values())
+    n_test, n_unlabeled = (len(split["test"]), len(split["unlabeled"])) if split else (50, 200)
+    extra = timed or dataset != "hippocampus"
+    length = (f"{cfg['iterations']} iterations" if not timed else
+              "equal wall-clock time per run (`micd train --time-budget`: each run plans its iteration count from its "
+              "own timed steps, start-up and data preparation included; budget and planned iterations per seed in "
+              "the row)")
+    lines = [f"# Semi-supervised benchmark, preset `{preset}`" + (f", {dataset}" if dataset != "hippocampus" else "")
+             + (", equal time" if timed else ""), "",
+             f"{spec['title']}, {n_test} test cases, {n_unlabeled} unlabeled cases, {length}, "
              f"VNet width {cfg['filters']}, patch {'x'.join(map(str, cfg['patch']))}, batch 2 labeled + 2 unlabeled, "
              f"{cfg.get('validation', 0)} labeled validation cases. "
              "Dice and HD95 (mm) on the test cases, mean over seeds (± std over seeds), from the weights the "
              "validation picked (\"last\": the last weights); Δ sup, Δ best peer = mean paired per-case difference of "
              "mean Dice over test cases x seeds [95 % t interval]; fg ratio = predicted / reference foreground "
              "voxels (1 is right, above 1 over-segments); supervised = plain supervised training (unweighted Dice + "
-             "CE, `--class-weights none`). Generated by "
-             "`benchmarks/ssl_benchmark.py`; do not edit by hand.", "",
-             "| labeled | method | seeds | mean Dice | last | Δ sup | Δ best peer | anterior Dice | posterior Dice | "
-             "anterior HD95 | posterior HD95 | fg ratio | train wall s | train CPU s | s/iter |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "CE, `--class-weights none`). "
+             + (f"Δ sup-w: the same difference to `{WEIGHTED}` (supervised with MICD's class weights, the product's "
+                "supervised default) at the same labeled count" + (" and budget" if timed else "") + ". "
+                if extra else "")
+             + "Generated by `benchmarks/ssl_benchmark.py`; do not edit by hand.", ""]
+    short = [spec["short"].get(lab, lab) for lab in labels]
+    head = (["budget"] if timed else []) + ["labeled", "method", "seeds"] + (["iterations"] if timed else []) + \
+        ["mean Dice", "last", "Δ sup"] + (["Δ sup-w"] if extra else []) + ["Δ best peer"] + \
+        [f"{n} Dice" for n in short] + [f"{n} HD95" for n in short] + \
+        ["fg ratio", "train wall s", "train CPU s", "s/iter"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     f = lambda v, d=3: "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{d}f}"
 
     def ahead(v):
@@ -485,20 +648,26 @@ def markdown(summary: dict, preset: str, cfg: dict, plateau: Optional[str] = Non
             return ""
         return f"{p['mean']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]" + (f" ({name})" if name else "")
     for r in summary["rows"]:
-        a, p = r["labels"]["hippocampus_anterior"], r["labels"]["hippocampus_posterior"]
-        lines.append(f"| {r['labeled']} | {r['method']} | {len(r['seeds'])} | {f(r['mean_dice'])} ± "
-                     f"{f(r['std_dice'])} | {f(r.get('mean_dice_last'))} | {ci(r['paired_diff_vs_supervised'])} | "
-                     f"{ci(r['paired_diff_vs_best_peer'], r['best_peer'])} | {f(a['dice'])} | "
-                     f"{f(p['dice'])} | {f(a['hd95'], 2)} | {f(p['hd95'], 2)} | {f(r['foreground_ratio'], 2)} | "
-                     f"{f(r['train_wall_s_mean'], 0)} | "
-                     f"{f(r['train_cpu_s_mean'], 0)} | {f(r['sec_per_iter_median'], 3)} |")
+        per = [r["labels"][lab] for lab in labels]
+        cells = (([r.get("time_budget") or "–"] if timed else [])
+                 + [str(r["labeled"]), r["method"], str(len(r["seeds"]))]
+                 + ([" ".join(str(n) for n in r.get("iterations_by_seed") or [])] if timed else [])
+                 + [f"{f(r['mean_dice'])} ± {f(r['std_dice'])}", f(r.get("mean_dice_last")),
+                    ci(r["paired_diff_vs_supervised"])]
+                 + ([ci(r.get("paired_diff_vs_supervised_weighted"))] if extra else [])
+                 + [ci(r["paired_diff_vs_best_peer"], r["best_peer"])]
+                 + [f(x["dice"]) for x in per] + [f(x["hd95"], 2) for x in per]
+                 + [f(r["foreground_ratio"], 2), f(r["train_wall_s_mean"], 0), f(r["train_cpu_s_mean"], 0),
+                    f(r["sec_per_iter_median"], 3)])
+        lines.append("| " + " | ".join(cells) + " |")
     ablations = [r for r in summary["rows"] if r.get("paired_diff_vs_micd")]
     if ablations:
         # Each module's share: the variant against full MICD on the same seeds and test cases. Defaults are chosen
         # on the validation column, never on the test columns.
         lines += ["", f"MICD ablations at {ablations[0]['labeled']} labeled: Δ MICD = mean paired per-case "
                   "difference of mean Dice to full MICD over test cases x shared seeds [95 % t interval]; "
-                  "validation = mean over seeds of the best validation Dice (5 labeled validation cases). Each "
+                  f"validation = mean over seeds of the best validation Dice ({cfg.get('validation', 0)} labeled "
+                  "validation cases). Each "
                   "variant's run pairs with the full MICD run of its seed trained on the same CPU kind (MICD CPU); "
                   "ahead on validation = at how many of those seeds the variant's best validation Dice is above "
                   "MICD's (a default changes only when a variant is ahead at every seed).",
@@ -549,66 +718,124 @@ def markdown(summary: dict, preset: str, cfg: dict, plateau: Optional[str] = Non
                       for p, c in sorted(spent.items(), key=lambda kv: ("main grid", "ablations", "variants")
                                          .index(kv[0]))) + "."]
     curves = {k: v for k, v in summary.get("supervised_validation_curves", {}).items() if v}
-    if curves:
+    if curves and not extra:  # otherwise every run's curve is listed below
         longer = f" (longer runs: `{plateau}/`)" if plateau else ""
-        lines += ["", "Supervised validation Dice (5 labeled validation cases) by iteration, to show whether it has "
-                  f"plateaued{longer}:",
+        lines += ["", f"Supervised validation Dice ({cfg.get('validation', 0)} labeled validation cases) by iteration, "
+                  f"to show whether it has plateaued{longer}:",
                   "", "| run | " + " | ".join(str(i) for i, _ in next(iter(curves.values()))) + " |",
                   "|---|" + "---|" * len(next(iter(curves.values())))]
         for k, v in sorted(curves.items()):
             lines.append(f"| {k} | " + " | ".join(f"{d:.3f}" for _, d in v) + " |")
+    if extra:
+        # equal time: whether the weighted baseline had plateaued within its budget (its best iteration against its
+        # planned count) and how far MICD got in the same time
+        runs = [(r, seed, c) for r in summary["rows"] if r["method"] in ("supervised", WEIGHTED, "micd")
+                for seed, c in (r.get("validation_curves") or {}).items() if c]
+        if runs:
+            lines += ["", f"Validation Dice ({cfg.get('validation', 0)} labeled validation cases) by iteration, "
+                      "per run:", ""]
+            for r, seed, c in runs:
+                budget = f"{r['time_budget']}, " if r.get("time_budget") else ""
+                lines.append(f"- {budget}{r['labeled']} labeled, {r['method']}, seed {seed}: "
+                             + ", ".join(f"{i}: {d:.3f}" for i, d in c))
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
+    ap.add_argument("--dataset", default="hippocampus", choices=sorted(DATASETS),
+                    help="the shared dataset and its recorded split (default hippocampus)")
     ap.add_argument("--methods", nargs="+", default=METHODS, choices=ORDER)
     ap.add_argument("--shared", default=os.path.join(ROOT, "..", "shared"))
     ap.add_argument("--results", default=os.path.join(HERE, "results"))
     ap.add_argument("--work", default=os.path.join(HERE, "runs"), help="training runs, predictions (not committed)")
     ap.add_argument("--seeds", nargs="+", type=int, help="train only these of the preset's seeds (default: all)")
     ap.add_argument("--labeled", nargs="+", type=int, help="train only these of the preset's labeled counts")
+    ap.add_argument("--time-budget", nargs="+", metavar="DURATION",
+                    help="equal time: train each run with `micd train --time-budget DURATION` (e.g. 7m) instead of the "
+                         "preset's iterations; several budgets run one after the other; recorded and summarised apart "
+                         "from the equal-iteration runs")
+    ap.add_argument("--threads", type=int, help="torch threads of every micd command (default: the preset's)")
     ap.add_argument("--report", action="store_true", help="only rebuild the summary from recorded runs")
     ap.add_argument("--no-ablations", action="store_true", help="skip the preset's ablation rows")
     ap.add_argument("--ablations", nargs="+", choices=ABLATIONS, metavar="NAME",
                     help="run only these of the preset's ablation rows (default: all of them), e.g. to finish the "
-                         "required ablations at every seed before an optional one")
+                         "required ablations at every seed before an optional one; with --time-budget the ablations "
+                         "run only when named here")
     a = ap.parse_args()
-    cfg = PRESETS[a.preset]
-    split = json.load(open(os.path.join(HERE, "splits", "hippocampus.json")))
-    hip = os.path.abspath(os.path.join(a.shared, "data", "hippocampus"))
+    cfg = config(a.preset, a.dataset)
+    if a.threads is not None:
+        cfg["threads"] = a.threads
+    for b in a.time_budget or []:
+        try:
+            parse_budget(b)
+        except ValueError as e:
+            ap.error(f"--time-budget: {e}")
+    split = json.load(open(os.path.join(HERE, "splits", DATASETS[a.dataset]["split"])))
+    hip = os.path.abspath(os.path.join(a.shared, "data", DATASETS[a.dataset]["folder"]))
+    timed = bool(a.time_budget)
     out = os.path.join(a.results, a.preset)
-    runs_dir = os.path.join(out, "runs")
+    runs_dir = os.path.join(out, "runs", *scope_parts(a.dataset, timed))
     os.makedirs(runs_dir, exist_ok=True)
-    work = os.path.join(a.work, a.preset)
+    work = os.path.join(a.work, a.preset, *scope_parts(a.dataset, timed))
     if not a.report:
+        os.makedirs(work, exist_ok=True)
+        shared_cache, cache = os.path.join(a.work, a.preset, "cache"), os.path.join(work, "cache")
+        if cache != shared_cache:
+            os.makedirs(shared_cache, exist_ok=True)
+            if not os.path.lexists(cache):
+                os.symlink(os.path.abspath(shared_cache), cache)  # one preprocessing cache for every dataset and axis
         # Each run is trained, scored and recorded before the next: 2 labeled seed by seed, then 5 labeled, then
         # the ablations at 2 labeled, so that an interrupted benchmark has already answered the first question.
+        # Equal time: budget by budget, each as the equal-iteration grid.
         seeds = [s for s in cfg["seeds"] if a.seeds is None or s in a.seeds]
         labeled = [k for k in cfg["labeled"] if a.labeled is None or k in a.labeled]
-        plan = [(seed, k, m) for k in labeled for seed in seeds for m in a.methods]
         ablations = [m for m in cfg.get("ablations", []) if a.ablations is None or m in a.ablations]
-        if min(cfg["labeled"]) in labeled and not a.no_ablations:
-            plan += [(seed, min(cfg["labeled"]), m) for seed in seeds for m in ablations]
-        for seed, k, method in plan:
-            r = run_one(method, k, seed, cfg, split, hip, work, runs_dir, a.preset)
-            print(f"{method:16s} L{k} s{seed}: recorded ({r['train_wall_s'] or 0:.0f} s wall)", flush=True)
-            write_summary(a, cfg, runs_dir)
-    print(write_summary(a, cfg, runs_dir))
+        if timed and a.ablations is None:
+            ablations = []
+        plan = []
+        for budget in a.time_budget or [None]:
+            plan += [(seed, k, m, budget) for k in labeled for seed in seeds for m in a.methods]
+            if min(cfg["labeled"]) in labeled and not a.no_ablations:
+                plan += [(seed, min(cfg["labeled"]), m, budget) for seed in seeds for m in ablations]
+        if timed and plan:
+            warm_cache(cfg, split, hip, work, max(k for _, k, _, _ in plan), a.dataset)
+        for seed, k, method, budget in plan:
+            r = run_one(method, k, seed, cfg, split, hip, work, runs_dir, a.preset, a.dataset, budget)
+            print(f"{method:16s} L{k} s{seed}" + (f" {budget}: {r['iterations']} iterations," if budget else ":")
+                  + f" recorded ({r['train_wall_s'] or 0:.0f} s wall)", flush=True)
+            write_summary(a, cfg, runs_dir, split, timed)
+    text = write_summary(a, cfg, runs_dir, split, timed)
+    if a.report and not timed:  # --report also rebuilds the dataset's equal-time summary where it has records
+        timed_dir = os.path.join(out, "runs", *scope_parts(a.dataset, True))
+        if os.path.isdir(timed_dir) and any(n.endswith(".json") for n in os.listdir(timed_dir)):
+            write_summary(a, cfg, timed_dir, split, True)
+    print(text)
 
 
-def write_summary(a, cfg: dict, runs_dir: str) -> str:
+def write_summary(a, cfg: dict, runs_dir: str, split: Optional[dict] = None, timed: bool = False) -> str:
+    """RESULTS/ssl-<preset>[-<dataset>][-equal-time].{json,md} from the records in `runs_dir` (one dataset, one
+    axis); hippocampus at equal iterations keeps its ssl-<preset> files."""
+    dataset = getattr(a, "dataset", "hippocampus")
+
     def records(folder: str) -> List[dict]:
         return [json.load(open(os.path.join(folder, f))) for f in sorted(os.listdir(folder))
                 if f.endswith(".json")] if os.path.isdir(folder) else []
-    runs = records(runs_dir)
-    summary = summarize(runs, records(os.path.join(os.path.dirname(runs_dir), "other-kinds")))
+    out = os.path.join(a.results, a.preset)
+    runs = [r for r in records(runs_dir) if r.get("dataset", "hippocampus") == dataset
+            and bool(r.get("time_budget")) == timed]
+    others = records(os.path.join(out, "other-kinds", *scope_parts(dataset, timed)))
+    summary = summarize_all(runs, others, dataset)
     summary.update(preset=a.preset, config=cfg, runs=len(runs))
-    json.dump(summary, open(os.path.join(a.results, f"ssl-{a.preset}.json"), "w", encoding="utf-8"), indent=1)
+    summary.update(dataset=dataset, time_budgets=sorted({r["time_budget"] for r in runs if r.get("time_budget")},
+                                                        key=parse_budget))
+    name = summary_name(a.preset, dataset, timed)
+    json.dump(summary, open(os.path.join(a.results, f"{name}.json"), "w", encoding="utf-8"), indent=1)
     plateau = os.path.join(a.results, f"{a.preset}-plateau")  # where benchmarks/plateau.py writes
-    text = markdown(summary, a.preset, cfg, repo_path(plateau) if os.path.isdir(plateau) else None)
-    with open(os.path.join(a.results, f"ssl-{a.preset}.md"), "w", encoding="utf-8") as f:
+    show_plateau = os.path.isdir(plateau) and dataset == "hippocampus" and not timed
+    text = markdown(summary, a.preset, cfg, repo_path(plateau) if show_plateau else None, dataset, split, timed)
+    with open(os.path.join(a.results, f"{name}.md"), "w", encoding="utf-8") as f:
         f.write(text)
     return text
 
