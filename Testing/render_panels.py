@@ -16,6 +16,7 @@ import pathlib
 import random
 import sys
 import tempfile
+import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -116,7 +117,12 @@ def render_training(out_dir, data, home):
     form.modelNameEdit.text = "Hippocampus"
     training.checkButton.click()
     loaded.widget.enter()  # reattaches to the running job, offers the registered model under Next cases
+    drawn = training.curvesView.drawn
     training.job.poll()
+    deadline = time.monotonic() + 10
+    while training.curvesView.drawn == drawn and time.monotonic() < deadline:  # the panel redraws from a timer
+        slicer.app.processEvents()
+        time.sleep(0.01)
     model = next_cases.selectedLoopModel()
     ranking = [{"rank": i + 1, "case": name.split(".")[0], "file": str(unlabeled / name), "score": score,
                 "least_certain_label": label} for i, (name, score, label) in

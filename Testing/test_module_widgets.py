@@ -56,6 +56,17 @@ def test_logic_classes_initialise_each_base_once(scene):
         assert callable(getattr(segmentation, method))
 
 
+def wait_for(condition, timeout=5.0):
+    """Spin Qt's event loop (timers fire, as in Slicer) until `condition()`."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out spinning the event loop"
+        slicer.app.processEvents()
+        time.sleep(0.005)
+
+
 @pytest.fixture
 def training_panel(scene):
     from MICDTrainingLib.Widget import TrainingWidget
@@ -101,7 +112,7 @@ def test_training_buttons_call_the_logic(training_panel, hippocampus_cases, tmp_
     form.iterationsSpin.value = 300
     form.patchEdit.text = "16 32 16"
     form.methodCombo.currentIndex = form.methodCombo.findData("cps")
-    job = mock.MagicMock(finished=False)
+    job = mock.MagicMock(finished=False, backlog=0)
     logic.train.return_value = job
     training.trainButton.click()
     args, kwargs = logic.train.call_args
@@ -145,6 +156,7 @@ def test_training_curves_have_distinct_colours_and_both_charts_show(training_pan
     panel, _logic = training_panel
     training = panel.training
     blank = training.curvesView.lossLabel.pixmap.toImage()
+    drawn = training.curvesView.drawn
     training.curves = TrainingCurves(slicer.mrmlScene, "Hippo")
     for it in range(1, 41):
         training.curves.add_event({"event": "iteration", "iter": it, "loss": {"total": 2 / it, "sup": 1 / it,
@@ -153,6 +165,9 @@ def test_training_curves_have_distinct_colours_and_both_charts_show(training_pan
             training.curves.add_event({"event": "validation", "iter": it, "mean_dice": 0.5 + it / 100,
                                        "dice": {"anterior": 0.4 + it / 100, "posterior": 0.6 + it / 100}})
         training.onEvent({"event": "iteration", "iter": it})
+    assert training.curvesView.drawn == drawn  # events only mark the charts out of date ...
+    wait_for(lambda: training.curvesView.drawn > drawn)  # ... the panel's timer redraws them
+    assert training.curvesView.drawn == drawn + 1, "40 events, one redraw"
     for chart in (training.curves.loss.chart_node, training.curves.dice.chart_node):
         colors = [chart.GetNthPlotSeriesNode(i).GetColor() for i in range(chart.GetNumberOfPlotSeriesNodes())]
         assert len(colors) == 3 and len(set(colors)) == 3
@@ -194,7 +209,7 @@ def test_segment_button_calls_the_logic_and_asks_before_replacing(segmentation_p
     volume = load_volume(hippocampus_cases[0][0], "hippo")
     assert panel.volumeSelector.currentNode() is volume and panel.segmentButton.enabled
     panel.uncertaintyCheck.checked = True
-    job = mock.MagicMock(finished=False)
+    job = mock.MagicMock(finished=False, backlog=0)
     logic.segment.return_value = job
     panel.segmentButton.click()
     args, kwargs = logic.segment.call_args

@@ -12,7 +12,8 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FOLDERS = ["MICDCommon", "MICDTraining", "MICDSegmentation"]
-GUI_FILES = {"Widget.py", "TrainingPanel.py", "SettingsForm.py", "NextCasesPanel.py", "CurvesView.py", "qtsupport.py",
+GUI_FILES = {"Widget.py", "TrainingPanel.py", "SettingsForm.py", "NextCasesPanel.py", "CurvesView.py", "RunDisplay.py",
+             "qtsupport.py",
              "slicermodule.py", "MICDTraining.py", "MICDSegmentation.py", "MICDCommonModule.py"}
 
 

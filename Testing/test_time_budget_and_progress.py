@@ -113,7 +113,7 @@ def test_the_plan_of_the_start_event_is_shown_with_precision_and_why(mock_traini
     training, form = panel.training, panel.training.form
     load_case(slicer.mrmlScene, *hippocampus_cases[0])
     training.autoPairButton.click()
-    job = mock.MagicMock(finished=False, progress=TrainingProgress())
+    job = mock.MagicMock(finished=False, backlog=0, progress=TrainingProgress())
     logic.train.return_value = job
     training.trainButton.click()
     assert training.planLabel.text == "Plan: calibrating (a few timed steps)..."

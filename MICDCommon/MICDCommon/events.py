@@ -1,16 +1,24 @@
 """Reading the backend's progress stream (JSON lines, schema in `micd/events.py`) incrementally, and turning it into
 the state a panel shows: iteration, time left, loss and Dice histories, the final result or error."""
 
+import collections
 import json
 import os
 
+LOSS_HISTORY_LIMIT = 1000  # TrainingProgress keeps the last losses only (the charts keep a decimated whole run)
+
 
 class LineTail:
-    """Reads the complete lines appended to a text file since the last call (a half-written last line waits)."""
+    """Reads the complete lines appended to a text file since the last call (a half-written last line waits).
 
-    def __init__(self, path, offset=0):
+    Each call reads only the bytes past `offset` (and the half line kept from the call before): O(new bytes), so
+    polling a long run's stream costs what it added since the last poll, not its whole length. `until` stops at
+    that offset (e.g. where a resumed job's own reading starts)."""
+
+    def __init__(self, path, offset=0, until=None):
         self.path = path
         self.offset = offset
+        self.until = until
         self._partial = b""
 
     def read_new_lines(self):
@@ -18,12 +26,16 @@ class LineTail:
             return []
         with open(self.path, "rb") as f:
             f.seek(self.offset)
-            chunk = f.read()
+            chunk = f.read() if self.until is None else f.read(max(0, self.until - self.offset))
         self.offset += len(chunk)
         data = self._partial + chunk
-        lines = data.split(b"\n")
-        self._partial = lines.pop()  # b"" when the chunk ended with a newline
-        return [line.decode("utf-8", errors="replace").rstrip("\r") for line in lines]
+        end = data.rfind(b"\n")
+        self._partial = data[end + 1:]  # b"" when the chunk ended with a newline
+        if end < 0:
+            return []
+        text = data[:end].decode("utf-8", errors="replace")  # one decode and one split for the whole chunk
+        lines = text.split("\n")
+        return [line.rstrip("\r") for line in lines] if "\r" in text else lines
 
 
 def parse_event(line):
@@ -39,14 +51,20 @@ def parse_event(line):
 
 
 class EventTail:
-    """New events appended to an `events.jsonl` (or to a log that mixes events with text)."""
+    """New events appended to an `events.jsonl` (or to a log that mixes events with text).
 
-    def __init__(self, path, offset=0):
-        self._lines = LineTail(path, offset)
+    `read_new_lines()` gives the new lines unparsed, for a reader that parses them a time slice at a time
+    (BackgroundJob.poll with a time slice: 20,000 events take longer to parse than a UI callback may last)."""
+
+    def __init__(self, path, offset=0, until=None):
+        self._lines = LineTail(path, offset, until)
 
     @property
     def offset(self):
         return self._lines.offset
+
+    def read_new_lines(self):
+        return self._lines.read_new_lines()
 
     def read_new(self):
         return [e for e in map(parse_event, self._lines.read_new_lines()) if e is not None]
@@ -185,7 +203,7 @@ class TrainingProgress:
         self.total = 0
         self.eta_s = None
         self.sec_per_iter = None
-        self.loss_history = []  # (iteration, {term: value})
+        self.loss_history = collections.deque(maxlen=LOSS_HISTORY_LIMIT)  # (iteration, {term: value}), the latest
         self.dice_history = []  # (iteration, mean Dice, {label: Dice})
         self.last_checkpoint = None  # (path, iteration)
         self.best_mean_dice = None

@@ -5,6 +5,7 @@ Nothing here needs Qt: `BackgroundJob.poll()` advances the state (new events, lo
 calls the callbacks; in Slicer a QTimer calls it (see `qtsupport.py`), in scripts and tests `wait()` or a loop does.
 """
 
+import collections
 import json
 import os
 import subprocess
@@ -100,10 +101,11 @@ class BackgroundJob:
         self.on_log = on_log
         self.conclude = conclude
         self.on_finished = on_finished
-        self.events = []
+        self.events = []  # the events delivered (of consecutive `iteration` events, the latest only)
         self.state = record.status if record.status in FINISHED_STATES else RUNNING
         self.returncode = record.returncode
         self._events = EventTail(record.events_file) if record.events_file else None
+        self._pending = collections.deque()  # lines of the events file read but not yet delivered (see poll)
         self._log = LineTail(record.log_file)
         self._stop_pids = None
         self._kill_deadline = None
@@ -172,21 +174,38 @@ class BackgroundJob:
             return rc is None
         return self.record.process_running()
 
-    def poll(self):
-        """Read new events and log lines, notice the end of the process, call the callbacks. Returns new events."""
+    @property
+    def events_offset(self):
+        """How far the events file has been read (where reading starts, before the first poll)."""
+        return self._events.offset if self._events is not None else 0
+
+    @property
+    def backlog(self):
+        """How many lines of the events file were read but not yet delivered: a poll with a time slice stops when
+        the slice is used up (e.g. re-attaching to a run of 20,000 logged iterations) and the next poll goes on."""
+        return len(self._pending)
+
+    def poll(self, time_slice=None):
+        """Read new events and log lines, notice the end of the process, call the callbacks. Returns new events.
+
+        With `time_slice` (seconds) it delivers events only until the slice is used up and leaves the rest in
+        `backlog` for the next poll (the end of the process is noticed once all are delivered), so that a poll on
+        the UI thread stays short however long the stream is; without it, all new events are delivered."""
+        deadline = None if time_slice is None else time.monotonic() + time_slice
         running = self._process_running()
         if not running and self._stop_pids is not None:
             running = processes.tree_alive(self.pid, self._stop_pids)
-        new = self._read_events()
+        new = self._read_events(deadline)
         if self._kill_deadline is not None and running and time.monotonic() > self._kill_deadline:
             processes.force_kill(self.pid, self._stop_pids or [])
             self._kill_deadline = None
         if not running and not self.finished:
-            new += self._read_events()
-            self._settle()
+            new += self._read_events(deadline)
+            if not self._pending and (deadline is None or time.monotonic() < deadline):
+                self._settle()  # (a slice used up leaves the conclusion and on_finished to the next poll)
         return new
 
-    def _read_events(self):
+    def _read_events(self, deadline=None):
         new = []
         for line in self._log.read_new_lines():
             event = parse_event(line)
@@ -194,14 +213,26 @@ class BackgroundJob:
                 if self.on_log and line.strip():
                     self.on_log(line)
             elif self._events is None:
+                self._deliver(event)
                 new.append(event)
         if self._events is not None:
-            new += self._events.read_new()
-        for event in new:
-            self.events.append(event)
-            if self.on_event:
-                self.on_event(event)
+            self._pending.extend(self._events.read_new_lines())
+        pending = self._pending
+        while pending and (deadline is None or time.monotonic() < deadline):
+            event = parse_event(pending.popleft())
+            if event is not None:
+                self._deliver(event)
+                new.append(event)
         return new
+
+    def _deliver(self, event):
+        events = self.events
+        if event.get("event") == "iteration" and events and events[-1].get("event") == "iteration":
+            events[-1] = event  # of a row of iterations only the latest is kept: a long run logs tens of thousands
+        else:
+            events.append(event)
+        if self.on_event:
+            self.on_event(event)
 
     def _settle(self):
         self.state = self._outcome()
@@ -355,11 +386,16 @@ class JobWrapper:
     def finished(self):
         return self.job.finished
 
-    def poll(self):
-        return self.job.poll()
+    @property
+    def backlog(self):
+        """Events read but not yet delivered (see BackgroundJob.poll's time slice); 0 for a worker request."""
+        return self.job.backlog
+
+    def poll(self, time_slice=None):
+        return self.job.poll(time_slice)
 
     def wait(self, timeout=None, interval=0.5):
-        return self.job.wait(timeout=timeout, interval=interval, idle=_process_events)
+        return poll_until_finished(self, timeout, interval, _process_events)  # this poll: a subclass's too
 
     def request_cancel(self):
         self.job.request_cancel(grace_s=self.cancel_grace_s)

@@ -7,13 +7,22 @@ PYTHON_SETTING = "MICD/PythonInterpreter"
 WORKER_IDLE_SETTING = "MICD/WorkerIdleMinutes"  # the segmentation worker ends after this many idle minutes
 
 
+POLL_SLICE_S = 0.025  # at most this long delivering events per job and poll; the UI thread must stay responsive
+
+
 class QtJobPoller:
-    """Polls each job every `interval_ms` until it has finished; then forgets it."""
+    """Polls each job every `interval_ms` until it has finished; then forgets it.
+
+    A job that has a `backlog` (BackgroundJob, JobWrapper) is polled with a time slice (POLL_SLICE_S): re-attaching
+    to a long run delivers its events in slices, and while some are left the timer fires again as soon as Qt is
+    idle instead of after `interval_ms`."""
 
     def __init__(self, interval_ms=1000):
         import qt
 
         self._jobs = []
+        self._interval_ms = interval_ms
+        self._catching_up = False
         self._timer = qt.QTimer()
         self._timer.setInterval(interval_ms)
         self._timer.connect("timeout()", self.poll_all)
@@ -24,14 +33,23 @@ class QtJobPoller:
         self._timer.start()
 
     def poll_all(self):
+        catching_up = False
         for job in list(self._jobs):
             try:
-                job.poll()
+                if hasattr(job, "backlog"):
+                    job.poll(time_slice=POLL_SLICE_S)
+                    catching_up = catching_up or job.backlog > 0
+                else:
+                    job.poll()
             finally:
                 if job.finished and job in self._jobs:
                     self._jobs.remove(job)
         if not self._jobs:
             self._timer.stop()
+            catching_up = False
+        if catching_up != self._catching_up:
+            self._catching_up = catching_up
+            self._timer.setInterval(0 if catching_up else self._interval_ms)
 
     def stop(self):
         self._timer.stop()

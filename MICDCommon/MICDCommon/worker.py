@@ -35,6 +35,8 @@ class WorkerRequest:
         self.ended = None
         self._kill_deadline = None
 
+    backlog = 0  # answers are handed out as they arrive (BackgroundJob may hold some back for the next poll)
+
     @property
     def finished(self):
         return self.state in FINISHED_STATES
@@ -46,7 +48,7 @@ class WorkerRequest:
     def log_tail(self, n=20):
         return self.worker.log_tail(n)
 
-    def poll(self):
+    def poll(self, time_slice=None):
         self.worker.poll()
         if not self.finished and self._kill_deadline is not None and time.monotonic() > self._kill_deadline:
             self.worker.kill()  # the request did not stop at its next window batch: end the worker

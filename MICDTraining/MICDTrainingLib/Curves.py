@@ -31,8 +31,21 @@ LAYOUT = ('<layout type="vertical" split="true">'
           '</layout></item></layout>')
 
 
+# Rows a chart keeps per table (so per series): a run that logged 20,000 iterations is drawn from at most this many
+# (plus its last row). Older rows are thinned evenly (every 2nd, then every 4th... row added); the last row added is
+# always kept as it came, so the chart ends on the current loss.
+MAX_POINTS = 1000
+
+
+def _number(value):
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
 class CurveTable:
-    """A table node with an iteration column and one float column per series; one plot series per column."""
+    """A table node with an iteration column and one float column per series; one plot series per column.
+
+    Rows are kept in Python (at most MAX_POINTS, decimated, + the last) and written into the table node by
+    `flush()`, once per batch of events rather than once per event (TrainingJob.poll flushes after each poll)."""
 
     def __init__(self, scene, name, y_title):
         self.scene = scene
@@ -43,14 +56,18 @@ class CurveTable:
         self.chart_node.SetXAxisTitle("Iteration")
         self.chart_node.SetYAxisTitle(y_title)
         self._columns = {}
+        self._kept = []  # (iteration, {series: value}): every `_stride`-th row added
+        self._stride = 1
+        self.added = 0  # rows added in all
+        self._last = None
+        self._dirty = False
         self._add_column(ITERATION)
 
     def _add_column(self, column_name):
         array = vtk.vtkFloatArray()
         array.SetName(column_name)
-        rows = self.table_node.GetTable().GetNumberOfRows()
-        for _ in range(rows):
-            array.InsertNextValue(math.nan)
+        array.SetNumberOfTuples(self.table_node.GetTable().GetNumberOfRows())
+        array.Fill(math.nan)
         self.table_node.GetTable().AddColumn(array)
         self._columns[column_name] = array
         if column_name != ITERATION:
@@ -65,37 +82,75 @@ class CurveTable:
         return array
 
     def add_row(self, iteration, values):
+        """O(1) (amortized): the row is kept or not, the table node is written at the next `flush()`."""
         for name in values:
             if name not in self._columns:
                 self._add_column(name)
+        row = (iteration, values)
+        if self.added % self._stride == 0:
+            self._kept.append(row)
+            if len(self._kept) > MAX_POINTS:
+                del self._kept[1::2]  # kept[j] was row j*stride; now row j*2*stride
+                self._stride *= 2
+        self.added += 1
+        self._last = row
+        self._dirty = True
+
+    def points(self):
+        """The rows a chart shows: the kept ones and the last one added."""
+        if self._last is None or (self._kept and self._kept[-1] is self._last):
+            return list(self._kept)
+        return self._kept + [self._last]
+
+    def flush(self):
+        """Write the rows to show into the table node (the plot views' data), if rows were added since."""
+        if not self._dirty:
+            return
+        self._dirty = False
+        rows = self.points()
         for name, array in self._columns.items():
-            value = iteration if name == ITERATION else values.get(name, math.nan)
-            array.InsertNextValue(float(value) if isinstance(value, (int, float)) else math.nan)
+            array.SetNumberOfTuples(len(rows))
+            if name == ITERATION:
+                for i, row in enumerate(rows):
+                    array.SetValue(i, _number(row[0]))
+            else:
+                for i, row in enumerate(rows):
+                    array.SetValue(i, _number(row[1].get(name)))
+            array.Modified()
         self.table_node.GetTable().Modified()
         self.table_node.Modified()
 
     @property
     def rows(self):
+        self.flush()
         return self.table_node.GetTable().GetNumberOfRows()
 
     def column(self, name):
+        self.flush()
         array = self._columns[name]
         return [array.GetValue(i) for i in range(array.GetNumberOfTuples())]
 
     def series(self):
-        """{column: [(iteration, value)]} without the rows where the column has no value, in column order."""
-        x = self.column(ITERATION)
+        """{column: [(iteration, value)]} of the rows to show, without those where the column has no value, in
+        column order."""
+        rows = self.points()
         found = {}
         for name in self._columns:
             if name != ITERATION:
-                found[name] = [(i, v) for i, v in zip(x, self.column(name)) if not math.isnan(v)]
+                points = found[name] = []
+                for iteration, values in rows:
+                    value = _number(values.get(name))
+                    if not math.isnan(value):
+                        points.append((float(iteration), value))
         return found
 
     def remove(self):
-        for i in range(self.chart_node.GetNumberOfPlotSeriesNodes()):
-            series = self.chart_node.GetNthPlotSeriesNode(i)
-            if series is not None:
-                self.scene.RemoveNode(series)
+        # collect first: removing a series node also drops it from the chart, which renumbers the others
+        chart = self.chart_node
+        series = [chart.GetNthPlotSeriesNode(i) for i in range(chart.GetNumberOfPlotSeriesNodes())]
+        for node in series:
+            if node is not None:
+                self.scene.RemoveNode(node)
         self.scene.RemoveNode(self.chart_node)
         self.scene.RemoveNode(self.table_node)
 
@@ -115,6 +170,11 @@ class TrainingCurves:
             values = {"mean": event.get("mean_dice")}
             values.update(event.get("dice") or {})
             self.dice.add_row(int(event.get("iter", 0)), values)
+
+    def flush(self):
+        """Write what was added since into the table nodes (see CurveTable.flush)."""
+        self.loss.flush()
+        self.dice.flush()
 
     def show_in_layout(self, scene):
         """Switch the view layout to the red slice above both charts (the layout logic makes the plot views)."""

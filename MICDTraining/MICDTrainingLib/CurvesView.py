@@ -23,7 +23,8 @@ def draw_chart(table, title, width, height, empty_text):
     pixmap.fill(qt.QColor(255, 255, 255))
     painter = qt.QPainter(pixmap)
     painter.setRenderHint(qt.QPainter.Antialiasing)
-    series = {name: points for name, points in (table.series() if table is not None else {}).items() if points}
+    all_series = table.series() if table is not None else {}  # at most Curves.MAX_POINTS + 1 points each
+    series = {name: points for name, points in all_series.items() if points}
     painter.setPen(qt.QColor(40, 40, 40))
     painter.drawText(4, 14, title)
     plot = qt.QRectF(MARGIN_LEFT, MARGIN_TOP, width - MARGIN_LEFT - MARGIN_RIGHT, height - MARGIN_TOP - MARGIN_BOTTOM)
@@ -51,16 +52,16 @@ def draw_chart(table, title, width, height, empty_text):
     last = f"iteration {int(x1)}"
     painter.drawText(int(plot.right()) - painter.fontMetrics().horizontalAdvance(last), height - 4, last)
     legend_x = 4
-    for index, (name, points) in enumerate(table.series().items()):
+    for index, (name, points) in enumerate(all_series.items()):
         if not points:
             continue
         color = _color(series_color(index))
         painter.setPen(qt.QPen(color, 2))
-        previous = point(*points[0])
+        path = qt.QPainterPath()  # one path per series: one draw call, joined line segments
+        path.moveTo(*point(*points[0]))
         for x, y in points[1:]:
-            current = point(x, y)
-            painter.drawLine(qt.QLineF(previous[0], previous[1], current[0], current[1]))
-            previous = current
+            path.lineTo(*point(x, y))
+        painter.drawPath(path)
         painter.fillRect(legend_x, 20, 10, 10, color)
         painter.setPen(qt.QColor(40, 40, 40))
         painter.drawText(legend_x + 13, 30, name)
@@ -70,7 +71,8 @@ def draw_chart(table, title, width, height, empty_text):
 
 
 class CurvesView:
-    """Two charts stacked (loss, then Dice); `show(curves)` redraws them from a TrainingCurves (or None)."""
+    """Two charts stacked (loss, then Dice); `show(curves)` redraws them from a TrainingCurves (or None). `drawn`
+    counts the redraws (the panel coalesces them: see RunDisplay.refresh)."""
 
     def __init__(self, width=380, height=140):
         self.width, self.height = width, height
@@ -82,9 +84,11 @@ class CurvesView:
         for label in (self.lossLabel, self.diceLabel):
             label.setMinimumHeight(height)
             layout.addWidget(label)
+        self.drawn = 0
         self.show(None)
 
     def show(self, curves):
+        self.drawn += 1
         self.lossLabel.setPixmap(draw_chart(curves.loss if curves else None, "Loss", self.width, self.height,
                                             "appears when training starts"))
         self.diceLabel.setPixmap(draw_chart(curves.dice if curves else None, "Validation Dice", self.width,

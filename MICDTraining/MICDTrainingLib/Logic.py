@@ -3,12 +3,14 @@ events, reattach or resume later, and register the trained model. Used by the pa
 
 Talks to the backend only through its command line, its event stream and its model folder."""
 
+import collections
 import os
 import time
 
 from MICDCommon import (CANCELLED, CANCELLING, FAILED, LOST, RUNNING, SUCCEEDED, BackendLauncher, BackgroundJob,
                         EventTail, ModelRegistry, TrainingProgress, find_jobs, micd_home)
 from MICDCommon.contract import CHECKPOINTS_DIR, EVENTS_FILE, LAST_CHECKPOINT, MODEL_DIR
+from MICDCommon.events import parse_event
 from MICDCommon.jobs import JobRecord, JobWrapper, failure_message
 from MICDCommon.registry import safe_name
 
@@ -32,6 +34,7 @@ class TrainingJob(JobWrapper):
         self.registry = registry
         self.model = None
         self.curves = curves
+        self._history = collections.deque()  # lines of the run's events from before a resume, not yet followed
 
     @property
     def model_name(self):
@@ -41,13 +44,39 @@ class TrainingJob(JobWrapper):
         if self.curves is not None:
             self.curves.add_event(event)
 
+    HISTORY_EVENTS = ("start", "iteration", "validation", "checkpoint")
+
     def replay_history(self):
         """Follow the events of the iterations before a resume (the resumed job reads only new ones): the progress
-        and the curves then start where the run started."""
-        for event in EventTail(os.path.join(self.run_dir, EVENTS_FILE)).read_new():
-            if event.get("event") in ("start", "iteration", "validation", "checkpoint"):
+        and the curves then start where the run started. Call it before the first poll: the lines are read now (up
+        to where the job's own reading starts), and followed by the next polls, a time slice at a time like the
+        job's events (`backlog` counts them), before the job's new events."""
+        path = os.path.join(self.run_dir, EVENTS_FILE)
+        self._history.extend(EventTail(path, until=self.job.events_offset).read_new_lines())
+
+    @property
+    def backlog(self):
+        return len(self._history) + self.job.backlog
+
+    def poll(self, time_slice=None):
+        """Follow the history (replay_history), then the job's new events; with `time_slice` (seconds) stop when it
+        is used up (see BackgroundJob.poll). The curves' table nodes are written once the events read are
+        followed, once per poll rather than once per event."""
+        deadline = None if time_slice is None else time.monotonic() + time_slice
+        history = self._history
+        replayed = bool(history)
+        while history and (deadline is None or time.monotonic() < deadline):
+            event = parse_event(history.popleft())
+            if event is not None and event.get("event") in self.HISTORY_EVENTS:
                 self.progress.update(event)
                 self.observe(event)
+        if history or (replayed and deadline is not None and time.monotonic() >= deadline):
+            new = []  # the job's own events at the next poll
+        else:
+            new = self.job.poll(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if self.curves is not None and not self.backlog:
+            self.curves.flush()
+        return new
 
     def conclude(self, job):
         if job.state == SUCCEEDED:

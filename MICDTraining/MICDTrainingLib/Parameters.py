@@ -30,6 +30,21 @@ ADVANCED_OPTIONS = {name: (type(TRAIN_DEFAULTS[name]), TRAIN_DEFAULTS[name], hel
 
 DEFAULT_TIME_BUDGET = "30m"  # the panel's; `micd train` without --time-budget runs a fixed iteration count
 OLD_DEFAULT_ITERATIONS = 6000  # what panels before the time budget stored without the user choosing it
+# `micd train --log-every`: without it the backend writes one `iteration` event per step, and a long run's
+# events.jsonl grows to tens of thousands of lines that every re-entry replays. With an iteration count the panel asks
+# for about LOGGED_ITERATIONS events (20,000 iterations: every 20th); with a time budget only, the count is planned
+# by the backend after the panel built the command, so a fixed LOG_EVERY_WITH_BUDGET (a 2 h budget at 0.1 s per
+# step: 7,200 events). The backend always logs the first and the last iteration; the charts keep at most
+# Curves.MAX_POINTS points per series whatever the stream holds.
+LOGGED_ITERATIONS = 1000
+LOG_EVERY_WITH_BUDGET = 10
+
+
+def log_every(iterations):
+    """The `--log-every` for a run of `iterations` (None: planned from the time budget)."""
+    if iterations is None:
+        return LOG_EVERY_WITH_BUDGET
+    return max(1, int(iterations) // LOGGED_ITERATIONS)
 
 
 def _sentence(text):
@@ -93,7 +108,7 @@ class TrainingSettings:
         if str(self.time_budget or "").strip():
             args += ["--time-budget", str(self.time_budget).strip().replace(" ", "")]
         args += ["--filters", int(self.filters), "--device", self.device, "--seed", int(self.seed),
-                 "--checkpoint-every", int(self.checkpoint_every)]
+                 "--checkpoint-every", int(self.checkpoint_every), "--log-every", log_every(self.iterations)]
         if self.patch_size is not None:
             args += ["--patch-size", *[int(s) for s in self.patch_size]]
         if self.threads:

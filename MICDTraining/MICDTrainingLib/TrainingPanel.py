@@ -14,6 +14,7 @@ from .CasePairing import LabelNamesError, no_pairs_reason, pair_scene_cases, sum
 from .Curves import TrainingCurves
 from .CurvesView import CurvesView
 from .DatasetExport import FileCase, LabeledCase
+from .RunDisplay import RunDisplay
 from .SettingsForm import SettingsForm
 
 try:
@@ -121,6 +122,9 @@ class TrainingPanel:
         form.addRow(self.statusLabel)
         self.curvesView = CurvesView()
         form.addRow(self.curvesView.widget)
+        # events only mark the run's display out of date; RunDisplay redraws it at most every REFRESH_MS
+        self.runDisplay = RunDisplay(self.progressBar, self.statusLabel, self.curvesView, lambda: self.job,
+                                     lambda: self.curves)
         self.showCurvesButton = qtsupport.button(_("Show curves in the view layout"), _("Show the loss and Dice "
                                                  "charts in Slicer's view layout, below the red slice"),
                                                  self.onShowCurves)
@@ -315,8 +319,8 @@ class TrainingPanel:
             return
         self.curves = self._newCurves(os.path.basename(runs[0]))
         self.job = self.logic.resume(runs[0], **self._callbacks())
-        self.job.replay_history()  # the curves and progress of the iterations before the resume
-        self.curvesView.show(self.curves)
+        self.job.replay_history()  # the curves and progress of the iterations before the resume, by the next polls
+        self.runDisplay.changed(curves=True)
         self.updateButtons()
 
     def onShowCurves(self):
@@ -326,16 +330,15 @@ class TrainingPanel:
         self.curves.show_in_layout(slicer.mrmlScene)
 
     def onEvent(self, event):
-        if event.get("event") in ("iteration", "validation"):
-            self.curvesView.show(self.curves)
-        progress = self.job.progress if self.job is not None else TrainingProgress()
-        if event.get("event") == "start":
-            self.planLabel.setText(progress.plan_text())
-        self.progressBar.setMaximum(1000)
-        self.progressBar.setValue(int(1000 * progress.fraction))
-        self.statusLabel.setText(progress.status_text())
+        """Called for every event of the run (20,000 when re-entering a long run): only the plan is shown at once;
+        the progress and charts are redrawn by RunDisplay, at most every REFRESH_MS."""
+        kind = event.get("event")
+        if kind == "start":
+            self.planLabel.setText((self.job.progress if self.job is not None else TrainingProgress()).plan_text())
+        self.runDisplay.changed(curves=kind in ("iteration", "validation"))
 
     def onFinished(self, job):
+        self.runDisplay.changed()  # the last progress and charts (not the status: this says how it ended)
         self.statusLabel.setText(f"{job.state}: {job.message}" if job.message else job.state)
         self.updateButtons()
         if job.state == SUCCEEDED:
