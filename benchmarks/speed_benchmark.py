@@ -252,7 +252,9 @@ def main() -> None:
             del arr, img
         model = make_model(os.path.join(a.work, f"model_{part}_ct_labels"), (1.0, 1.0, 1.0), ct_labels,
                            (64, 128, 128), 4, packed)
-        inference_pair(part, big, model, 12, variants=[("student_a", [], "")])
+        # the default (bf16 autocast where the CPU has fast bf16) and fp32 beside it (issue 31: both side by side)
+        inference_pair(part, big, model, 12, variants=[("student_a", [], ""), ("student_a", ["--amp", "off"], "-fp32")]
+                       if part == "big42" else [("student_a", [], "")])
 
     if "interactive" in a.parts:
         def interactive():

@@ -96,7 +96,11 @@ def test_held_out_cases_score_above_the_floor(held_out_scored):
 BF16_DICE_TOLERANCE = 0.01
 
 
+BF16_MEAN_DICE_TOLERANCE = 0.005  # issue 31: bf16 by default only where the held-out mean Dice loses at most this
+
+
 def test_bf16_prediction_scores_like_fp32(trained_model, tmp_path):
+    mean_differences = []
     for c in trained_model.held_out:
         name = os.path.basename(c["image"])
         ref = label_array(c["label"])
@@ -106,6 +110,8 @@ def test_bf16_prediction_scores_like_fp32(trained_model, tmp_path):
         d32, d16 = dice_per_class(fp32, ref, list(NAMES)), dice_per_class(bf16, ref, list(NAMES))
         for k in NAMES:
             assert abs(d32[k] - d16[k]) <= BF16_DICE_TOLERANCE, (name, k, d32[k], d16[k])
+        mean_differences.append(sum(d32[k] - d16[k] for k in NAMES) / len(NAMES))
+    assert sum(mean_differences) / len(mean_differences) <= BF16_MEAN_DICE_TOLERANCE, mean_differences
 
 
 def test_evaluation_reports_agree_with_a_direct_dice(held_out_scored):
