@@ -14,7 +14,7 @@ import struct
 import tempfile
 import zipfile
 
-from .contract import MODEL_FORMAT, MODEL_JSON, MODEL_SCHEMA_VERSION, WEIGHTS_FILE
+from .contract import MODEL_FORMAT, MODEL_JSON, WEIGHTS_FILE, model_json_problem
 
 # bytes per element of the safetensors dtypes
 _DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
@@ -52,12 +52,9 @@ def check_model_folder(folder):
     can tell (tensor shapes against the architecture) is `check_with_backend`'s."""
     meta = read_model_json(folder)
     mj = os.path.join(folder, MODEL_JSON)
-    if meta.get("schema_version") != MODEL_SCHEMA_VERSION:
-        raise RegistryError(f"{mj}: schema version {meta.get('schema_version')!r} is not supported (this MICD reads "
-                            f"version {MODEL_SCHEMA_VERSION})")
-    for key in ("labels", "network", "branches", "preprocessing", "patch_size"):
-        if key not in meta:
-            raise RegistryError(f"{mj}: required field {key!r} is missing")
+    problem = model_json_problem(meta)
+    if problem:
+        raise RegistryError(f"{mj}: {problem}")
     try:
         labels = sorted(int(k) for k in meta["labels"])
     except (TypeError, ValueError):

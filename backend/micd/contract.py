@@ -37,6 +37,19 @@ MODEL_FORMAT = "micd-model"
 MODEL_SCHEMA_VERSION = 1
 MODEL_JSON = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
+MODEL_REQUIRED_FIELDS = ("labels", "network", "branches", "preprocessing", "patch_size")  # of model.json
+
+
+def model_json_problem(meta):
+    """Why a model.json's content cannot be read by this version (its format, schema version or a required field
+    missing), in words; None when it can. Both micd.model_package and the Slicer registry refuse with this."""
+    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+        return f'not a MICD model description ("format" is not "{MODEL_FORMAT}")'
+    if meta.get("schema_version") != MODEL_SCHEMA_VERSION:
+        return (f"schema version {meta.get('schema_version')!r} is not supported (this MICD reads version "
+                f"{MODEL_SCHEMA_VERSION}); update MICD or re-export the model")
+    missing = [k for k in MODEL_REQUIRED_FIELDS if k not in meta]
+    return f"required field {missing[0]!r} is missing" if missing else None
 
 # ---------------------------------------------------------------- options of `micd train` that the panel sets
 METHODS = ("micd", "supervised", "mean-teacher", "cps", "dhc")

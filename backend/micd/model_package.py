@@ -32,7 +32,8 @@ from typing import Dict, List, Mapping, Optional
 import torch
 
 from micd.atomicfile import replacing
-from micd.contract import MODEL_FORMAT, MODEL_JSON, MODEL_SCHEMA_VERSION, WEIGHTS_FILE  # noqa: F401 - re-exported
+from micd.contract import (MODEL_FORMAT, MODEL_JSON, MODEL_SCHEMA_VERSION, WEIGHTS_FILE,  # noqa: F401
+                           model_json_problem)
 from micd.data.io import default_color
 from micd.data.label_channels import LabelChannels
 from micd.diskfull import disk_guard
@@ -137,15 +138,9 @@ def read_model_json(path: str) -> dict:
             meta = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelPackageError(f"{mj}: malformed JSON ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
-        raise ModelPackageError(f"{mj}: not a MICD model description (\"format\" is not \"{MODEL_FORMAT}\")")
-    version = meta.get("schema_version")
-    if version != MODEL_SCHEMA_VERSION:
-        raise ModelPackageError(f"{mj}: schema version {version!r} is not supported by this micd "
-                                f"(it reads version {MODEL_SCHEMA_VERSION}); update micd or re-export the model")
-    for key in ("labels", "network", "branches", "preprocessing", "patch_size"):
-        if key not in meta:
-            raise ModelPackageError(f"{mj}: required field {key!r} is missing")
+    problem = model_json_problem(meta)
+    if problem:
+        raise ModelPackageError(f"{mj}: {problem}")
     try:
         labels = {int(k): str(v) for k, v in meta["labels"].items()}
         NetworkConfig.from_dict(meta["network"])
