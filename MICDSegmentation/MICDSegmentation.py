@@ -47,14 +47,23 @@ class MICDSegmentationLogic(module_logic(SegmentationLogic, poll_ms=50)):
     job = MICDSegmentationLogic().segment(getNode("CT"), "Liver", wait=True)
     job.segmentation  # the new segmentation node
 
-    Predictions run in a warm worker process (`micd serve`) shared by the panel and the console, so a second
-    segmentation costs the prediction, not Python's start-up; it ends after MICD/WorkerIdleMinutes idle minutes.
-    The poller looks at the worker's answers every 50 ms: a result lands in the scene that soon after it exists."""
+    Predictions run in a warm worker process (`micd serve`) shared by the panel and every console logic of the
+    session, so a second segmentation costs the prediction, not Python's start-up; it ends after
+    MICD/WorkerIdleMinutes idle minutes. The poller looks at the worker's answers every 50 ms: a result lands in the
+    scene that soon after it exists."""
+
+    shared_worker = None  # the session's one worker (its launcher reads the Python setting at each start)
 
     def __init__(self, **kwargs):
         from MICDCommon import qtsupport
+        from MICDCommon.worker import BackendWorker
 
         kwargs.setdefault("idle_timeout_s", qtsupport.worker_idle_timeout_s())
+        if "worker" not in kwargs and "launcher" not in kwargs:
+            if MICDSegmentationLogic.shared_worker is None:
+                MICDSegmentationLogic.shared_worker = BackendWorker(qtsupport.launcher_from_settings(),
+                                                                    kwargs["idle_timeout_s"])
+            kwargs["worker"] = MICDSegmentationLogic.shared_worker
         super().__init__(**kwargs)
 
 

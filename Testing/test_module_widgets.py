@@ -50,6 +50,7 @@ def test_logic_classes_initialise_each_base_once(scene):
     assert training.moduleName == "MICDTraining" and training.getParameterNode().GetAttribute("ModuleName") == \
         "MICDTraining"
     assert training.job_poller is not None and segmentation.job_poller is not None
+    assert MICDSegmentationLogic().worker is segmentation.worker  # the panel and the console share one worker
     for method in ("train", "resume", "attach", "check", "runs_to_attach", "resumable_runs"):
         assert callable(getattr(training, method))
     for method in ("segment", "models", "rename_model", "delete_model", "export_model", "import_model"):

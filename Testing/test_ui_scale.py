@@ -99,13 +99,14 @@ def test_a_time_slice_leaves_a_backlog_and_the_end_waits_for_it(tmp_path):
                               on_event=seen.append, on_finished=finished.append)
     job._events = type(job._events)(events_file)  # read from the start, as a reattached job does
     job._popen.wait()
-    polls = 0
+    polls, partial = 0, False
     while not job.finished:
         job.poll(time_slice=0.01)
         polls += 1
         assert finished == [] or job.backlog == 0
-        if polls == 1:
-            assert 0 < job.backlog < 30000 and 0 < len(seen) < 30002
-    assert polls > 1 and len(seen) == 30002 and [e["iter"] for e in seen[1:-1]] == list(range(1, 30001))
+        # a poll that delivered part of the stream and kept the rest (on a busy machine the first poll may spend its
+        # slice reading and deliver nothing yet)
+        partial = partial or (0 < job.backlog < 30002 and 0 < len(seen) < 30002)
+    assert partial and polls > 1 and len(seen) == 30002 and [e["iter"] for e in seen[1:-1]] == list(range(1, 30001))
     assert job.state == "succeeded" and finished == [job]
     assert [e["event"] for e in job.events] == ["start", "iteration", "done"]  # a row of iterations: the latest

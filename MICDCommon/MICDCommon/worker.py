@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 
+from .contract import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK
 from .jobs import CANCELLED, CANCELLING, FAILED, FINISHED_STATES, RUNNING, SUCCEEDED, poll_until_finished
 
 DEFAULT_IDLE_TIMEOUT_S = 600.0  # a worker nobody used for this long is shut down and its memory given back
@@ -55,7 +56,8 @@ class WorkerRequest:
             self.worker.poll()
         return []
 
-    def _event(self, event):
+    def deliver(self, event):
+        """An answer of the worker to this request (the worker hands them out)."""
         self.events.append(event)
         if self.on_event:
             self.on_event(event)
@@ -64,7 +66,8 @@ class WorkerRequest:
         elif event.get("event") == "error":
             self._settle(CANCELLED if event.get("kind") == "cancelled" else FAILED)
 
-    def _worker_gone(self, message):
+    def worker_gone(self, message):
+        """The worker ended before this request did."""
         if self.state == CANCELLING:
             self._settle(CANCELLED)
             return
@@ -76,7 +79,7 @@ class WorkerRequest:
         if self.finished:
             return
         self.state, self.ended = state, time.time()
-        self.returncode = 0 if state == SUCCEEDED else (3 if state == CANCELLED else 1)
+        self.returncode = EXIT_OK if state == SUCCEEDED else (EXIT_CANCELLED if state == CANCELLED else EXIT_FAILED)
         try:
             if self.conclude:
                 self.conclude(self)
@@ -112,6 +115,7 @@ class BackendWorker:
         self._proc = None
         self._python = None
         self._lines = None
+        self._output_ended = False
         self._requests = {}
         self._next = 0
         self._last_used = time.monotonic()
@@ -142,7 +146,7 @@ class BackendWorker:
         finally:
             log.close()
         self._python, self.ready, self.starts = python, False, self.starts + 1
-        self._lines = queue.Queue()
+        self._lines, self._output_ended = queue.Queue(), False
         threading.Thread(target=_pump, args=(self._proc.stdout, self._lines), daemon=True,
                          name="micd-serve-reader").start()
         self._last_used = time.monotonic()
@@ -168,17 +172,20 @@ class BackendWorker:
     def poll(self):
         """Hand the worker's answers to their requests; a dead worker fails what it was doing; an idle one stops."""
         if self._lines is not None:
-            while True:
+            while not self._output_ended:
                 try:
                     line = self._lines.get_nowait()
                 except queue.Empty:
                     break
-                self._dispatch(line)
-        if self._proc is not None and self._proc.poll() is not None and (self._lines is None or self._lines.empty()):
+                if line is None:
+                    self._output_ended = True  # every line it wrote has been handed out
+                else:
+                    self._dispatch(line)
+        if self._proc is not None and self._output_ended and self._proc.poll() is not None:
             code = self._proc.returncode
             pending = [r for r in self._requests.values() if not r.finished]
             for request in pending:
-                request._worker_gone(f"The MICD worker stopped (exit code {code}) while running this request."
+                request.worker_gone(f"The MICD worker stopped (exit code {code}) while running this request."
                                      + self._tail_note())
             self._requests.clear()
             self._proc, self._lines = None, None
@@ -200,7 +207,7 @@ class BackendWorker:
         request = self._requests.get(str(event.get("id")))
         if request is None or event.get("command") == "cancel":
             return
-        request._event(event)
+        request.deliver(event)
         if request.finished:
             self._requests.pop(request.id, None)
 
@@ -212,7 +219,7 @@ class BackendWorker:
         left to finish on its own and killed by a watcher after 10 s. Returns at once."""
         proc, self._proc, self._lines = self._proc, None, None
         for request in [r for r in self._requests.values() if not r.finished]:
-            request._worker_gone("The MICD worker was shut down.")
+            request.worker_gone("The MICD worker was shut down.")
         self._requests.clear()
         if proc is None or proc.poll() is not None:
             return
@@ -252,6 +259,7 @@ def _pump(stream, lines):
             lines.put(line)
     except (OSError, ValueError):
         pass
+    lines.put(None)  # the end: every line before it has been put
 
 
 def _reap(proc, timeout):

@@ -33,6 +33,7 @@ class SegmentationWidget:
         self.job = None
         self._started = None
         self._cancelling = False
+        self._leaving = False  # the module was left while a segmentation ran: end the worker when it has finished
         self.widget = qt.QWidget()
         layout = qt.QVBoxLayout(self.widget)
         self._buildModels(layout)
@@ -228,6 +229,8 @@ class SegmentationWidget:
         if job.state not in (SUCCEEDED, CANCELLED):
             self.show_error(job.message)
         self.updateButtons()
+        if self._leaving:
+            self._endWorker()
 
     def appendLog(self, text):
         self.logText.appendPlainText(str(text))
@@ -244,15 +247,21 @@ class SegmentationWidget:
         """Refresh the models; start the worker now when this session's dependency check already passed (else the
         first Segment click starts it, after the check)."""
         self.refreshModels(select=self.selectedModel().name if self.selectedModel() else None)
+        self._leaving = False
         if qtsupport.backend_known_ready(self.logic.launcher):
             self.logic.warm_up()
         self.workerTimer.start()
 
     def exit(self):
         """Leaving the module ends the worker (its memory goes back); a running segmentation finishes first."""
+        self._leaving = True
         if self.job is None or self.job.finished:
-            self.logic.shutdown_worker()
-            self.workerTimer.stop()
+            self._endWorker()
+
+    def _endWorker(self):
+        self._leaving = False
+        self.logic.shutdown_worker()
+        self.workerTimer.stop()
 
     def cleanup(self):
         self.timer.stop()

@@ -10,11 +10,10 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from micd.contract import EXIT_CANCELLED
-from micd.inference.progress import PredictionCancelled  # noqa: F401 - what `should_stop` raises
+from micd.contract import EXIT_CANCELLED, EXIT_DATA, EXIT_FAILED
 
-EXIT_BAD_INPUT = 2  # bad model folder, input, options or device; a volume could not be read
-EXIT_FAILURE = 1    # anything else (out of memory included)
+# exit codes: EXIT_DATA for a bad model folder, input, options or device, or a volume that could not be read;
+# EXIT_FAILED for anything else (out of memory included); EXIT_CANCELLED when `micd serve` cancelled the request
 
 
 def add_window_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,7 +53,7 @@ class Reporter:
         """A failure that does not end the command (one volume of several)."""
         (bar.write if bar is not None else print)(f"{self.program}: error: {message}", file=sys.stderr)
 
-    def fail(self, message: str, hint: str = "", kind: str = "data", code: int = EXIT_BAD_INPUT) -> int:
+    def fail(self, message: str, hint: str = "", kind: str = "data", code: int = EXIT_DATA) -> int:
         """End the command: the error on stderr and as an `error` event (kind, message, hint); returns the exit code."""
         print(f"{self.program}: error: {message}" + (f"; {hint}" if hint else ""), file=sys.stderr)  # one line
         self.emit({"event": "error", "kind": kind, "message": message, "hint": hint})
@@ -63,7 +62,7 @@ class Reporter:
     def out_of_memory(self, inp: str, e: BaseException) -> int:
         return self.fail(f"{inp}: out of memory ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})",
                          "try --max-buffer-gb with a smaller value, --sw-batch-size 1, or --device cpu", "oom",
-                         EXIT_FAILURE)
+                         EXIT_FAILED)
 
 
 @dataclass

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 
+from micd.contract import EXIT_DATA, EXIT_OK
 from micd.inference.cli_common import CommandIO, Reporter, add_window_arguments, check_window_arguments
 
 DESCRIPTION = """Segment images with a trained model folder. The two students' softmax probabilities are averaged
@@ -117,4 +118,4 @@ def run(args: argparse.Namespace, io: "CommandIO | None" = None) -> int:
                     bar if many else None)
     report.emit({"event": "done", "images": len(pairs) - len(failed), "failed": failed,
                  "seconds": round(time.time() - t0, 2)})
-    return 2 if failed else 0
+    return EXIT_DATA if failed else EXIT_OK

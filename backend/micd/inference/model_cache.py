@@ -72,9 +72,6 @@ class ModelCache:
         return {"models": [k for k in self._entries], "bytes": self.bytes, "hits": self.hits, "loads": self.loads,
                 "max_models": self.max_models, "max_bytes": self.max_bytes}
 
-    def clear(self) -> None:
-        self._entries.clear()
-
     def peek(self, folder: str) -> Optional[ModelPackage]:
         entry = self._entries.get(os.path.realpath(folder))
         return entry[1] if entry else None

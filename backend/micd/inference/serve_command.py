@@ -57,22 +57,22 @@ class _RequestParser(argparse.ArgumentParser):
         raise RequestError(message or "not a request")
 
 
-def _request_parser() -> argparse.ArgumentParser:
-    """micd predict's and micd suggest's own options: a request means what the same command line would."""
+def _request_parser():
+    """micd predict's and micd suggest's own options (a request means what the same command line would): the parser
+    and its subcommand parsers by name."""
     from micd.inference import command, suggest_command
 
     parser = _RequestParser(prog="micd serve", add_help=False)
     sub = parser.add_subparsers(dest="command")
     command.register(sub)
     suggest_command.register(sub)
-    return parser
+    return parser, sub.choices
 
 
-def request_argv(request: dict, parser: argparse.ArgumentParser) -> list:
+def request_argv(request: dict, commands: Dict[str, argparse.ArgumentParser]) -> list:
     """The command line a request stands for: keys are long option names (with _ or -), true turns a switch on."""
     cmd = request.get("command")
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[cmd]
-    actions = {a.dest: a for a in sub._actions if a.option_strings}
+    actions = {a.dest: a for a in commands[cmd]._actions if a.option_strings}  # argparse lists no actions publicly
     argv = [cmd]
     for key, value in request.items():
         if key in ("id", "command"):
@@ -81,7 +81,7 @@ def request_argv(request: dict, parser: argparse.ArgumentParser) -> list:
         if dest not in actions or dest == "help":
             raise RequestError(f"{cmd} has no option {key!r}; see `micd {cmd} --help`")
         action, flag = actions[dest], actions[dest].option_strings[0]
-        if isinstance(action, argparse._StoreTrueAction):
+        if action.nargs == 0:  # a switch (store_true)
             if not isinstance(value, bool):
                 raise RequestError(f"{key}: true or false, not {value!r}")
             argv += [flag] if value else []
@@ -117,8 +117,10 @@ class Worker:
         self._state = threading.Lock()
         self._queue: "queue.Queue[Optional[dict]]" = queue.Queue()
         self._running: Optional[str] = None
-        self._stop: set = set()  # ids asked to stop, queued or running
-        self._parser = _request_parser()
+        self._queued: list = []  # ids waiting, in order
+        self._stop: set = set()  # ids of queued or running requests asked to stop
+        self._closing = False  # shutdown asked: what runs stops at its next window batch, what waits never starts
+        self._parser, self._commands = _request_parser()
 
     def emit(self, record: dict) -> None:
         with self._write:
@@ -144,6 +146,8 @@ class Worker:
             if command == "cancel":
                 self._cancel(request)
                 continue
+            with self._state:
+                self._queued.append(_rid(request))
             self._queue.put(request)
         self._shutdown()  # also at the end of stdin: the caller is gone
 
@@ -151,18 +155,19 @@ class Worker:
         target = None if request.get("target") is None else str(request["target"])
         with self._state:
             running = target is not None and target == self._running
-            if target is not None:
+            found = running or (target is not None and target in self._queued)
+            if found:  # an unknown or finished id is not remembered (it could be used again)
                 self._stop.add(target)
-        self.emit({"id": _rid(request), "event": "done", "command": "cancel", "target": target, "running": running})
+        self.emit({"id": _rid(request), "event": "done", "command": "cancel", "target": target, "running": running,
+                   "found": found})
 
     def _shutdown(self) -> None:
         with self._state:
-            if self._running is not None:
-                self._stop.add(self._running)
+            self._closing = True
         self._queue.put(None)
 
     def should_stop(self, rid: Optional[str]) -> bool:
-        return rid is not None and rid in self._stop
+        return self._closing or (rid is not None and rid in self._stop)
 
     # ---------------------------------------------------------------- the main thread
     def serve(self) -> int:
@@ -174,12 +179,14 @@ class Worker:
                 return EXIT_OK
             rid = _rid(request)
             with self._state:
-                if rid in self._stop:  # cancelled before it started
-                    self._stop.discard(rid)
-                    self.emit({"id": rid, "event": "error", "kind": "cancelled", "message": "cancelled before it "
-                               "started", "hint": ""})
-                    continue
-                self._running = rid
+                self._queued.remove(rid)
+                stopped = self._closing or rid in self._stop
+                self._stop.discard(rid)
+                self._running = None if stopped else rid
+            if stopped:  # cancelled, or the worker is shutting down, before it started
+                self.emit({"id": rid, "event": "error", "kind": "cancelled", "message": "cancelled before it "
+                           "started" + (" (the worker is shutting down)" if self._closing else ""), "hint": ""})
+                continue
             try:
                 self.run_request(request, rid)
             finally:
@@ -190,20 +197,19 @@ class Worker:
     def run_request(self, request: dict, rid: Optional[str]) -> None:
         command = request.get("command")
         report = RequestReporter(self, rid, f"micd serve ({command})")
+        code = EXIT_OK
         try:
             if command == "info":
                 self._info(request, report)
-                return
-            if command not in ("predict", "suggest"):
+            elif command not in ("predict", "suggest"):
                 report.fail(f"unknown command {command!r}", "use predict, suggest, info, cancel or shutdown")
-                return
-            args = self._parser.parse_args(request_argv(request, self._parser))
+            else:
+                args = self._parser.parse_args(request_argv(request, self._commands))
+                io = CommandIO(report, self.cache.get, should_stop=lambda: self.should_stop(rid), bars=False)
+                code = args.func(args, io)
         except RequestError as e:
             report.fail(f"bad {command} request: {e}")
             return
-        io = CommandIO(report, self.cache.get, should_stop=lambda: self.should_stop(rid), bars=False)
-        try:
-            code = args.func(args, io)
         except Exception as e:  # noqa: BLE001 - the worker must go on
             traceback.print_exc(file=sys.stderr)
             report.fail(f"{type(e).__name__}: {e}".splitlines()[0][:500], "this is a bug; the worker's stderr has "

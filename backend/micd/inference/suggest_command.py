@@ -8,6 +8,7 @@ import os
 import sys
 import time
 
+from micd.contract import EXIT_DATA, EXIT_OK
 from micd.inference.cli_common import CommandIO, Reporter, add_window_arguments, check_window_arguments
 from micd.atomicfile import write_json
 
@@ -153,7 +154,7 @@ def run(args: argparse.Namespace, io: "CommandIO | None" = None) -> int:
     report.emit({"event": "done", "images": len(entries), "failed": failed, "json": args.json,
            "ranking": [{"rank": e["rank"], "file": e["file"], "score": e["score"]} for e in ranking],
            "seconds": round(time.time() - t0, 2)})
-    return 2 if failed else 0
+    return EXIT_DATA if failed else EXIT_OK
 
 
 def table(ranking: list, names: dict) -> str:

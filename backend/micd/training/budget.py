@@ -70,7 +70,7 @@ class Calibration:
 
 @dataclass
 class RunCosts:
-    """What the loop does as a function of the iteration count (mirrors Trainer._loop)."""
+    """What the loop does as a function of the iteration count (mirrors Trainer.train)."""
     validate_every: int  # option value: 0 = ten times per run
     checkpoint_every: int
     has_validation: bool
