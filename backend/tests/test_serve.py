@@ -167,3 +167,26 @@ def test_the_model_cache_keeps_the_recent_models_within_its_bounds(model, tmp_pa
     os.utime(os.path.join(copies[1], "weights.safetensors"))
     before = small.peek(copies[1])
     assert small.get(copies[1]) is not before and small.loads == 3
+
+
+def test_shutdown_stops_the_running_request_and_answers_the_queued_ones(model, tmp_path, shared_data):
+    case = hippo_cases(20, 1)[0]["image"]
+    slow = {"command": "predict", "model": model, "input": case, "device": "cpu", "overlap": 0.9, "sw_batch_size": 1}
+    w = Worker()
+    try:
+        w.send({"id": "1", **slow, "output": str(tmp_path / "1.nii.gz")})
+        w.send({"id": "2", **slow, "output": str(tmp_path / "2.nii.gz")})
+        w.send({"id": "c", "command": "cancel", "target": "no-such-request"})
+        while not any(e.get("id") == "1" and e["event"] == "progress" for e in w.seen):
+            w.next()
+        t = time.time()
+        w.send({"command": "shutdown"})
+        assert w.until_end("1")[-1]["kind"] == "cancelled"
+        end2 = w.until_end("2")[-1]
+        assert end2["kind"] == "cancelled" and "shutting down" in end2["message"]
+        assert w.proc.wait(timeout=30) == 0 and time.time() - t < 10
+        unknown = next(e for e in w.seen if e.get("id") == "c")
+        assert unknown["found"] is False and unknown["running"] is False
+        assert not os.path.exists(tmp_path / "1.nii.gz") and not os.path.exists(tmp_path / "2.nii.gz")
+    finally:
+        w.proc.kill()
