@@ -115,16 +115,23 @@ def test_requests_answer_as_predict_does_with_the_model_kept_warm(model, tmp_pat
     assert times[1] < 0.35 * cold_s, (times, cold_s)
 
 
-def test_cancel_stops_the_running_request_and_a_queued_one(model, tmp_path, shared_data):
+def start_two_slow_requests(w, model, tmp_path, control):
+    """Requests 1 and 2 (many small windows: seconds each), then `control`; returns once request 1 is running.
+    Returns the input volume."""
     case = hippo_cases(20, 1)[0]["image"]
     slow = {"command": "predict", "model": model, "input": case, "device": "cpu", "overlap": 0.9, "sw_batch_size": 1}
+    w.send({"id": "1", **slow, "output": str(tmp_path / "1.nii.gz")})
+    w.send({"id": "2", **slow, "output": str(tmp_path / "2.nii.gz")})
+    w.send(control)
+    while not any(e.get("id") == "1" and e["event"] == "progress" for e in w.seen):
+        w.next()
+    return case
+
+
+def test_cancel_stops_the_running_request_and_a_queued_one(model, tmp_path, shared_data):
     w = Worker()
     try:
-        w.send({"id": "1", **slow, "output": str(tmp_path / "1.nii.gz")})
-        w.send({"id": "2", **slow, "output": str(tmp_path / "2.nii.gz")})
-        w.send({"id": "c2", "command": "cancel", "target": "2"})  # queued: it never starts
-        while not any(e.get("id") == "1" and e["event"] == "progress" for e in w.seen):
-            w.next()
+        case = start_two_slow_requests(w, model, tmp_path, {"id": "c2", "command": "cancel", "target": "2"})
         t = time.time()
         w.send({"id": "c1", "command": "cancel", "target": "1"})
         end1 = w.until_end("1")[-1]
@@ -170,15 +177,9 @@ def test_the_model_cache_keeps_the_recent_models_within_its_bounds(model, tmp_pa
 
 
 def test_shutdown_stops_the_running_request_and_answers_the_queued_ones(model, tmp_path, shared_data):
-    case = hippo_cases(20, 1)[0]["image"]
-    slow = {"command": "predict", "model": model, "input": case, "device": "cpu", "overlap": 0.9, "sw_batch_size": 1}
     w = Worker()
     try:
-        w.send({"id": "1", **slow, "output": str(tmp_path / "1.nii.gz")})
-        w.send({"id": "2", **slow, "output": str(tmp_path / "2.nii.gz")})
-        w.send({"id": "c", "command": "cancel", "target": "no-such-request"})
-        while not any(e.get("id") == "1" and e["event"] == "progress" for e in w.seen):
-            w.next()
+        start_two_slow_requests(w, model, tmp_path, {"id": "c", "command": "cancel", "target": "no-such-request"})
         t = time.time()
         w.send({"command": "shutdown"})
         assert w.until_end("1")[-1]["kind"] == "cancelled"
