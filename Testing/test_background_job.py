@@ -111,7 +111,7 @@ def test_real_training_reattach_cancel_resume(scene, launcher, unlabeled_folder,
 
 
 def _predict_available():
-    result = subprocess.run([sys.executable, "-m", "micd", "predict", "--help"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "micd", "predict", "--help"], capture_output=True, encoding="utf-8", errors="replace")
     return result.returncode == 0
 
 
@@ -183,7 +183,7 @@ def test_run_folder_lock_tells_running_from_lost(tmp_path):
         lock.release()
         print("released", flush=True)
         time.sleep(120)
-    """), run_dir], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    """), run_dir], stdin=subprocess.PIPE, stdout=subprocess.PIPE, encoding="utf-8", errors="replace")
     try:
         assert holder.stdout.readline().strip() == "locked"
         assert runlock.probe(run_dir) == (True, holder.pid)

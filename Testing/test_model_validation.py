@@ -188,7 +188,7 @@ def test_both_checks_give_the_backends_reasons(runnable, tmp_path):
     for (breaker, reason, seen), name in zip(BROKEN, IDS):
         folders[name] = broken_copy(runnable, tmp_path / name, breaker)
     p = subprocess.run([sys.executable, "-c", LOAD_EACH, *map(str, folders.values())], capture_output=True,
-                       text=True, timeout=300, check=True)
+                       encoding="utf-8", errors="replace", timeout=300, check=True)
     backend = json.loads(p.stdout.strip().splitlines()[-1])
     for (breaker, reason, seen), name in zip(BROKEN, IDS):
         assert backend[str(folders[name])] and reason in backend[str(folders[name])], (name, backend)

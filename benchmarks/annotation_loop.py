@@ -37,6 +37,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from micd.cli import tolerant_console
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from ssl_benchmark import LABEL_NAMES, ROOT, case_mean_dice, link_folder, machine, micd, per_case_scores  # noqa: E402
@@ -297,6 +299,7 @@ def write_summary(a, cfg: dict, runs_dir: str) -> str:
 
 
 def main() -> None:
+    tolerant_console()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
     ap.add_argument("--part", default="all", choices=["all", "loop", "warm"],

@@ -384,11 +384,11 @@ class GpuSampler:
             return
         self.peak = {}
         try:
-            for line in subprocess.run(self._query(), capture_output=True, text=True, timeout=20).stdout.splitlines():
+            for line in subprocess.run(self._query(), capture_output=True, encoding="utf-8", errors="replace", timeout=20).stdout.splitlines():
                 i, used = [v.strip() for v in line.split(",")[:2]]
                 self.before[i] = int(used)
             self.proc = subprocess.Popen(self._query(["-lms", "250"]), stdout=subprocess.PIPE,
-                                         stderr=subprocess.DEVNULL, text=True)
+                                         stderr=subprocess.DEVNULL, encoding="utf-8", errors="replace")
         except (OSError, ValueError, subprocess.SubprocessError):
             self.proc = None
             return

@@ -29,6 +29,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from micd.cli import tolerant_console  # noqa: E402
 from ssl_benchmark import PRESETS, ROOT, VARIANTS, cpu_kind, paired, run_one, seed_means  # noqa: E402
 
 # supervised and its variants (supervised-micd-weights: is a stronger baseline still below MICD when trained longer?)
@@ -116,6 +117,7 @@ def markdown(s: dict, preset: str, k: int) -> str:
 
 
 def main() -> None:
+    tolerant_console()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
     ap.add_argument("--factor", type=int, default=3, help="iterations = factor x the preset's (default 3)")

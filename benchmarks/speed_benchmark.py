@@ -38,6 +38,8 @@ import tempfile
 import time
 from typing import Dict, List, Optional
 
+from micd.cli import tolerant_console
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 METHODS = ["supervised", "mean-teacher", "cps", "dhc", "micd"]
@@ -96,7 +98,7 @@ def run_measured(cmd, env=None, limit_bytes=None) -> dict:
             resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
     t0 = time.time()
     with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
-        p = subprocess.Popen(cmd, stdout=fo, stderr=fe, env=env, preexec_fn=preexec, text=True)
+        p = subprocess.Popen(cmd, stdout=fo, stderr=fe, env=env, preexec_fn=preexec, encoding="utf-8", errors="replace")
         _, status, ru = os.wait4(p.pid, 0)
         p.returncode = os.waitstatus_to_exitcode(status)
         fo.seek(0), fe.seek(0)
@@ -163,6 +165,7 @@ def make_model(folder: str, spacing, labels: dict, patch, filters: int, packed: 
 
 
 def main() -> None:
+    tolerant_console()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", nargs="+", default=["training", "ct", "ct-paired", "big42", "big118", "interactive"],
                     choices=["training", "ct", "ct-paired", "big42", "big118", "interactive"])
@@ -259,7 +262,7 @@ def main() -> None:
     if "interactive" in a.parts:
         def interactive():
             script = os.path.join(ROOT, "Testing", "segment_latency.py")
-            p = subprocess.run([py, script, "--repeats", "3", "--threads", "2"], capture_output=True, text=True,
+            p = subprocess.run([py, script, "--repeats", "3", "--threads", "2"], capture_output=True, encoding="utf-8", errors="replace",
                                env=dict(env, QT_QPA_PLATFORM="offscreen"), timeout=1800)
             if p.returncode != 0:
                 raise SystemExit(f"segment_latency.py failed: {p.stderr[-2000:]}")

@@ -53,6 +53,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from micd.cli import tolerant_console
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 METHODS = ["supervised", "mean-teacher", "cps", "dhc", "micd"]
@@ -742,6 +744,7 @@ def markdown(summary: dict, preset: str, cfg: dict, plateau: Optional[str] = Non
 
 
 def main() -> None:
+    tolerant_console()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
     ap.add_argument("--dataset", default="hippocampus", choices=sorted(DATASETS),

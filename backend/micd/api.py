@@ -133,12 +133,14 @@ def train(dataset: str, out: str, method: str = "micd", on_event=None, python: O
     Raises `TrainingFailed` (with the error event) when the run ends without a model.
     """
     import json
+    import os
     import subprocess
     import sys
 
     cmd = [python or sys.executable, "-m", "micd", *train_command(dataset, out, method=method, **options)]
     error, done = None, None
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, encoding="utf-8", bufsize=1) as proc:
+    env = dict(os.environ, PYTHONIOENCODING="utf-8")  # the child's lines are read as UTF-8 whatever the locale
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, encoding="utf-8", errors="replace", bufsize=1, env=env) as proc:
         for line in proc.stdout:
             try:
                 event = json.loads(line)

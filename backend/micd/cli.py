@@ -35,7 +35,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def tolerant_console() -> None:
+    """Print what the console's encoding cannot show as escapes instead of failing: an ASCII locale (a bare
+    container, `LC_ALL=C` with `PYTHONUTF8=0`) or a Windows code page must not turn a progress line into a crash."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+        if encoding != "utf8" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    tolerant_console()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -34,7 +34,7 @@ def micd_cmd(*args):
 
 def run_micd(*args, timeout=300, **kw):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run(micd_cmd(*args), capture_output=True, text=True, timeout=timeout, env=env, **kw)
+    return subprocess.run(micd_cmd(*args), capture_output=True, encoding="utf-8", errors="replace", timeout=timeout, env=env, **kw)
 
 
 def losses_by_iter(events):

@@ -35,7 +35,7 @@ def la_bench(tmp_path_factory, shared_data):
            "--time-budget", BUDGET, "--threads", "1", "--methods", *METHODS, "--shared", shared_data,
            "--results", results, "--work", work]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    p = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", timeout=900, env=env)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return results, work, p
 
@@ -99,7 +99,7 @@ def test_summary_rows_carry_what_the_check_reads(la_bench):
     picked = [r for r in s["rows"] if r.get("method") == "micd" and r.get("time_budget")
               and (r.get("dataset"), r.get("labeled")) == ("la", 4)]
     assert len(picked) == 1 and picked[0]["paired_diff_vs_supervised_weighted"]["ci95"][0] is not None
-    md = open(os.path.join(results, "ssl-smoke-la-equal-time.md")).read()
+    md = open(os.path.join(results, "ssl-smoke-la-equal-time.md"), encoding="utf-8").read()
     assert "| budget | labeled | method | seeds | iterations |" in md and "left atrium Dice" in md
     assert "anterior" not in md and "Δ sup-w" in md
 

@@ -164,7 +164,7 @@ def test_iterations_given_wins_and_too_small_a_budget_is_an_error(tmp_path, shar
     # without --num-threads: torch's default thread count and one thread are compared, the faster kept
     p = subprocess.run(micd_cmd("train", "--dataset", ds, "--out", os.path.join(tmp_path, "given"), "--time-budget",
                                 "1h", "--iterations", "3", *[a for a in TINY if a not in ("--num-threads", "1")]),
-                       capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="2"))
+                       capture_output=True, encoding="utf-8", errors="replace", timeout=300, env=dict(os.environ, OMP_NUM_THREADS="2"))
     assert p.returncode == 0, p.stdout[-1500:] + p.stderr[-1500:]
     start = _start(read_events(os.path.join(tmp_path, "given", "events.jsonl")))[0]
     assert start["iterations"] == 3 and start["budget_plan"]["planned_iterations"] is False
@@ -282,7 +282,7 @@ def test_the_budget_clock_starts_with_the_process(tmp_path):
     budget code is first imported (what it fell back to when psutil was missing, so slow start-ups went uncounted)."""
     code = ("import time; time.sleep(1.5); t = time.time(); from micd.proctime import process_start_time; "
             "print(t - process_start_time())")
-    out = subprocess.run([*micd_cmd()[:1], "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([*micd_cmd()[:1], "-c", code], capture_output=True, encoding="utf-8", errors="replace", check=True).stdout
     assert 1.5 <= float(out) < 60
     in_process = __import__("micd.training.budget", fromlist=["command_start_time"]).command_start_time()
     assert abs(in_process - time.time()) < 1  # inside another program (pytest) it is the command's own start

@@ -20,7 +20,7 @@ EXACT = ["--patch-size", "16", "32", "16", "--filters", "4", "--device", "cpu", 
 
 def torchrun(*args, timeout=240):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "micd", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+    return subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 

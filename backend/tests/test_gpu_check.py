@@ -21,7 +21,7 @@ def test_gpu_check_cpu_tiny(tmp_path, shared_data):
     out = tmp_path / "tmp" / "x.json"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     p = subprocess.run([sys.executable, SCRIPT, "--device", "cpu", "--tiny", "--out", str(out), "--data", HIPPO,
-                        "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=300, env=env)
+                        "--work", str(tmp_path / "work")], capture_output=True, encoding="utf-8", errors="replace", timeout=300, env=env)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     r = json.loads(out.read_text())
     steps = r["steps"]

@@ -136,7 +136,7 @@ def test_refusal_as_a_process_has_no_traceback(good, image, tmp_path):
     bad = _copy(good, tmp_path)
     _malformed(bad)
     p = subprocess.run([sys.executable, "-m", "micd", "predict", "--model", str(bad), "--input", image, "--output",
-                        str(tmp_path / "o.nii.gz"), "--device", "cpu"], capture_output=True, text=True, timeout=120)
+                        str(tmp_path / "o.nii.gz"), "--device", "cpu"], capture_output=True, encoding="utf-8", errors="replace", timeout=120)
     assert p.returncode == 2 and "Traceback" not in p.stderr and "malformed JSON" in p.stderr
 
 

@@ -216,7 +216,7 @@ def test_a_refused_acquire_leaves_train_lock_as_it_was(tmp_path, shared_data):
     lock = run / "train.lock"
     run.mkdir()
     lock.write_bytes(b"x" * 2000)  # not written by micd: the holder cuts it to its pid
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], stdout=subprocess.PIPE, encoding="utf-8", errors="replace")
     try:
         assert holder.stdout.readline().strip() == "held"
         assert lock.read_bytes() == str(holder.pid).ljust(PID_WIDTH).encode()
@@ -284,7 +284,7 @@ def _mount_small_tmpfs(folder, size="3m"):
     os.makedirs(folder)
     try:
         p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                           capture_output=True, text=True, timeout=30)
+                           capture_output=True, encoding="utf-8", errors="replace", timeout=30)
     except (OSError, subprocess.TimeoutExpired) as e:
         pytest.skip(f"cannot mount a tmpfs here ({e})")
     if p.returncode != 0:

@@ -38,7 +38,7 @@ def model(tmp_path_factory):
 class Worker:
     def __init__(self, *args):
         self.proc = subprocess.Popen(micd_cmd("serve", *args), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1,
+                                     stderr=subprocess.PIPE, encoding="utf-8", errors="replace", bufsize=1,
                                      env=dict(os.environ, OMP_NUM_THREADS="1"))
         self.lines = queue.Queue()
         threading.Thread(target=lambda: [self.lines.put(json.loads(l)) for l in self.proc.stdout],
