@@ -10,19 +10,11 @@ import json
 import os
 import re
 import shutil
-import struct
 import tempfile
 import zipfile
 
 from .contract import MODEL_FORMAT, MODEL_JSON, WEIGHTS_FILE, model_json_problem
-
-# bytes per element of the safetensors dtypes
-_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
-                "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
-
-
-class RegistryError(Exception):
-    """A model could not be added, renamed, removed or exported; the message says why."""
+from .modelfiles import RegistryError, copy_model_folder, extract_model_zip, read_safetensors_header
 
 
 def safe_name(name):
@@ -73,55 +65,12 @@ def check_model_folder(folder):
         raise RegistryError(f"{mj}: the network has {outputs} outputs but the labels go up to {labels[-1]}")
     if not isinstance(branches, list) or not branches or not all(isinstance(b, str) for b in branches):
         raise RegistryError(f"{mj}: 'branches' must list the stored networks")
-    tensors = _safetensors_header(os.path.join(folder, WEIGHTS_FILE))
+    tensors = read_safetensors_header(os.path.join(folder, WEIGHTS_FILE))
     for branch in branches:
         if not any(name.startswith(branch + ".") for name in tensors):
             raise RegistryError(f"{os.path.join(folder, WEIGHTS_FILE)}: no weights for branch {branch!r} declared in "
                                 f"{MODEL_JSON}")
     return meta
-
-
-def _safetensors_header(path):
-    """{tensor name: header entry} of a safetensors file (8 bytes little-endian header length, JSON header, data),
-    after checking that every tensor's bytes lie in the file and the data is exactly as long as the header says."""
-    if not os.path.isfile(path):
-        raise RegistryError(f"{os.path.dirname(path)}: no {WEIGHTS_FILE}")
-    size = os.path.getsize(path)
-
-    def unreadable(why):
-        return RegistryError(f"{path}: not a readable safetensors file ({why})")
-
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise unreadable(f"{size} bytes")
-            (n,) = struct.unpack("<Q", head)
-            if n > size - 8:
-                raise unreadable("the header is longer than the file: cut short?")
-            header = json.loads(f.read(n).decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise unreadable(e) from None
-    if not isinstance(header, dict):
-        raise unreadable("the header is not a JSON object")
-    tensors, end = {}, 0
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            start, stop = (int(v) for v in entry["data_offsets"])
-            count = 1
-            for d in entry["shape"]:
-                count *= int(d)
-            width = _DTYPE_BYTES[entry["dtype"]]
-        except (KeyError, TypeError, ValueError):
-            raise unreadable(f"tensor {name!r} has no valid dtype, shape and offsets") from None
-        if not 0 <= start <= stop or stop - start != count * width:
-            raise unreadable(f"tensor {name!r}: its offsets do not match its shape")
-        tensors[name], end = entry, max(end, stop)
-    if 8 + n + end != size:
-        raise unreadable(f"{size} bytes, the header describes {8 + n + end}: cut short or padded")
-    return tensors
 
 
 def check_with_backend(folder, launcher, timeout=300):
@@ -270,16 +219,40 @@ class ModelRegistry:
     def add_folder(self, folder, name=None, colors=None):
         """Copy a model folder (e.g. RUN_DIR/model) into the registry under `name`; returns its ModelInfo.
 
-        `colors` {label value: (r, g, b)} replaces the model's colours (e.g. the training segments' own colours)."""
-        meta = self.check(folder)
-        name = name or meta.get("display_name") or meta.get("name") or os.path.basename(os.path.abspath(folder))
+        Only model.json and the weights are copied (see modelfiles). `colors` {label value: (r, g, b)} replaces the
+        model's colours (e.g. the training segments' own colours)."""
+
+        def fill(dest):
+            copy_model_folder(folder, dest)
+            return None, os.path.basename(os.path.abspath(folder))
+
+        return self._add(folder, fill, name, colors)
+
+    def _add(self, source, fill, name, colors=None):
+        """Import a model: `fill(folder)` writes its files into a hidden folder inside the registry, which is
+        checked and then renamed into place, or removed when anything fails. `fill` returns two names for a model
+        imported without `name`: one that comes before model.json's display name and name, one that comes after
+        (None when there is none)."""
         os.makedirs(self.root, exist_ok=True)
-        target = self._free_folder(name)
-        shutil.copytree(folder, target)
-        changes = {"display_name": str(name)}
-        if colors:
-            changes["colors"] = {str(k): [float(c) for c in v[:3]] for k, v in colors.items()}
-        self._update_meta(target, changes)
+        staging = tempfile.mkdtemp(prefix=".import-", dir=self.root)
+        try:
+            try:
+                preferred, fallback = fill(staging)
+                meta = self.check(staging)
+            except RegistryError as e:
+                raise RegistryError(str(e).replace(staging, source)) from None
+            except OSError as e:
+                raise RegistryError(f"{source}: the model could not be imported ({e})") from None
+            name = name or preferred or meta.get("display_name") or meta.get("name") or fallback
+            changes = {"display_name": str(name)}
+            if colors:
+                changes["colors"] = {str(k): [float(c) for c in v[:3]] for k, v in colors.items()}
+            self._update_meta(staging, changes)
+            target = self._free_folder(name)
+            os.rename(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         return ModelInfo(target, read_model_json(target))
 
     def rename(self, model, new_name):
@@ -326,23 +299,18 @@ class ModelRegistry:
         return zip_path
 
     def import_path(self, path, name=None):
-        """Add a model from a folder or a zip (model.json at the top of the zip or in one folder inside it)."""
+        """Add a model from a folder or a zip (model.json at the top of the zip or in a folder inside it); only
+        model.json and the weights are taken (see modelfiles)."""
         if os.path.isdir(path):
             return self.add_folder(path, name)
         if not zipfile.is_zipfile(path):
             raise RegistryError(f"{path}: neither a model folder nor a zip file")
-        with tempfile.TemporaryDirectory(prefix="micd-import-") as tmp:
-            with zipfile.ZipFile(path) as z:
-                for member in z.namelist():
-                    target = os.path.abspath(os.path.join(tmp, member))
-                    if not target.startswith(os.path.abspath(tmp) + os.sep):
-                        raise RegistryError(f"{path}: unsafe entry {member!r} (points outside the archive)")
-                z.extractall(tmp)
-            folders = [base for base, _d, files in os.walk(tmp) if MODEL_JSON in files]
-            if len(folders) != 1:
-                raise RegistryError(f"{path}: expected exactly one {MODEL_JSON} in the zip, found {len(folders)}")
-            default = os.path.splitext(os.path.basename(path))[0] if folders[0] == tmp else None
-            return self.add_folder(folders[0], name or default)
+
+        def fill(dest):
+            inner = extract_model_zip(path, dest)
+            return (None, os.path.basename(inner)) if inner else (os.path.splitext(os.path.basename(path))[0], None)
+
+        return self._add(path, fill, name)
 
     @staticmethod
     def _update_meta(folder, changes):
