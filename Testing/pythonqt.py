@@ -6,6 +6,9 @@ The PythonQt rules module code relies on, and which PyQt does not have:
 - signals are connected by signature, `w.connect("clicked(bool)", slot)`; the slot gets as many of the signal's
   arguments as it takes; an unknown signature raises here (PythonQt only prints a warning, and the slot never runs);
 - enums live under their class (`qt.QMessageBox.Yes`); static dialogs return the value (not PyQt's tuples);
+- keyword arguments are refused by every wrapped C++ call, methods, slots, static methods and constructors alike,
+  with PythonQt's ValueError "Called ... with keyword arguments, but called slot does not support kwargs."
+  (PythonQtSlotFunction_CallImpl; PyQt accepts `addItem(text="a")`, and constructor keywords as properties);
 - reading an unknown attribute raises AttributeError, and so does creating one on a Qt object (Python subclasses may);
 - an exception in a slot does not unwind into the code that emitted the signal. Here it is kept and raised again by
   the call that emitted it (`button.click()`), or by `raise_slot_errors()`, so a broken slot fails the test.
@@ -92,9 +95,37 @@ def _call(function, args, kwargs):
     return wrap(result)
 
 
-def _method(function, name):
+def _refuse_keywords(where, kwargs):
+    """PythonQt maps no keyword to a C++ parameter: only a slot whose last parameter is `QVariantMap kwargs` takes
+    them, and no Qt, CTK or Slicer class the modules use has one."""
+    if kwargs:
+        raise ValueError(f"Called {where} with keyword arguments, but called slot does not support kwargs.")
+
+
+def _keywordless(function, where):
+    """`function` (a harness stand-in for a C++ call, such as a static dialog) refusing keywords as PythonQt does."""
+    def call(*args, **kwargs):
+        _refuse_keywords(where, kwargs)
+        return function(*args)
+    return call
+
+
+def _slot_member(member):
+    """PythonQt's own members of a wrapper (connect, disconnect, className; a signal's connect and emit) are C++
+    slots as well: keywords are refused the same way."""
+    def call(self, *args, **kwargs):
+        _refuse_keywords(f"{member.__name__}()", kwargs)
+        return member(self, *args)
+    call.__name__ = member.__name__
+    return call
+
+
+def _method(function, name, owner=""):
+    where = f"{owner}::{name}()" if owner else f"{name}()"
+
     def method(*args, **kwargs):
-        return _call(function, args, kwargs)
+        _refuse_keywords(where, kwargs)
+        return _call(function, args, {})
     method.__name__ = name
     return method
 
@@ -168,12 +199,15 @@ class Signal:
     def __init__(self, owner, signature):
         self._owner, self._signature = owner, signature
 
+    @_slot_member
     def connect(self, slot):
         return self._owner.connect(self._signature, slot)
 
+    @_slot_member
     def disconnect(self, slot=None):
         return self._owner.disconnect(self._signature, slot)
 
+    @_slot_member
     def emit(self, *args):
         signal, _count = _bound_signal(self._owner._q, self._signature)
         signal.emit(*unwrap(args))
@@ -195,13 +229,13 @@ class _QtClassMeta(type):
             raise AttributeError(name)
         intercepted = dialogs.static_dialog(cls._pyqt, name)
         if intercepted is not None:
-            return intercepted
+            return _keywordless(intercepted, f"{cls.__name__}::{name}()")
         try:
             value = getattr(cls._pyqt, name)
         except AttributeError:
             raise AttributeError(f"{cls.__name__} has no attribute named '{name}'") from None
         if callable(value) and not isinstance(value, (int, type)):
-            return _method(value, name)
+            return _method(value, name, cls.__name__)
         return value
 
 
@@ -211,12 +245,12 @@ class QtObject(metaclass=_QtClassMeta):
     _pyqt = QtCore.QObject
 
     def __init__(self, *args, **kwargs):
+        _refuse_keywords(f"{type(self).__name__}()", kwargs)  # PythonQt's constructors are slots too
         q = type(self)._pyqt(*unwrap(args))
         _bind(self, q)
-        for name, value in kwargs.items():  # PythonQt sets keyword arguments as properties
-            setattr(self, name, value)
 
     # PythonQt's own members on every QObject wrapper
+    @_slot_member
     def connect(self, signal, slot):
         bound, count = _bound_signal(self._q, signal)
         handler = _SlotCall(slot, count)
@@ -224,6 +258,7 @@ class QtObject(metaclass=_QtClassMeta):
         self._handlers.append((_normalized(signal)[0], slot, bound, handler))
         return True
 
+    @_slot_member
     def disconnect(self, signal, slot=None):
         normalized = _normalized(signal)[0]
         found = False
@@ -234,6 +269,7 @@ class QtObject(metaclass=_QtClassMeta):
                 found = True
         return found
 
+    @_slot_member
     def className(self):
         return self._q.metaObject().className()
 
@@ -255,9 +291,9 @@ class QtObject(metaclass=_QtClassMeta):
                     return wrap(child)
             raise AttributeError(f"{type(self).__name__} has no attribute named '{name}'")
         if name in ("exec_", "exec") and isinstance(q, QtWidgets.QDialog):
-            return dialogs.exec_dialog(q)
+            return _keywordless(dialogs.exec_dialog(q), f"{type(self).__name__}::{name}()")
         if callable(value) and not isinstance(value, (int, type)):
-            return _method(value, name)
+            return _method(value, name, type(self).__name__)
         return value
 
     def __setattr__(self, name, value):
@@ -302,7 +338,8 @@ class Value:
 
     def __getattr__(self, name):
         value = getattr(self._v, name)
-        return _method(value, name) if callable(value) and not isinstance(value, (int, type)) else value
+        return _method(value, name, type(self._v).__name__) if callable(value) and not isinstance(value, (int, type)) \
+            else value
 
     def __setattr__(self, name, value):
         setattr(self._v, name, unwrap(value))
@@ -346,7 +383,8 @@ def _value_class(pyqt_class):
     """Non-QObject classes (QColor, QTableWidgetItem, Qt namespace...) are used as PyQt has them; only the class
     lookups go through the PythonQt rules (static dialogs, enums), and isinstance works with the PyQt objects."""
 
-    def construct(cls, *args):
+    def construct(cls, *args, **kwargs):
+        _refuse_keywords(f"{pyqt_class.__name__}()", kwargs)
         return pyqt_class(*unwrap(args))
 
     return _ValueMeta(pyqt_class.__name__, (), {"_pyqt": pyqt_class, "__new__": construct, "__module__": "qt"})

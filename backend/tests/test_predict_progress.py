@@ -73,3 +73,75 @@ def test_predict_prints_progress_events(tmp_path, shared_data, capsys):
         # each image's progress comes after its plan and before its prediction
         kinds = [l["event"] for l in lines if l.get("input") == plan["input"]]
         assert kinds[0] == "plan" and kinds[-1] == "prediction" and set(kinds[1:-1]) == {"progress"}
+
+
+def _run_on_terminal(argv, timeout=300):
+    """Run `argv` with stdout and stderr on a pseudo-terminal (as at a shell prompt); (exit code, what it showed)."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import subprocess
+    import sys
+    import termios
+    import time
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "micd", *argv], stdin=subprocess.DEVNULL, stdout=slave,
+                            stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    chunks, deadline = [], time.time() + timeout
+    try:
+        while time.time() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif proc.poll() is not None:
+                break
+        code = proc.wait(timeout=max(1.0, deadline - time.time()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    return code, b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_predict_at_a_terminal_shows_a_bar_and_summaries_not_json(tmp_path, shared_data):
+    """At a terminal (auto): a bar and one summary line per image and at the end, no JSON; through a pipe the JSON
+    events come as before (the Slicer panels read them so)."""
+    from realdata import run_micd
+
+    model = make_model(tmp_path / "model")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in (0, 1):
+        sitk.WriteImage(sitk.ReadImage(_hippo(i)), str(folder / f"case{i}.nii.gz"))
+    common = ["predict", "--device", "cpu", "--num-threads", "1", "--model", str(model), "--input", str(folder)]
+    code, shown = _run_on_terminal(common + ["--output", str(tmp_path / "tty")])
+    assert code == 0, shown[-2000:]
+    lines = [l.strip("\r") for l in shown.replace("\r\n", "\n").split("\n")]
+    assert not any(l.lstrip().startswith("{") or '"event"' in l for l in lines), shown[-2000:]
+    for i in (0, 1):
+        summary = [l for l in lines if f"case{i}.nii.gz -> " in l]
+        assert len(summary) == 1 and f"[{i + 1}/2]" in summary[0], shown[-2000:]
+        assert (tmp_path / "tty" / f"case{i}.nii.gz").is_file()
+    assert any("micd predict: 2 images segmented in" in l for l in lines), shown[-2000:]
+    assert "window" in shown  # the bar of the windows
+
+    piped = run_micd(*common, "--output", str(tmp_path / "pipe"))  # stdout a pipe: JSON lines, as the panels read
+    assert piped.returncode == 0, piped.stderr[-2000:]
+    events = [json.loads(l) for l in piped.stdout.splitlines() if l.strip()]  # every stdout line is an event
+    kinds = [e["event"] for e in events]
+    assert kinds.count("plan") == 2 and kinds.count("prediction") == 2 and kinds[-1] == "done"
+    assert "progress" in kinds and "segmented in" not in piped.stdout
+    # asked for, the events come at a terminal too
+    code, shown = _run_on_terminal(common + ["--output", str(tmp_path / "asked"), "--progress", "jsonl"])
+    assert code == 0 and '{"event": "done"' in shown, shown[-2000:]
