@@ -25,7 +25,7 @@ class MICDSegmentation(ScriptedLoadableModule):
         self.parent.dependencies = ["MICDCommonModule"]
         self.parent.contributors = ["MICD for 3D Slicer contributors"]
         self.parent.helpText = _(
-            "Segment the current volume with a model trained in 'Train semi-supervised' (or imported): one "
+            "Segment the current volume with a model trained in 'MICD: Train semi-supervised' (or imported): one "
             "segment per label with the model's names and colours, in the volume's geometry and study.")
         self.parent.acknowledgementText = _("Uses PyTorch and MONAI through the bundled micd backend.")
 

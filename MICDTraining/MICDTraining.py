@@ -20,7 +20,7 @@ except ImportError:  # headless tests
 class MICDTraining(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = _("Train semi-supervised")
+        self.parent.title = _("MICD: Train semi-supervised")
         self.parent.categories = ["Segmentation"]
         self.parent.dependencies = ["MICDCommonModule"]
         self.parent.contributors = ["MICD for 3D Slicer contributors"]

@@ -122,9 +122,10 @@ class qMRMLNodeComboBox(qMRMLWidget):
         types = self._values.get("nodeTypes", [])
         if not any(node.IsA(t) for t in types):
             return False
-        if not self._values.get("showChildNodeTypes", True) and node.GetClassName() not in types:
-            return False
-        if any(node.IsA(t) for t in self._values.get("hideChildNodeTypes", [])):
+        if not self._values.get("showChildNodeTypes", True):  # qMRMLSortFilterProxyModel::filterAcceptsRow
+            if node.GetClassName() not in types:
+                return False
+        elif any(node.IsA(t) for t in self._values.get("hideChildNodeTypes", [])):  # only when children show
             return False
         return self._values.get("showHidden", False) or not node.GetHideFromEditors()
 

@@ -47,7 +47,7 @@ def loop(scene, runnable, tmp_path, hippocampus_cases):
     for image, _label in hippocampus_cases[10:13]:
         os.symlink(image, unlabeled / image.name)
     logic = TrainingLogic(launcher=launcher, registry=registry, runs_root=str(tmp_path / "runs"))
-    panel = TrainingWidget(logic, dependency_check=lambda: True)
+    panel = TrainingWidget(logic, dependency_check=lambda then=None: True)
     training, form = panel.training, panel.training.form
     training.addUnlabeledFolder(str(unlabeled))
     form.deviceCombo.setCurrentIndex(form.deviceCombo.findText("cpu"))

@@ -4,6 +4,7 @@ except where the Slicer side itself is under test (settings, dependency install,
 
 import subprocess
 import sys
+import time
 import unittest
 from unittest import mock
 
@@ -26,7 +27,9 @@ def test_module_files_load_as_in_slicer(scene, name):
     common = slicer_harness.load_module("MICDCommonModule")
     assert common.parent.hidden and common.widget is None
     loaded = slicer_harness.load_module(name)
-    assert loaded.parent.title and loaded.parent.categories == ["Segmentation"]
+    assert loaded.parent.title == {"MICDTraining": "MICD: Train semi-supervised",
+                                   "MICDSegmentation": "MICD Segmentation"}[name]  # MICD's, in the module list
+    assert loaded.parent.categories == ["Segmentation"]
     assert loaded.parent.dependencies == ["MICDCommonModule"]
     assert loaded.parent.icon is not None and not loaded.parent.icon.isNull()
     widget = loaded.widget
@@ -78,7 +81,7 @@ def training_panel(scene):
     logic.check.return_value = report
     logic.runs_to_attach.return_value = []
     logic.resumable_runs.return_value = []
-    panel = TrainingWidget(logic, dependency_check=lambda: True)
+    panel = TrainingWidget(logic, dependency_check=lambda then=None: True)
     return panel, logic
 
 
@@ -150,6 +153,33 @@ def test_training_settings_round_trip(training_panel):
     assert settings.cli_args()[:2] == ["--method", "cps"] and "--lr" in settings.cli_args()
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="the fake interpreter is a shell script")
+def test_device_list_offers_a_gpu_only_once_a_probe_found_it(training_panel, tmp_path):
+    from fake_python import FakePython
+
+    panel, logic = training_panel
+    form = panel.training.form
+
+    def offered():
+        return [form.deviceCombo.itemText(i) for i in range(form.deviceCombo.count)]
+
+    assert offered() == ["auto", "cpu"]  # nothing probed yet: no cuda:0 that may not exist
+    packages = {name: "1.0" for name in dependencies.REQUIREMENTS}
+    logic.launcher = FakePython(tmp_path, packages, gpus=["NVIDIA H100 80GB HBM3"]).launcher
+    form.deviceCombo.setCurrentIndex(form.deviceCombo.findText("cpu"))
+    form.dependenciesButton.click()  # Check / install dependencies: a background probe that lists the GPU
+    deadline = time.monotonic() + 60
+    while offered() == ["auto", "cpu"] and time.monotonic() < deadline:
+        slicer.app.processEvents()
+        time.sleep(0.02)
+    assert offered() == ["auto", "cuda:0", "cpu"] and form.deviceCombo.currentText == "cpu"  # the choice stays
+    found = {"python": "p", "packages": packages, "micd": "0.1"}
+    assert "NVIDIA H100 80GB HBM3" in panel.training.logText.toPlainText()
+    form.deviceCombo.setCurrentIndex(form.deviceCombo.findText("cuda:0"))
+    form.offerDevices(dependencies.EnvironmentReport(dict(found, gpus=[])))  # the GPU is gone (another Python)
+    assert offered() == ["auto", "cpu"] and form.deviceCombo.currentText == "auto"
+
+
 def test_training_curves_have_distinct_colours_and_both_charts_show(training_panel):
     from MICDTrainingLib import Curves
     from MICDTrainingLib.Curves import TrainingCurves
@@ -197,7 +227,7 @@ def segmentation_panel(scene, tmp_path):
               for name, dice in (("Hippo", 0.81), ("Prostate", 0.7))]
     logic.models.return_value = models
     logic.previous_result.return_value = None
-    panel = SegmentationWidget(logic, dependency_check=lambda: True)
+    panel = SegmentationWidget(logic, dependency_check=lambda then=None: True)
     return panel, logic, models
 
 
@@ -266,33 +296,6 @@ def test_changed_python_applies_to_both_modules_without_reloading(scene, tmp_pat
     python_edit.text = ""
     python_edit.editingFinished.emit()
     assert segmentation.logic.launcher.python == training.logic.launcher.python != str(python)
-
-
-def _missing(*names):
-    packages = {name: "1.0" for name in dependencies.REQUIREMENTS if name not in names}
-    return dependencies.EnvironmentReport({"python": sys.executable, "packages": packages, "micd": "0.1"})
-
-
-def test_failed_install_reaches_the_user_as_a_dialog_with_the_next_step(training_panel, monkeypatch):
-    from MICDTrainingLib.Widget import TrainingWidget
-
-    _panel, logic = training_panel
-    logic.launcher = qtsupport.launcher_from_settings()  # Slicer's own Python: Slicer's pip helper installs
-    qtsupport._READY_PYTHONS.clear()
-    monkeypatch.setattr(dependencies, "probe", lambda *a, **k: _missing("monai"))
-
-    def failing_pip_install(requirements):
-        raise subprocess.CalledProcessError(1, ["PythonSlicer", "-m", "pip", "install", *requirements])
-
-    monkeypatch.setattr(dependencies, "_slicer_pip", lambda: failing_pip_install)
-    panel = TrainingWidget(logic)  # the real dependency step and error display
-    form = panel.training.form
-    DIALOGS.answer(qt.QMessageBox.Yes)  # "MICD needs these Python packages ... Install now?"
-    form.dependenciesButton.click()
-    question, error = DIALOGS.shown
-    assert question.kind == "QMessageBox.question" and "monai>=1.3" in question.text
-    assert error.kind == "slicer.util.errorDisplay" and error.parent == MAIN_WINDOW
-    assert "monai>=1.3" in error.text and "What to do" in error.text and "-m pip install" in error.text
 
 
 def test_add_folder_says_why_a_folder_gives_no_cases(training_panel, hippocampus_cases, tmp_path):

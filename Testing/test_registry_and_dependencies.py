@@ -13,7 +13,7 @@ import pytest
 
 from MICDCommon import BackendLauncher, ModelRegistry, RegistryError
 from MICDCommon.contract import MODEL_JSON, WEIGHTS_FILE
-from MICDCommon.dependencies import DependencyError, DependencyInstaller, InstallPlan, probe
+from MICDCommon.dependencies import DependencyError, probe
 from test_result_import import make_model_folder
 
 
@@ -97,93 +97,9 @@ def test_probe_in_this_python_finds_the_backend():
     assert report.device_choices()[0] == "auto" and report.device_choices()[-1] == "cpu"
 
 
-def _fake_run(packages, micd="0.1.0", fail=()):
-    """A subprocess runner answering the probe with `packages`; `-m pip install` / `-m light_the_torch install` add
-    what they name (or exit 1 for the modules in `fail`)."""
-    calls = []
-
-    def run(command, **kwargs):
-        calls.append(command)
-        if command[1] == "-m" and command[2] in ("pip", "light_the_torch"):
-            if command[2] in fail:
-                return subprocess.CompletedProcess(command, 1, "", "ERROR: No matching distribution found\n")
-            for requirement in (a for a in command[4:] if not a.startswith("-")):
-                packages[re.split("[<>=]", requirement)[0]] = "1.0"
-            return subprocess.CompletedProcess(command, 0, "Successfully installed\n", "")
-        data = {"python": command[0], "version": "3.9", "packages": dict(packages), "micd": micd}
-        return subprocess.CompletedProcess(command, 0, "MICD-PROBE " + json.dumps(data) + "\n", "")
-
-    run.calls = calls
-    return run
-
-
-BASE_PACKAGES = {"numpy": "2.0", "SimpleITK": "2.5", "scipy": "1.1", "tqdm": "4", "pynrrd": "1", "safetensors": "0.4"}
-
-
-def _slicer_launcher():
-    launcher = mock.MagicMock(python="/slicer/bin/PythonSlicer", uses_slicer_python=True)
-    launcher.environment.return_value = {}
-    return launcher
-
-
-def test_install_asks_first_and_installs_torch_in_a_subprocess_of_slicers_python(monkeypatch):
-    packages = dict(BASE_PACKAGES)
-    run = _fake_run(packages)
-    pip_install = mock.MagicMock(side_effect=lambda reqs: packages.update({r.split(">")[0]: "1.0" for r in reqs}))
-    questions = []
-    declined = DependencyInstaller(_slicer_launcher(), confirm=lambda m: questions.append(m) or False,
-                                   pip_install=pip_install, run=run, log=lambda m: None)
-    assert declined.ensure() is False
-    assert "PyTorch" in questions[0] and "monai>=1.3" in questions[0]
-    assert not pip_install.called and all(c[1] == "-c" for c in run.calls)  # only the probe ran
-
-    monkeypatch.setenv("MICD_TORCH_BACKEND", "cu128")
-    accepted = DependencyInstaller(_slicer_launcher(), confirm=lambda m: True, pip_install=pip_install, run=run,
-                                   log=lambda m: None)
-    assert accepted.ensure() is True
-    installs = [c for c in run.calls if c[1] == "-m"]
-    assert installs == [["/slicer/bin/PythonSlicer", "-m", "pip", "install", "light-the-torch>=0.7"],
-                        ["/slicer/bin/PythonSlicer", "-m", "light_the_torch", "install",
-                         "--pytorch-computation-backend=cu128", "torch>=2.0"]]
-    pip_install.assert_called_once_with(["monai>=1.3"])
-
-
-@pytest.mark.parametrize("failing", ["slicer_pip", "light_the_torch"])
-def test_failed_install_says_what_to_do(failing):
-    packages = dict(BASE_PACKAGES)
-    run = _fake_run(packages, fail={"light_the_torch"} if failing == "light_the_torch" else ())
-
-    def pip_install(requirements):
-        raise subprocess.CalledProcessError(1, ["PythonSlicer", "-m", "pip", "install", *requirements])
-
-    installer = DependencyInstaller(_slicer_launcher(), confirm=lambda m: True, pip_install=pip_install, run=run,
-                                    log=lambda m: None)
-    with pytest.raises(DependencyError) as error:
-        installer.ensure()
-    message = str(error.value)
-    assert "What to do" in message and "HTTPS_PROXY" in message and '"/slicer/bin/PythonSlicer" -m pip install' in message
-    assert ("torch>=2.0" if failing == "light_the_torch" else "monai>=1.3") in message
-
-
-def test_install_into_a_chosen_python_uses_its_pip_and_reports_failures():
-    packages = {}
-    run = _fake_run(packages)
-    launcher = mock.MagicMock(python="/envs/cuda/bin/python", uses_slicer_python=False)
-    launcher.environment.return_value = {}
-    installer = DependencyInstaller(launcher, confirm=lambda m: True, run=run, log=lambda m: None)
-    assert installer.ensure() is True
-    pip_call = next(c for c in run.calls if c[1:3] == ["-m", "pip"] and "monai>=1.3" in c)
-    assert pip_call[0] == "/envs/cuda/bin/python"
-    assert any(c[:3] == ["/envs/cuda/bin/python", "-m", "light_the_torch"] for c in run.calls)
-
-    no_backend = DependencyInstaller(launcher, confirm=lambda m: True, run=_fake_run(dict(packages), micd=None),
-                                     log=lambda m: None)
-    with pytest.raises(DependencyError, match="MICD_BACKEND_PATH"):
-        no_backend.ensure()
-    missing_python = BackendLauncher(python="/no/such/python")
+def test_probe_of_a_missing_python_says_to_choose_another():
     with pytest.raises(DependencyError, match="Choose a working interpreter"):
-        probe(missing_python)
-    assert InstallPlan(installer.check()).empty
+        probe(BackendLauncher(python="/no/such/python"))
 
 
 def test_helper_processes_read_utf8_and_open_no_window(monkeypatch):

@@ -9,7 +9,7 @@ import zipfile
 import pytest
 
 from MICDCommon import ModelRegistry, RegistryError
-from MICDCommon.contract import MODEL_JSON, WEIGHTS_FILE
+from MICDCommon.contract import LAST_CHECKPOINT, MODEL_JSON, WEIGHTS_FILE
 from MICDSegmentationLib.Logic import SegmentationLogic
 from model_folders import write_model_folder
 
@@ -77,7 +77,7 @@ def test_a_zip_with_junk_gives_only_the_models_files(model, registry, tmp_path):
 
 def test_a_folder_gives_only_the_models_files(model, registry):
     os.makedirs(os.path.join(model, "checkpoints"))
-    with open(os.path.join(model, "checkpoints", "last.pt"), "wb") as f:
+    with open(os.path.join(model, "checkpoints", LAST_CHECKPOINT), "wb") as f:
         f.write(b"\0" * MiB)
     with open(os.path.join(model, "notes.txt"), "w") as f:
         f.write("notes")

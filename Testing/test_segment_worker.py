@@ -109,7 +109,7 @@ def _segment_panel(logic, model):
     from MICDSegmentationLib.Widget import SegmentationWidget
 
     with mock.patch.object(type(logic), "models", lambda self: [model]):
-        panel = SegmentationWidget(logic, dependency_check=lambda: True)
+        panel = SegmentationWidget(logic, dependency_check=lambda then=None: True)
     return panel
 
 
@@ -249,7 +249,7 @@ def test_real_worker_second_click_lands_fast_and_console_shares_the_worker(scene
     logic = SegmentationLogic(launcher=BackendLauncher(python=sys.executable, threads=2), registry=registry,
                               work_root=str(tmp_path / "segment"))
     replaced = []  # the second click asks whether to replace the first result: yes, as one segmenting again would
-    panel = SegmentationWidget(logic, dependency_check=lambda: True, ask_replace=lambda node: replaced.append(node) or True)
+    panel = SegmentationWidget(logic, dependency_check=lambda then=None: True, ask_replace=lambda node: replaced.append(node) or True)
     try:
         panel.modelList.setCurrentRow([m.name for m in panel.models].index("Hippo"))
         volume = load_volume(hippocampus_cases[0][0], "hippo")
@@ -287,7 +287,7 @@ def test_real_prediction_drives_the_progress_bar(scene, hippocampus_cases, tmp_p
     model = registry.add_folder(str(two_models[0]), "Hippo")
     logic = SegmentationLogic(launcher=BackendLauncher(python=sys.executable, threads=1), registry=registry,
                               work_root=str(tmp_path / "segment"))
-    panel = SegmentationWidget(logic, dependency_check=lambda: True)
+    panel = SegmentationWidget(logic, dependency_check=lambda then=None: True)
     assert panel.selectedModel().path == model.path
     volume = load_volume(hippocampus_cases[0][0], "hippo")
     panel.deviceCombo.setCurrentIndex(panel.deviceCombo.findText("cpu"))

@@ -53,7 +53,7 @@ def mock_training_panel(scene):
     logic.runs_to_attach.return_value = []
     logic.resumable_runs.return_value = []
     logic.models.return_value = []
-    return TrainingWidget(logic, dependency_check=lambda: True), logic
+    return TrainingWidget(logic, dependency_check=lambda then=None: True), logic
 
 
 def test_time_budget_is_the_main_setting_and_iterations_set_under_advanced_win(mock_training_panel):
@@ -88,7 +88,7 @@ def test_time_budget_is_the_main_setting_and_iterations_set_under_advanced_win(m
     form.save()  # kept between sessions
     from MICDTrainingLib.Widget import TrainingWidget
 
-    again = TrainingWidget(logic, dependency_check=lambda: True)
+    again = TrainingWidget(logic, dependency_check=lambda then=None: True)
     stored = again.training.settings()
     assert stored.time_budget == "45m" and stored.iterations is None
 
@@ -98,11 +98,11 @@ def test_settings_stored_before_the_time_budget_existed_keep_only_chosen_iterati
 
     _panel, logic = mock_training_panel
     qt.QSettings().setValue(SETTINGS_KEY, json.dumps({"model_name": "Old", "iterations": 6000}))
-    old_default = TrainingWidget(logic, dependency_check=lambda: True)  # kept until the scene is released
+    old_default = TrainingWidget(logic, dependency_check=lambda then=None: True)  # kept until the scene is released
     stored = old_default.training.settings()
     assert (stored.iterations, stored.time_budget) == (None, "30m")  # the old default was no choice
     qt.QSettings().setValue(SETTINGS_KEY, json.dumps({"model_name": "Old", "iterations": 2000}))
-    chosen = TrainingWidget(logic, dependency_check=lambda: True)
+    chosen = TrainingWidget(logic, dependency_check=lambda then=None: True)
     assert chosen.training.settings().iterations == 2000
 
 
@@ -144,7 +144,7 @@ def test_real_budgeted_run_shows_its_plan_and_cancels(scene, launcher, hippocamp
         load_case(scene, image, label)
     logic = TrainingLogic(launcher=launcher, registry=ModelRegistry(tmp_path / "models"),
                           runs_root=str(tmp_path / "runs"))
-    panel = TrainingWidget(logic, dependency_check=lambda: True)
+    panel = TrainingWidget(logic, dependency_check=lambda then=None: True)
     training, form = panel.training, panel.training.form
     training.autoPairButton.click()
     form.timeBudgetCombo.setCurrentText("10m")
@@ -177,7 +177,7 @@ def test_real_budget_error_reaches_the_user_as_a_dialog(scene, launcher, hippoca
         load_case(scene, image, label)
     logic = TrainingLogic(launcher=launcher, registry=ModelRegistry(tmp_path / "models"),
                           runs_root=str(tmp_path / "runs"))
-    panel = TrainingWidget(logic, dependency_check=lambda: True)
+    panel = TrainingWidget(logic, dependency_check=lambda then=None: True)
     training, form = panel.training, panel.training.form
     training.autoPairButton.click()
     form.timeBudgetCombo.setCurrentText("1s")  # start-up alone takes longer

@@ -1,10 +1,8 @@
-"""Does the chosen Python have what the backend needs, and installing what is missing after the user agrees.
+"""Does the chosen Python have what the backend needs, and how what is missing gets installed.
 
 A short probe script runs in the chosen interpreter and reports package versions and GPUs as JSON. Everything is
-installed in subprocesses of that interpreter (PythonSlicer for Slicer's own Python), never imported into Slicer:
-torch with light-the-torch, which picks the build for the graphics driver's CUDA version (MICD_TORCH_BACKEND, e.g.
-`cu128` or `cpu`, overrides it), the other packages with Slicer's `pip_install` (or `python -m pip` for another
-interpreter). A failed install raises DependencyError whose message says what to do next.
+installed by pip in subprocesses of that interpreter (PythonSlicer for Slicer's own Python), never imported into
+Slicer; InstallPlan says how, backendsetup.py runs it off Slicer's main thread.
 """
 
 import json
@@ -24,6 +22,10 @@ REQUIREMENTS = {
     "tqdm": ("tqdm", "tqdm>=4.60"),
     "scipy": ("scipy", "scipy>=1.9"),
 }
+
+TORCH_BACKEND_VARIABLE = "MICD_TORCH_BACKEND"  # e.g. cu128 or cpu: the PyTorch build, instead of the driver's
+LIGHT_THE_TORCH = "light-the-torch>=0.7"
+PROBE_PREFIX = "MICD-PROBE "  # the probe's report line
 
 PROBE_SCRIPT = r"""
 import importlib.util, json, sys
@@ -48,7 +50,7 @@ if %(gpus)r and report["packages"].get("torch"):
             report["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     except Exception as e:
         report["torch_error"] = str(e)
-print("MICD-PROBE " + json.dumps(report))
+print(%(prefix)r + json.dumps(report))
 """
 
 
@@ -72,7 +74,10 @@ class EnvironmentReport:
 
     @property
     def missing(self):
-        return [name for name in REQUIREMENTS if not self.packages.get(name)]
+        return self.missing_of(REQUIREMENTS)
+
+    def missing_of(self, requirements):
+        return [name for name in requirements if not self.packages.get(name)]
 
     @property
     def backend_found(self):
@@ -85,6 +90,16 @@ class EnvironmentReport:
     @property
     def ready(self):
         return not self.missing and self.backend_found
+
+    def not_ready_reason(self, requirements=None):
+        """Why the backend cannot run from this Python (None when it can)."""
+        missing = self.missing_of(requirements or REQUIREMENTS)
+        if missing:
+            return "Still missing: " + ", ".join(missing) + "."
+        if not self.backend_found:
+            return (f"The micd backend cannot be imported by {self.python} ({self.data.get('micd_error', 'not found')})"
+                    ". Reinstall the extension, or set MICD_BACKEND_PATH to the folder that contains micd/.")
+        return None
 
     def device_choices(self):
         """Device options for the settings: auto, each GPU, cpu."""
@@ -99,135 +114,100 @@ class EnvironmentReport:
         return "\n".join(lines)
 
 
+def probe_command(python, check_gpus=True, requirements=None):
+    """The command that prints the probe's report (a `MICD-PROBE {json}` line)."""
+    names = {dist: module for dist, (module, _req) in (requirements or REQUIREMENTS).items()}
+    return [python, "-c", PROBE_SCRIPT % {"names": names, "gpus": bool(check_gpus), "prefix": PROBE_PREFIX}]
+
+
+def report_from_lines(lines):
+    """The probe's report among output lines (None if it printed none)."""
+    for line in lines:
+        if line.startswith(PROBE_PREFIX):
+            return EnvironmentReport(json.loads(line[len(PROBE_PREFIX):]))
+    return None
+
+
 def probe(launcher, check_gpus=True, timeout=300, run=None):
-    """Run the probe in `launcher.python`; raises DependencyError when the interpreter cannot run at all."""
-    names = {dist: module for dist, (module, _req) in REQUIREMENTS.items()}
-    script = PROBE_SCRIPT % {"names": names, "gpus": bool(check_gpus)}
+    """Run the probe in `launcher.python` and wait for it (a console or script call; the panels run it as a job,
+    see backendsetup.py); raises DependencyError when the interpreter cannot run at all."""
+    command = probe_command(launcher.python, check_gpus)
     try:
-        result = (run or processes.run)([launcher.python, "-c", script], timeout=timeout, env=launcher.environment())
+        result = (run or processes.run)(command, timeout=timeout, env=launcher.environment())
     except (OSError, subprocess.TimeoutExpired) as e:
         raise DependencyError(f"Could not run the Python interpreter {launcher.python!r} ({e}). Choose a working "
                               "interpreter in the MICD settings, or leave it empty to use Slicer's Python.") from None
-    for line in (result.stdout or "").splitlines():
-        if line.startswith("MICD-PROBE "):
-            return EnvironmentReport(json.loads(line[len("MICD-PROBE "):]))
+    report = report_from_lines((result.stdout or "").splitlines())
+    if report is not None:
+        return report
     raise DependencyError(f"{launcher.python} did not report its packages (exit code {result.returncode}): "
                           f"{(result.stderr or '').strip()[-500:]}")
 
 
 class InstallPlan:
-    """What will be installed, and the message that asks the user."""
+    """What is missing, how it will be installed, and the question that asks the user.
 
-    def __init__(self, report):
+    Online, everything missing resolves in ONE pip run (light-the-torch's `install --dry-run --report`, which picks
+    the PyTorch index for the graphics driver; MICD_TORCH_BACKEND, e.g. `cu128` or `cpu`, overrides it), so MONAI can
+    never pull a CPU torch over the CUDA one. The resolved files are downloaded into a staging folder (Cancel is safe:
+    the environment is untouched), then installed from there without the internet. Offline, the last step alone runs
+    on a folder of wheels the user made on another machine."""
+
+    def __init__(self, report, requirements=None, wheel_folder=None, torch_backend=None):
         self.report = report
-        self.torch = "torch" in report.missing
-        self.packages = [REQUIREMENTS[name][1] for name in report.missing if name != "torch"]
+        self.requirements = requirements or REQUIREMENTS
+        self.wheel_folder = wheel_folder
+        self.torch_backend = torch_backend if torch_backend is not None else os.environ.get(TORCH_BACKEND_VARIABLE)
+        missing = report.missing_of(self.requirements)
+        self.torch = "torch" in missing
+        self.missing = [self.requirements[name][1] for name in missing]
 
     @property
     def empty(self):
-        return not self.torch and not self.packages
+        return not self.missing
 
     def message(self):
         lines = [f"MICD needs these Python packages in {self.report.python or 'the chosen Python'}:"]
-        if self.torch:
-            lines.append("  - PyTorch (about 2-3 GB with GPU support; the build is chosen for your graphics driver)")
-        lines += [f"  - {p}" for p in self.packages]
-        lines.append("They are used by the training and segmentation process, not by Slicer itself. Downloading can "
-                     "take several minutes. Install now?")
+        for requirement in self.missing:
+            lines.append("  - PyTorch (about 2-3 GB with GPU support; the build is chosen for your graphics driver)"
+                         if requirement == self.requirements.get("torch", (None, None))[1] else f"  - {requirement}")
+        source = (f"from the wheels in {self.wheel_folder}" if self.wheel_folder else
+                  "from the internet (several minutes; Slicer stays usable and Cancel is safe until the download "
+                  "has finished)")
+        lines.append("They are used by the training and segmentation process, not by Slicer itself. They will be "
+                     f"installed {source}. Install now?")
         return "\n".join(lines)
 
+    def bootstrap_command(self, python):
+        """Installs light-the-torch itself (small; it never touches torch or MONAI)."""
+        return [python, "-m", "pip", "install", LIGHT_THE_TORCH]
 
-TORCH_BACKEND_VARIABLE = "MICD_TORCH_BACKEND"
-LIGHT_THE_TORCH = "light-the-torch>=0.7"
+    def resolve_command(self, python, report_path):
+        """One resolution of everything missing, nothing installed: pip writes what it would install to a report."""
+        backend = [f"--pytorch-computation-backend={self.torch_backend}"] if self.torch_backend else []
+        return [python, "-m", "light_the_torch", "install", "--dry-run", "--quiet", "--report", report_path,
+                *backend, *self.missing]
+
+    @staticmethod
+    def download_command(python, urls, staging):
+        return [python, "-m", "pip", "download", "--no-deps", "--progress-bar", "off", "--dest", staging, *urls]
+
+    def install_command(self, python, folder):
+        """Installs from `folder` only (the staging folder or the user's wheels): never from the internet."""
+        return [python, "-m", "pip", "install", "--no-index", "--find-links", folder, *self.missing]
 
 
-def _slicer_pip():
-    """Slicer's pip helper: `slicer.packaging.pip_install` (5.12+) or `slicer.util.pip_install`."""
-    import slicer
+def resolved_urls(report_path):
+    """The files pip's `--report` says it would install (its schema: install[].download_info.url)."""
+    with open(report_path, encoding="utf-8") as f:
+        report = json.load(f)
+    return [item["download_info"]["url"] for item in report.get("install", [])]
 
-    packaging = getattr(slicer, "packaging", None)
-    return getattr(packaging, "pip_install", None) or slicer.util.pip_install
 
-
-def _next_step(python, requirements):
+def next_step(python, requirements):
+    """What a user can do when an install failed: the proxy, the offline route, the terminal command."""
+    quoted = " ".join(f'"{r}"' for r in requirements)
     return ("What to do: check the internet connection (behind a proxy, set HTTPS_PROXY before starting Slicer) and "
-            "press 'Check / install dependencies' again, or install them in a terminal with\n"
-            f'  "{python}" -m pip install ' + " ".join(f'"{r}"' for r in requirements))
-
-
-class DependencyInstaller:
-    """Checks the chosen Python and installs what is missing, only after `confirm(message) -> bool` says yes.
-
-    pip_install (Slicer's helper, for Slicer's own Python) and run (subprocesses) are injectable; tests pass fakes."""
-
-    def __init__(self, launcher, confirm, pip_install=None, run=None, log=print):
-        self.launcher = launcher
-        self.confirm = confirm
-        self._pip_install = pip_install
-        self.run = run or processes.run
-        self.log = log
-
-    def check(self, check_gpus=True):
-        return probe(self.launcher, check_gpus=check_gpus, run=self.run)
-
-    def ensure(self, report=None):
-        """True when everything is there (installing it if the user agrees); False when the user declined."""
-        report = report or self.check(check_gpus=False)
-        if report.ready:
-            return True
-        plan = InstallPlan(report)
-        if not plan.empty:
-            if not self.confirm(plan.message()):
-                return False
-            self.install(plan)
-            report = self.check(check_gpus=False)
-            if report.missing:
-                raise DependencyError("Still missing after installing: " + ", ".join(report.missing) + ". See the "
-                                      "log for pip's messages.\n" + _next_step(report.python, [
-                                          REQUIREMENTS[name][1] for name in report.missing]))
-        if not report.backend_found:
-            raise DependencyError("The micd backend cannot be imported by " + report.python + " (" +
-                                  str(report.data.get("micd_error", "not found")) + "). Reinstall the extension, or "
-                                  "set MICD_BACKEND_PATH to the folder that contains micd/.")
-        return True
-
-    def install(self, plan):
-        if plan.torch:
-            self.install_torch()
-        if plan.packages:
-            self.log("Installing " + " ".join(plan.packages))
-            if self.launcher.uses_slicer_python:
-                self._slicer_pip_install(list(plan.packages))
-            else:
-                self._run_pip(["pip", "install", *plan.packages], plan.packages)
-
-    def install_torch(self):
-        """torch for the driver's CUDA version (light-the-torch decides), installed by the chosen Python itself."""
-        requirement = REQUIREMENTS["torch"][1]
-        backend = os.environ.get(TORCH_BACKEND_VARIABLE)
-        self.log("Installing PyTorch with light-the-torch" + (f" ({backend})" if backend else ""))
-        self._run_pip(["pip", "install", LIGHT_THE_TORCH], [LIGHT_THE_TORCH])
-        self._run_pip(["light_the_torch", "install", *([f"--pytorch-computation-backend={backend}"] if backend
-                                                        else []), requirement], [requirement])
-
-    def _slicer_pip_install(self, requirements):
-        try:
-            (self._pip_install or _slicer_pip())(requirements)
-        except (subprocess.CalledProcessError, OSError) as e:
-            raise DependencyError(f"Installing {', '.join(requirements)} failed ({e}).\n" +
-                                  _next_step(self.launcher.python, requirements)) from None
-
-    def _run_pip(self, module_args, requirements):
-        """`python -m MODULE ARGS` in the chosen Python, its output in the log."""
-        command = [self.launcher.python, "-m", *module_args]
-        try:
-            result = self.run(command, env=self.launcher.environment())
-        except (OSError, subprocess.SubprocessError) as e:
-            raise DependencyError(f"Could not run {command[0]} ({e}).\n" +
-                                  _next_step(self.launcher.python, requirements)) from None
-        output = (result.stdout or "") + (result.stderr or "")
-        for line in output.splitlines()[-20:]:
-            self.log(line)
-        if result.returncode != 0:
-            raise DependencyError(f"Installing {', '.join(requirements)} failed (exit code {result.returncode}): "
-                                  f"{output.strip()[-500:]}\n" + _next_step(self.launcher.python, requirements))
+            "try again; or install from a folder of wheels made on a machine with internet (see the README, "
+            "'Installing without internet'); or install them in a terminal with\n"
+            f'  "{python}" -m pip install {quoted}')

@@ -3,6 +3,8 @@ is imported inside the functions, so the rest of the package stays usable withou
 background jobs on Slicer's main thread, the settings both modules share (which Python runs the backend), dialogs,
 and the panels' building blocks (sections, buttons)."""
 
+import os
+
 PYTHON_SETTING = "MICD/PythonInterpreter"
 WORKER_IDLE_SETTING = "MICD/WorkerIdleMinutes"  # the segmentation worker ends after this many idle minutes
 
@@ -121,24 +123,118 @@ def confirm(message, title="MICD"):
     return answer == qt.QMessageBox.Yes
 
 
-def ensure_backend_ready(launcher, log=print, installer=None, show_error=None):
-    """First-use dependency step: check the chosen Python once per session, install what is missing after the user
-    confirms. Returns True when the backend can run."""
-    from .dependencies import DependencyError, DependencyInstaller
-
-    if launcher.python in _READY_PYTHONS:
+def ensure_backend_ready(launcher, log=print, show_error=None, then=None, wheel_folder=None, check_gpus=False):
+    """First-use dependency step. True at once when this session's check already passed for the launcher's Python.
+    Otherwise the setup (probe, ask, install; backendsetup.py) runs in the background with a progress dialog and
+    Cancel, this returns False, and `then()` runs on the main thread once the backend is ready (e.g. the Train the
+    user clicked). Calling again while a setup runs adds `then` to it instead of starting another."""
+    if launcher.python in _READY_PYTHONS and not wheel_folder and not check_gpus:
         return True
-    installer = installer or DependencyInstaller(launcher, confirm=confirm, log=log)
-    try:
-        ready = installer.ensure()
-    except DependencyError as e:
-        (show_error or log)(str(e))
-        return False
-    if ready:
-        _READY_PYTHONS.add(launcher.python)
-    else:
-        (show_error or log)("The MICD backend needs these packages; nothing was installed.")
-    return ready
+    running = _SETUPS.get(launcher.python)
+    if running is None or running.setup.finished:
+        running = SetupProgress(launcher, log, show_error or log, wheel_folder=wheel_folder, check_gpus=check_gpus)
+        _SETUPS[launcher.python] = running
+    if then is not None:
+        running.continuations.append(then)
+    return False
+
+
+def check_backend(launcher, log, show_error, on_ready):
+    """"Check / install dependencies": a fresh setup that also lists the GPUs the Python sees (importing torch there
+    takes seconds, so it runs in the background like any setup); `on_ready(report)` gets the probe's report."""
+    running = _SETUPS.get(launcher.python)
+    if running is None or running.setup.finished:
+        running = SetupProgress(launcher, log, show_error, check_gpus=True)
+        _SETUPS[launcher.python] = running
+    running.continuations.append(lambda: on_ready(running.setup.report))
+
+
+_SETUPS = {}  # python -> its SetupProgress (one setup per interpreter at a time)
+_SETUP_POLLER = []
+
+
+def _setup_poller():
+    if not _SETUP_POLLER:
+        _SETUP_POLLER.append(QtJobPoller(interval_ms=200))
+    return _SETUP_POLLER[0]
+
+
+class SetupProgress:
+    """A BackendSetup seen from Slicer: its lines in the panel's log and, once something is being installed, a
+    non-modal progress dialog (pip's current line, Cancel); at the end the continuations, the error, or the offer to
+    install from a folder of wheels when the online install failed."""
+
+    def __init__(self, launcher, log, show_error, wheel_folder=None, check_gpus=False, continuations=None):
+        import time
+
+        from .backend import micd_home
+        from .backendsetup import BackendSetup
+
+        self.launcher, self.log, self.show_error = launcher, log, show_error
+        self.continuations = list(continuations or [])
+        self.dialog = None
+        folder = os.path.join(micd_home(), "setup", time.strftime("%Y%m%d-%H%M%S") + f"-{id(self) % 10000}")
+        log(f"Checking the Python packages of {launcher.python} ...")
+        self.setup = BackendSetup(launcher, folder, ask=confirm, on_progress=self._progress,
+                                  on_finished=self._finished, wheel_folder=wheel_folder, check_gpus=check_gpus)
+        _setup_poller().add(self.setup)
+
+    def _progress(self, text):
+        from .backendsetup import INSTALLING
+
+        if self.setup_state() == INSTALLING and self.dialog is None:
+            self._show_dialog()
+        if self.dialog is not None:
+            self.dialog.labelText = f"{self.setup.step_text}\n{text[-160:]}"
+        self.log(text)
+
+    def setup_state(self):
+        return getattr(self, "setup", None) and self.setup.state
+
+    def _show_dialog(self):
+        import qt
+
+        dialog = qt.QProgressDialog(main_window())
+        dialog.windowTitle = "MICD: installing Python packages"
+        dialog.setRange(0, 0)  # pip gives no overall fraction: busy, with its current line as the label
+        dialog.autoClose = False
+        dialog.autoReset = False
+        dialog.minimumDuration = 0
+        dialog.connect("canceled()", self.cancel)
+        dialog.show()
+        self.dialog = dialog
+
+    def cancel(self):
+        self.setup.request_cancel()
+
+    def _finished(self, setup):
+        from .backendsetup import CANCELLED, FAILED, READY
+
+        if self.dialog is not None:
+            self.dialog.close()
+            self.dialog = None
+        if setup.state == READY:
+            _READY_PYTHONS.add(self.launcher.python)
+            for then in self.continuations:
+                then()
+        elif setup.state == FAILED and setup.plan is not None and not setup.wheel_folder:
+            self.show_error(setup.message)
+            self._offer_wheel_folder()
+        elif setup.state == CANCELLED:
+            self.log(setup.message)
+        else:
+            self.show_error(setup.message)
+
+    def _offer_wheel_folder(self):
+        import qt
+
+        if not confirm("Install from a folder of wheels instead? (For a computer without internet: make the folder on "
+                       "another computer as the README's 'Installing without internet' says.)"):
+            return
+        folder = qt.QFileDialog.getExistingDirectory(main_window(), "Folder of wheels")
+        if folder:
+            _SETUPS[self.launcher.python] = SetupProgress(self.launcher, self.log, self.show_error,
+                                                          wheel_folder=folder, continuations=self.continuations)
 
 
 def section(title, parent_layout, collapsed=False):
@@ -154,12 +250,14 @@ def section(title, parent_layout, collapsed=False):
 
 
 def node_selector(node_type):
-    """A combo box of the scene's nodes of one type (no "create new"), narrow enough for a module panel."""
+    """A combo box of the scene's nodes of exactly one type (no "create new"), narrow enough for a module panel.
+    Subclasses are not offered: label maps and vector volumes derive from vtkMRMLScalarVolumeNode."""
     import qt
     import slicer
 
     combo = slicer.qMRMLNodeComboBox()
     combo.nodeTypes = [node_type]
+    combo.showChildNodeTypes = False
     combo.addEnabled = False
     combo.sizeAdjustPolicy = qt.QComboBox.AdjustToMinimumContentsLengthWithIcon
     combo.setMRMLScene(slicer.mrmlScene)

@@ -53,7 +53,11 @@ class SegmentationJob(JobWrapper):
 
     def conclude(self, job):
         try:
-            if job.state == SUCCEEDED and os.path.isfile(self.output_path):
+            if job.state in (SUCCEEDED, CANCELLED) and not _in_scene(self.volume):
+                job.state = CANCELLED  # the panel cancels it when it sees the deletion; the result has no place
+                self.message = (f"Segmentation cancelled: the volume '{self.volume.GetName()}' was deleted from the "
+                                "scene (or the scene was closed); nothing was imported.")
+            elif job.state == SUCCEEDED and os.path.isfile(self.output_path):
                 self._import()
             elif job.state == SUCCEEDED:
                 job.state = FAILED  # conclude runs before the job record is saved: it says failed too
@@ -71,13 +75,19 @@ class SegmentationJob(JobWrapper):
             shutil.rmtree(job.run_dir, ignore_errors=True)
 
     def _import(self):
+        target = self.target if _in_scene(self.target) else None  # an earlier result deleted meanwhile: a new node
         self.segmentation = import_label_file(self.output_path, self.volume, self.model.labels, self.model.colors,
-                                              node_name=result_name(self.volume), target=self.target,
+                                              node_name=result_name(self.volume), target=target,
                                               model_path=self.model.path)
         if self.want_uncertainty and os.path.isfile(self.uncertainty_path):
             self.uncertainty = import_uncertainty(self.uncertainty_path, self.volume)
         self.message = (f"Segmented {self.volume.GetName()} with '{self.model.name}' in {self.elapsed_s:.0f} s: "
                         f"{self.segmentation.GetSegmentation().GetNumberOfSegments()} segments.")
+
+
+def _in_scene(node):
+    """Is the node still in a scene (not deleted, its scene not closed)?"""
+    return node is not None and node.GetScene() is not None
 
 
 class SegmentationLogic:
@@ -146,6 +156,9 @@ class SegmentationLogic:
             raise SegmentationError(" ".join(settings.problems()))
         if volume is None or volume.GetImageData() is None:
             raise SegmentationError("Select a volume with image data to segment.")
+        if not _in_scene(volume):
+            raise SegmentationError(f"The volume '{volume.GetName()}' was deleted from the scene; select another "
+                                    "volume.")
         model = self.model(model)
         target = self.previous_result(volume) if replace else None
         os.makedirs(self.work_root, exist_ok=True)

@@ -6,6 +6,8 @@ import time
 
 import qt
 import slicer
+import vtk
+from slicer.util import VTKObservationMixin
 
 from MICDCommon import qtsupport
 from MICDCommon.jobs import CANCELLED, SUCCEEDED
@@ -19,14 +21,18 @@ except ImportError:  # headless tests
         return text
 
 
-class SegmentationWidget:
-    """Owns the panel's widgets; `widget` is what the module adds to its layout."""
+class SegmentationWidget(VTKObservationMixin):
+    """Owns the panel's widgets; `widget` is what the module adds to its layout. Observes the scene until `cleanup`:
+    a segmentation whose volume is deleted, or that runs while the scene is closed, is cancelled (the volume
+    selector itself follows the scene, and Segment follows the selector)."""
 
     def __init__(self, logic, show_error=None, dependency_check=None, ask_text=None, ask_replace=None):
+        VTKObservationMixin.__init__(self)
         self.logic = logic
         self.show_error = show_error or (lambda text: slicer.util.errorDisplay(text))
-        self.dependency_check = dependency_check or (
-            lambda: qtsupport.ensure_backend_ready(self.logic.launcher, self.appendLog, show_error=self.show_error))
+        # dependency_check(then) -> True when the backend can run now; else False, and then() runs once it can
+        self.dependency_check = dependency_check or (lambda then=None: qtsupport.ensure_backend_ready(
+            self.logic.launcher, self.appendLog, show_error=self.show_error, then=then))
         self.ask_text = ask_text or self._askText
         self.ask_replace = ask_replace or self._askReplace
         self.models = []
@@ -48,6 +54,9 @@ class SegmentationWidget:
         self.workerTimer.connect("timeout()", self.logic.worker.poll)
         self.refreshModels()
         self.updateButtons()
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAboutToBeRemovedEvent, self.onNodeAboutToBeRemoved)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneAboutToBeClosed)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneClosed)
 
     def _buildModels(self, layout):
         _box, form = qtsupport.section(_("Models"), layout)
@@ -73,7 +82,7 @@ class SegmentationWidget:
         self.volumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda _node: self.updateButtons())
         form.addRow(_("Volume:"), self.volumeSelector)
         self.deviceCombo = qt.QComboBox()
-        self.deviceCombo.addItems(["auto", "cpu", "cuda:0"])
+        self.deviceCombo.addItems(["auto", "cpu"])  # auto: the first GPU the backend sees, else the CPU
         form.addRow(_("Device:"), self.deviceCombo)
         self.uncertaintyCheck = qt.QCheckBox(_("Also load an uncertainty map"))
         form.addRow(self.uncertaintyCheck)
@@ -141,9 +150,13 @@ class SegmentationWidget:
                 self.appendLog(_("Exported to ") + path)
 
     def onImportZip(self):
+        if not self.dependency_check(then=self.onImportZip):  # the import asks the backend to load the model
+            return
         self._import(qt.QFileDialog.getOpenFileName(qtsupport.main_window(), _("Import model zip"), "", "Zip (*.zip)"))
 
     def onImportFolder(self):
+        if not self.dependency_check(then=self.onImportFolder):
+            return
         self._import(qt.QFileDialog.getExistingDirectory(qtsupport.main_window(), _("Import model folder")))
 
     def _import(self, path):
@@ -162,14 +175,19 @@ class SegmentationWidget:
         if volume is None or model is None:
             self.show_error(_("Select a volume and a model."))
             return
+        if volume.GetScene() is None:  # the selector had not followed a deletion yet
+            self.show_error(_("The volume '") + volume.GetName() + _("' was deleted from the scene; select another "
+                                                                     "volume."))
+            self.updateButtons()
+            return
+        if not self.dependency_check(then=self.onSegment):  # first: once ready, onSegment runs again from the top
+            return
         replace = False
         previous = self.logic.previous_result(volume)
         if previous is not None:
             replace = self.ask_replace(previous)
             if replace is None:
                 return
-        if not self.dependency_check():
-            return
         self.logText.clear()
         try:
             self.job = self.logic.segment(volume, model, settings=self.settings(), replace=replace,
@@ -201,7 +219,7 @@ class SegmentationWidget:
     def onTick(self):
         """Before the first progress event (start-up, reading the volume): the seconds spent."""
         if self.job is not None and self._started is not None and not self.job.finished and not \
-                self.job.progress.started:
+                self.job.progress.started and not self._cancelling:
             self.statusLabel.setText(_("Segmenting... ") + f"{time.time() - self._started:.0f} s")
 
     def onEvent(self, event):
@@ -235,6 +253,41 @@ class SegmentationWidget:
     def appendLog(self, text):
         self.logText.appendPlainText(str(text))
 
+    # --- the scene ----------------------------------------------------------------------------------------------------
+    def _running(self):
+        return self.job is not None and not self.job.finished
+
+    def _tornDown(self):
+        """A panel whose cleanup never ran, being taken apart at interpreter exit before the scene it observes."""
+        return "job" not in vars(self)
+
+    def _stopForScene(self, message):
+        """The running segmentation's volume is gone: cancel it (nothing is imported) and say why."""
+        if not self._running():
+            return
+        if not self._cancelling:
+            self._cancelling = True
+            self.job.request_cancel()
+        self.statusLabel.setText(message)
+        self.appendLog(message)
+        self.updateButtons()
+
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def onNodeAboutToBeRemoved(self, caller, event, node):
+        if node is None or caller.IsClosing() or self._tornDown():  # a scene close: onSceneAboutToBeClosed
+            return
+        if self._running() and getattr(self.job, "volume", None) is node:
+            self._stopForScene(_("The volume '") + node.GetName() + _("' was deleted from the scene: the "
+                                                                      "segmentation is cancelled."))
+
+    def onSceneAboutToBeClosed(self, caller=None, event=None):
+        if not self._tornDown():
+            self._stopForScene(_("The scene was closed: the segmentation is cancelled."))
+
+    def onSceneClosed(self, caller=None, event=None):
+        if not self._tornDown():
+            self.updateButtons()  # the volume selector is empty now
+
     def updateButtons(self):
         running = self.job is not None and not self.job.finished
         has_model = self.selectedModel() is not None
@@ -264,6 +317,7 @@ class SegmentationWidget:
         self.workerTimer.stop()
 
     def cleanup(self):
+        self.removeObservers()
         self.timer.stop()
         self.workerTimer.stop()
         self.logic.shutdown_worker()

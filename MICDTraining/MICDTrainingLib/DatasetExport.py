@@ -17,18 +17,52 @@ def segment_key(name):
     return re.sub(r"[\s_\-]+", " ", str(name).strip().lower())
 
 
+ROLES = ("volume", "segmentation")
+
+
 class LabeledCase:
-    """One labeled case from the scene."""
+    """One labeled case from the scene. A node deleted from the scene is forgotten (`forget`: its memory can go
+    back) and only its name is kept (`deleted`), so the case can still be named in the table and in messages."""
 
     def __init__(self, volume, segmentation):
         self.volume = volume
         self.segmentation = segmentation
+        self.deleted = {}  # role ("volume"/"segmentation") -> the name of the node deleted from the scene
+
+    def node_name(self, role):
+        node = getattr(self, role)
+        if node is not None:
+            return node.GetName()
+        return self.deleted.get(role) or f"(no {role})"
 
     @property
     def title(self):
-        v = self.volume.GetName() if self.volume is not None else "(no volume)"
-        s = self.segmentation.GetName() if self.segmentation is not None else "(no segmentation)"
-        return f"{v} / {s}"
+        return f"{self.node_name('volume')} / {self.node_name('segmentation')}"
+
+    def uses(self, node):
+        return node is not None and (self.volume is node or self.segmentation is node)
+
+    def forget(self, node):
+        """`node` is being deleted from the scene: drop it, keep its name. Returns the roles it had here."""
+        roles = [role for role in ROLES if getattr(self, role) is node]
+        for role in roles:
+            self.deleted[role] = node.GetName()
+            setattr(self, role, None)
+        return roles
+
+    def missing(self):
+        """The roles whose node is no longer in the scene: deleted (seen or not by a panel) or the scene closed."""
+        return [role for role in ROLES if role in self.deleted or (getattr(self, role) is not None and
+                                                                  getattr(self, role).GetScene() is None)]
+
+    def missing_problem(self):
+        """A sentence naming the case and the node(s) no longer in the scene, or None."""
+        missing = self.missing()
+        if not missing:
+            return None
+        nodes = " and ".join(f"the {role} '{self.node_name(role)}'" for role in missing)
+        return (f"{self.title}: {nodes} {'were' if len(missing) > 1 else 'was'} deleted from the scene; remove this "
+                "case, or load the data again and add the case anew.")
 
     def segments(self):
         """[(segment id, name)] in the segmentation's order."""
@@ -120,9 +154,10 @@ def _reference_grid_differs(case):
 
 def check_cases(labeled, require_all_segments=True, file_labels=None):
     """Check labeled cases and assign label values. Same segment name (see `segment_key`) -> same value, in order
-    of first appearance. Errors: no case, missing volume/segmentation, empty segmentation, duplicate names in one
-    case, names spelled differently across cases, a segment missing from some cases (it would be learned as
-    background there), geometry that does not match. Warnings: empty segments, resampling.
+    of first appearance. Errors: no case, missing volume/segmentation (or one deleted from the scene), empty
+    segmentation, duplicate names in one case, names spelled differently across cases, a segment missing from some
+    cases (it would be learned as background there), geometry that does not match. Warnings: empty segments,
+    resampling.
 
     `file_labels` {value: name} are the label values of file cases (from their folder's dataset.json); scene
     segments with those names get the same values."""
@@ -140,6 +175,10 @@ def check_cases(labeled, require_all_segments=True, file_labels=None):
             for path in (case.image, case.label):
                 if not os.path.isfile(path):
                     report.errors.append(f"{case.title}: file not found: {path}")
+            continue
+        problem = case.missing_problem()
+        if problem:
+            report.errors.append(problem)
             continue
         if case.volume is None or case.volume.GetImageData() is None:
             report.errors.append(f"{case.title}: the volume has no image data.")
@@ -183,7 +222,8 @@ def check_cases(labeled, require_all_segments=True, file_labels=None):
     if require_all_segments and len(scene_cases) > 1:
         for value, name in report.labels.items():
             missing = [c.title for i, c in enumerate(cases) if isinstance(c, LabeledCase)
-                       and i not in present.get(segment_key(name), set()) and c.segmentation is not None]
+                       and i not in present.get(segment_key(name), set()) and c.segmentation is not None
+                       and not c.missing()]
             if missing:
                 report.errors.append(f"Segment '{name}' is missing in {', '.join(missing)}; there it would be learned "
                                      "as background. Add it (it may be empty if the structure is absent) or "
@@ -256,8 +296,11 @@ def export_dataset(labeled, unlabeled_folders, out_dir, report=None, colors=None
     (or uses `report`) and raises ValueError listing the errors when there are any."""
     cases = as_cases(labeled)
     report = report or check_cases(cases)
-    if not report.ok:
-        raise ValueError("The labeled cases cannot be used for training:\n" + "\n".join(report.errors))
+    # every node is validated again before any folder is made: `report` may be older than a node's deletion
+    errors = list(report.errors) + [p for p in (c.missing_problem() for c in cases if isinstance(c, LabeledCase))
+                                    if p and p not in report.errors]
+    if errors:
+        raise ValueError("The labeled cases cannot be used for training:\n" + "\n".join(errors))
     images_dir, labels_dir = os.path.join(out_dir, "images"), os.path.join(out_dir, "labels")
     os.makedirs(images_dir, exist_ok=True)
     os.makedirs(labels_dir, exist_ok=True)

@@ -5,6 +5,7 @@ Talks to the backend only through its command line, its event stream and its mod
 
 import collections
 import os
+import shutil
 import time
 
 from MICDCommon import (CANCELLED, CANCELLING, FAILED, LOST, RUNNING, SUCCEEDED, BackendLauncher, BackgroundJob,
@@ -214,7 +215,11 @@ class TrainingLogic:
                                 f"{_label_list(parent.labels)} differ from the cases' {_label_list(report.labels)}. "
                                 "Name the segments as the model does, or train a new model with Train.")
         run_dir = self.new_run_dir(settings.model_name)
-        exported = export_dataset(cases, list(unlabeled), os.path.join(run_dir, "dataset"), report=report)
+        try:
+            exported = export_dataset(cases, list(unlabeled), os.path.join(run_dir, "dataset"), report=report)
+        except Exception:
+            shutil.rmtree(run_dir, ignore_errors=True)  # a new, unused folder: nothing half-made is left
+            raise
         command = self.launcher.command("train", "--dataset", exported.dataset_file, "--out", run_dir,
                                         *settings.cli_args())
         if parent is not None:

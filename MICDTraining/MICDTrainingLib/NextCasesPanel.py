@@ -110,7 +110,7 @@ class NextCasesPanel:
         if not self.training.unlabeled:
             self.show_error(_("Add an unlabeled folder first: its volumes are what gets ranked."))
             return
-        if not self.dependency_check():
+        if not self.dependency_check(then=self.onSuggest):
             return
         try:
             self.suggestJob = self.logic.suggest(model, list(self.training.unlabeled),

@@ -22,7 +22,9 @@ except ImportError:  # headless tests
 
 SETTINGS_KEY = "MICD/TrainingSettings"
 TIME_BUDGETS = ("15m", "30m", "1h", "2h", "4h", "8h")
-DEVICE_CHOICES = ("auto", "cpu", "cuda:0")  # until "Check / install dependencies" lists the GPUs the Python sees
+# Until a probe of the backend's Python (Check / install dependencies) lists its GPUs: no GPU is offered that may
+# not exist (a stored choice such as cuda:0 is still shown, as the user made it).
+DEVICE_CHOICES = ("auto", "cpu")
 AUTO_ITERATIONS = 0  # the iterations spin box's special value: planned from the time budget
 AUTO_PATCH = "auto"
 
@@ -136,21 +138,13 @@ class SettingsForm:
         qt.QSettings().setValue(SETTINGS_KEY, json.dumps(self.read().to_dict()))
         qtsupport.set_chosen_python(self.pythonEdit.text)
 
-    def showDevices(self, launcher, log):
-        """Offer auto, each GPU the backend's Python sees, and cpu (imports torch there: a few seconds); the current
-        choice stays if it is offered. What was found, or why nothing was, goes to `log`."""
-        from MICDCommon.dependencies import DependencyError, probe
-
-        try:
-            report = probe(launcher, check_gpus=True)
-        except DependencyError as e:
-            log(str(e))
-            return
+    def offerDevices(self, report):
+        """Offer the devices a probe's EnvironmentReport found (auto, each GPU, cpu); the current choice stays if it
+        is among them, else auto."""
         current = self.deviceCombo.currentText
         self.deviceCombo.clear()
         self.deviceCombo.addItems(report.device_choices())
         self.deviceCombo.setCurrentIndex(max(self.deviceCombo.findText(current), 0))
-        log(report.describe())
 
 
 def _spin(low, high):

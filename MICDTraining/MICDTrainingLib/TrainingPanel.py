@@ -6,6 +6,8 @@ import os
 
 import qt
 import slicer
+import vtk
+from slicer.util import VTKObservationMixin
 
 from MICDCommon import FAILED, LOST, SUCCEEDED, qtsupport
 from MICDCommon.events import TrainingProgress
@@ -26,17 +28,22 @@ except ImportError:  # headless tests
 LOG_LINE_LIMIT = 2000
 
 
-class TrainingPanel:
+class TrainingPanel(VTKObservationMixin):
     """The sections of the training workflow in `widget`; the run it started or reattached to is `job`.
 
     Others follow it through two lists of callables: `changeListeners` (no arguments) run after the labeled cases or
-    the run's state changed, `trainedListeners` (the new model's name) after a training succeeded."""
+    the run's state changed, `trainedListeners` (the new model's name) after a training succeeded.
+
+    It observes the scene (until `cleanup`): a paired volume or segmentation deleted marks its case in the table
+    (Check and Train then name it), closing the scene takes the scene's cases out of the table."""
 
     def __init__(self, logic, show_error, dependency_check=None):
+        VTKObservationMixin.__init__(self)
         self.logic = logic
         self.show_error = show_error
-        self.dependency_check = dependency_check or (
-            lambda: qtsupport.ensure_backend_ready(self.logic.launcher, self.appendLog, show_error=self.show_error))
+        # dependency_check(then) -> True when the backend can run now; else False, and then() runs once it can
+        self.dependency_check = dependency_check or (lambda then=None: qtsupport.ensure_backend_ready(
+            self.logic.launcher, self.appendLog, show_error=self.show_error, then=then))
         self.cases = []
         self.file_labels = {}
         self.unlabeled = []
@@ -58,6 +65,8 @@ class TrainingPanel:
         self.form.load()
         self.showPlanPreview()
         self.updateButtons()
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAboutToBeRemovedEvent, self.onNodeAboutToBeRemoved)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneClosed)
 
     # --- building -------------------------------------------------------------------------------------------------
     def _buildCases(self, layout):
@@ -166,9 +175,16 @@ class TrainingPanel:
 
     # --- labeled and unlabeled data ------------------------------------------------------------------------------
     def addCase(self, case):
-        if any(isinstance(c, LabeledCase) and c.segmentation is getattr(case, "segmentation", None)
-               for c in self.cases):
-            return
+        if isinstance(case, LabeledCase):
+            for index, existing in enumerate(self.cases):
+                if not isinstance(existing, LabeledCase):
+                    continue
+                if existing.missing() and (existing.uses(case.volume) or existing.uses(case.segmentation)):
+                    self.cases[index] = case  # a case marked deleted, added again with its data: same row
+                    self.refreshCases()
+                    return
+                if existing.segmentation is case.segmentation:
+                    return
         self.cases.append(case)
         self.refreshCases()
 
@@ -180,16 +196,63 @@ class TrainingPanel:
     def refreshCases(self):
         self.casesTable.setRowCount(len(self.cases))
         for row, case in enumerate(self.cases):
+            missing = []
             if isinstance(case, FileCase):
                 cells = [os.path.basename(case.image), os.path.basename(case.label),
                          ", ".join(self.file_labels.values())]
             else:
-                cells = [case.volume.GetName(), case.segmentation.GetName(),
-                         ", ".join(name for _id, name in case.segments())]
+                missing = case.missing()  # nodes deleted from the scene: the row stays, marked
+                cells = [case.node_name(role) + (_(" (deleted)") if role in missing else "")
+                         for role in ("volume", "segmentation")]
+                cells.append(", ".join(name for _id, name in case.segments()) if case.segmentation is not None
+                             else "")
             for column, text in enumerate(cells):
-                self.casesTable.setItem(row, column, qt.QTableWidgetItem(text))
+                item = qt.QTableWidgetItem(text)
+                if missing:
+                    item.setToolTip(_("Deleted from the scene: remove this case, or load the data again and add "
+                                      "the case anew."))
+                self.casesTable.setItem(row, column, item)
         self.report = None
         self.updateButtons()
+
+    # --- the scene ----------------------------------------------------------------------------------------------------
+    def _tornDown(self):
+        """A panel whose cleanup never ran, being taken apart at interpreter exit before the scene it observes."""
+        return "cases" not in vars(self)
+
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def onNodeAboutToBeRemoved(self, caller, event, node):
+        """A node is being deleted: the cases that use it keep their row, marked, and say so (log and checks)."""
+        if node is None or caller.IsClosing() or self._tornDown():  # a close: onSceneClosed empties the table once
+            return
+        affected = [c for c in self.cases if isinstance(c, LabeledCase) and c.uses(node)]
+        if not affected:
+            return
+        name = node.GetName()
+        roles = []
+        for case in affected:
+            roles += case.forget(node)
+        role = _("volume") if "volume" in roles else _("segmentation")
+        message = (_("The ") + role + " '" + name + _("' was deleted from the scene: its case (") +
+                   ", ".join(c.title for c in affected) + _(") is marked in the table and cannot be trained on. Remove "
+                                                             "it, or load the data again and add the case anew."))
+        self.appendLog(message)
+        self.refreshCases()
+        self.checksLabel.setText(message)
+
+    def onSceneClosed(self, caller=None, event=None):
+        """The scene was closed: its cases go from the table (file cases are not the scene's: they stay)."""
+        if self._tornDown():
+            return
+        scene_cases = [c for c in self.cases if isinstance(c, LabeledCase)]
+        if not scene_cases:
+            return
+        self.cases[:] = [c for c in self.cases if not isinstance(c, LabeledCase)]
+        message = _("The scene was closed: its labeled cases were taken out of the table (") + \
+            str(len(scene_cases)) + ")."
+        self.appendLog(message)
+        self.refreshCases()
+        self.checksLabel.setText(message)
 
     def onAddCurrent(self):
         volume, segmentation = self.volumeSelector.currentNode(), self.segmentationSelector.currentNode()
@@ -262,9 +325,11 @@ class TrainingPanel:
 
     def onCheckDependencies(self):
         self.form.save()
-        if self.dependency_check():
-            self.appendLog(_("The backend is ready in ") + self.logic.launcher.python)
-            self.form.showDevices(self.logic.launcher, self.appendLog)
+        qtsupport.check_backend(self.logic.launcher, self.appendLog, self.show_error, on_ready=self.onBackendChecked)
+
+    def onBackendChecked(self, report):
+        self.appendLog(_("The backend is ready in ") + report.python + "\n" + report.describe())
+        self.form.offerDevices(report)
 
     def startTraining(self, init_from=None):
         """Check, then train on the cases in the background; from the weights of the model `init_from` if given."""
@@ -273,7 +338,7 @@ class TrainingPanel:
         if not report.ok:
             self.show_error(_("Training cannot start:\n") + "\n".join(report.errors))
             return
-        if not self.dependency_check():
+        if not self.dependency_check(then=lambda: self.startTraining(init_from)):
             return
         settings = self.settings()
         self.logText.clear()
@@ -315,7 +380,7 @@ class TrainingPanel:
         if not runs:
             self.show_error(_("There is no stopped run to resume."))
             return
-        if not self.dependency_check():
+        if not self.dependency_check(then=self.onResume):
             return
         self.curves = self._newCurves(os.path.basename(runs[0]))
         self.job = self.logic.resume(runs[0], **self._callbacks())
@@ -366,5 +431,7 @@ class TrainingPanel:
         self.updateButtons()
 
     def cleanup(self):
-        """The module is closing: the training process keeps running; it is reattached on return."""
+        """The module is closing: the training process keeps running; it is reattached on return. The scene is no
+        longer observed (a new panel observes it)."""
+        self.removeObservers()
         self.form.save()
