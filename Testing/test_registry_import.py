@@ -186,3 +186,46 @@ def test_a_refused_check_leaves_nothing_and_names_the_source(model, registry, tm
         registry.import_path(path)
     assert path in str(e.value) and ".import-" not in str(e.value)
     assert registry_entries(registry) == []
+
+
+def test_the_panel_imports_in_the_background_and_the_backend_checks_the_model(tmp_path, scene):
+    """Import model zip... in the Segment panel: the click returns at once; the copy and the backend's own load of the
+    model (`micd info --check`, seconds: it imports torch) run in a worker thread while Slicer's event loop goes on;
+    the model is then listed and selected."""
+    import sys
+    import time
+
+    import slicer
+    from dialogs import DIALOGS
+
+    from backend_models import make_runnable_model
+    from MICDCommon import BackendLauncher, qtsupport
+    from MICDSegmentationLib.Widget import SegmentationWidget
+
+    model = str(make_runnable_model(tmp_path / "src" / "Liver", name="Liver", labels=LABELS))
+
+    launcher = BackendLauncher(python=sys.executable)
+    logic = SegmentationLogic(launcher=launcher, registry=ModelRegistry(tmp_path / "models", launcher=launcher),
+                              job_poller=qtsupport.QtJobPoller(interval_ms=50))
+    panel = SegmentationWidget(logic, dependency_check=lambda then=None: True)
+    zip_path = model_zip(tmp_path / "liver.zip", model)
+    DIALOGS.answer(zip_path)
+    t0 = time.perf_counter()
+    panel.importZipButton.click()
+    assert time.perf_counter() - t0 < 0.1 and panel.importJob is not None
+    calls, deadline = [], time.monotonic() + 120
+    while panel.importJob is not None and time.monotonic() < deadline:
+        c0 = time.thread_time()
+        slicer.app.processEvents()
+        calls.append(time.thread_time() - c0)
+        time.sleep(0.01)
+    assert panel.importJob is None and len(calls) > 20 and max(calls) < 0.1
+    assert [m.name for m in panel.models] == ["Liver"] and panel.selectedModel().name == "Liver"
+    assert "Imported model 'Liver'" in panel.logText.toPlainText()
+    broken = tmp_path / "broken.zip"
+    with zipfile.ZipFile(broken, "w") as z:
+        z.writestr("model.json", "{}")
+    DIALOGS.answer(str(broken))
+    panel.importZipButton.click()
+    panel.importJob.wait(60)
+    assert DIALOGS.shown[-1].kind == "slicer.util.errorDisplay" and "broken.zip" in DIALOGS.shown[-1].text

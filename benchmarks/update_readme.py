@@ -1,11 +1,13 @@
-"""Copy the generated benchmark tables into README.md between their markers, so the README's numbers are the
-results files' numbers: <!-- results:ssl --> ... <!-- /results:ssl --> and <!-- results:speed --> ... ."""
+"""Copy the generated benchmark tables into docs/benchmarks.md between their markers, so the documented numbers are
+the results files' numbers: <!-- results:ssl --> ... <!-- /results:ssl --> and <!-- results:speed --> ... .
+(The tables lived in README.md until the README was cut down to a newcomer's page; the script keeps its name.)"""
 
 import os
 import re
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-README = os.path.join(os.path.dirname(HERE), "README.md")
+ROOT = os.path.dirname(HERE)
+TARGET = os.path.join(ROOT, "docs", "benchmarks.md")
 SOURCES = {"ssl": os.path.join(HERE, "results", "ssl-cpu.md"),
            "speed": os.path.join(HERE, "results", "speed", "speed.md"),
            "plateau-L2": os.path.join(HERE, "results", "cpu-plateau", "plateau-L2-x3.md"),
@@ -18,16 +20,16 @@ SOURCES = {"ssl": os.path.join(HERE, "results", "ssl-cpu.md"),
 
 
 def main() -> None:
-    text = open(README, encoding="utf-8").read()
+    text = open(TARGET, encoding="utf-8").read()
     for key, path in SOURCES.items():
         if not os.path.exists(path):
             continue
         body = open(path, encoding="utf-8").read().split("\n", 1)[1].strip()  # drop the file's own title
-        body = re.sub(r"^## ", "#### ", body, flags=re.M)  # its sections sit under a README subsection
-        body = f"<!-- results:{key} (copied from {os.path.relpath(path, os.path.dirname(README))} by " \
+        body = re.sub(r"^## ", "### ", body, flags=re.M)  # its sections sit under a section (##) of the page
+        body = f"<!-- results:{key} (copied from {os.path.relpath(path, ROOT).replace(os.sep, '/')} by " \
                f"benchmarks/update_readme.py) -->\n{body}\n<!-- /results:{key} -->"
         text = re.sub(rf"<!-- results:{key}.*?<!-- /results:{key} -->", lambda m: body, text, flags=re.S)
-    open(README, "w", encoding="utf-8").write(text)
+    open(TARGET, "w", encoding="utf-8").write(text)
 
 
 if __name__ == "__main__":

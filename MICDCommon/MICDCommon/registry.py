@@ -216,19 +216,21 @@ class ModelRegistry:
             candidate, i = f"{base}_{i}", i + 1
         return os.path.join(self.root, candidate)
 
-    def add_folder(self, folder, name=None, colors=None):
+    def add_folder(self, folder, name=None, colors=None, backend_check=True):
         """Copy a model folder (e.g. RUN_DIR/model) into the registry under `name`; returns its ModelInfo.
 
         Only model.json and the weights are copied (see modelfiles). `colors` {label value: (r, g, b)} replaces the
-        model's colours (e.g. the training segments' own colours)."""
+        model's colours (e.g. the training segments' own colours). backend_check=False skips the backend's load of
+        the model (seconds: it imports torch) for a folder the backend itself just wrote; the file checks still
+        run."""
 
         def fill(dest):
             copy_model_folder(folder, dest)
             return None, os.path.basename(os.path.abspath(folder))
 
-        return self._add(folder, fill, name, colors)
+        return self._add(folder, fill, name, colors, backend_check)
 
-    def _add(self, source, fill, name, colors=None):
+    def _add(self, source, fill, name, colors=None, backend_check=True):
         """Import a model: `fill(folder)` writes its files into a hidden folder inside the registry, which is
         checked and then renamed into place, or removed when anything fails. `fill` returns two names for a model
         imported without `name`: one that comes before model.json's display name and name, one that comes after
@@ -238,7 +240,7 @@ class ModelRegistry:
         try:
             try:
                 preferred, fallback = fill(staging)
-                meta = self.check(staging)
+                meta = self.check(staging) if backend_check else check_model_folder(staging)
             except RegistryError as e:
                 raise RegistryError(str(e).replace(staging, source)) from None
             except OSError as e:

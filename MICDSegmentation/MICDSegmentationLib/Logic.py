@@ -137,6 +137,17 @@ class SegmentationLogic:
     def import_model(self, path, name=None):
         return self.registry.import_path(path, name)
 
+    def start_import(self, path, on_finished, name=None):
+        """`import_model` off the main thread (the copy and the backend's check of the model take seconds):
+        returns a ThreadJob polled by the job poller; `on_finished(job)` gets `job.result` (the ModelInfo) or
+        `job.error`."""
+        from MICDCommon.threadjob import ThreadJob
+
+        job = ThreadJob(lambda: self.registry.import_path(path, name), on_finished=on_finished, name="MICD import")
+        if self.job_poller is not None:
+            self.job_poller.add(job)
+        return job
+
     # --- segmentation -------------------------------------------------------------------------------------------
     @staticmethod
     def previous_result(volume):

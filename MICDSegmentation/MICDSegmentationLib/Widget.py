@@ -37,6 +37,7 @@ class SegmentationWidget(VTKObservationMixin):
         self.ask_replace = ask_replace or self._askReplace
         self.models = []
         self.job = None
+        self.importJob = None  # a model import running in a worker thread
         self._started = None
         self._cancelling = False
         self._leaving = False  # the module was left while a segmentation ran: end the worker when it has finished
@@ -160,10 +161,18 @@ class SegmentationWidget(VTKObservationMixin):
         self._import(qt.QFileDialog.getExistingDirectory(qtsupport.main_window(), _("Import model folder")))
 
     def _import(self, path):
-        if path:
-            model = self._guarded(self.logic.import_model, path)
-            if model is not None:
-                self.refreshModels(select=model.name)
+        if not path:
+            return
+        self.appendLog(_("Importing and checking the model in ") + path + " ...")
+        self.importJob = self.logic.start_import(path, self.onImported)
+
+    def onImported(self, job):
+        self.importJob = None
+        if job.error is not None:
+            self.show_error(str(job.error))
+            return
+        self.appendLog(_("Imported model '") + job.result.name + "'.")
+        self.refreshModels(select=job.result.name)
 
     # --- segmenting -----------------------------------------------------------------------------------------------
     def settings(self):

@@ -242,27 +242,30 @@ def _segment_is_empty(segmentation_node, segment_id):
     return not np.any(array == segment.GetLabelValue())
 
 
-def labelmap_array(case, labels):
-    """The case's segments as one label array on the volume's voxel grid (k, j, i), using `labels` {value: name}."""
-    value_of = {segment_key(n): v for v, n in labels.items()}
-    shape = slicer.util.arrayFromVolume(case.volume).shape
-    out = np.zeros(shape, dtype=np.uint8 if max(labels, default=0) < 256 else np.uint16)
-    for segment_id, name in case.segments():
-        mask = slicer.util.arrayFromSegmentBinaryLabelmap(case.segmentation, segment_id, case.volume)
-        out[mask > 0] = value_of[segment_key(name)]
-    return out
-
-
 def write_labelmap(case, labels, path):
-    """Write the case's label map in exactly the volume's geometry (same grid, directions and origin)."""
+    """Write the case's segments as one label map in exactly the volume's grid (same dimensions, directions and
+    origin), each segment with the value `labels` {value: name} gives its name; a later segment wins where two
+    overlap. All segments are exported in one call (one resampling pass: per segment it took 0.76 s each on a
+    512x512x200 grid), then renumbered through a lookup table."""
+    segments = case.segments()
+    lookup = np.zeros(len(segments) + 1, dtype=np.uint8 if max(labels, default=0) < 256 else np.uint16)
+    value_of = {segment_key(n): v for v, n in labels.items()}
+    ids = vtk.vtkStringArray()
+    for index, (segment_id, name) in enumerate(segments, 1):
+        ids.InsertNextValue(segment_id)
+        lookup[index] = value_of[segment_key(name)]
     scene = case.volume.GetScene()
     node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "MICD export labels")
     try:
-        slicer.util.updateVolumeFromArray(node, labelmap_array(case, labels))
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+                case.segmentation, ids, node, case.volume):
+            raise IOError(f"could not export the segments of {case.segmentation.GetName()}")
+        exported = slicer.util.arrayFromVolume(node)  # 1..n: the position of each segment in `ids`
+        slicer.util.updateVolumeFromArray(node, lookup[exported])
         matrix = vtk.vtkMatrix4x4()
         case.volume.GetIJKToRASMatrix(matrix)
         node.SetIJKToRASMatrix(matrix)
-        sceneio.write_volume(node, path)
+        sceneio.write_volume(node, path, compress=False)  # see export_dataset
     finally:
         scene.RemoveNode(node)
     return path
@@ -313,7 +316,9 @@ def export_dataset(labeled, unlabeled_folders, out_dir, report=None, colors=None
         while stem in used:
             stem += "_"
         used.add(stem)
-        image_path = sceneio.write_volume(case.volume, os.path.join(images_dir, stem + ".nrrd"))
+        # uncompressed: on Slicer's main thread a 512x512x200 CT takes 0.05 s raw against 2.4 s gzipped; the files
+        # are the run's own copy, read once into the preprocessing cache
+        image_path = sceneio.write_volume(case.volume, os.path.join(images_dir, stem + ".nrrd"), compress=False)
         label_path = write_labelmap(case, report.labels, os.path.join(labels_dir, stem + ".nrrd"))
         entry = {"image": os.path.relpath(image_path, out_dir), "label": os.path.relpath(label_path, out_dir),
                  "source": case.title}

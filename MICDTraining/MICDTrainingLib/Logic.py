@@ -102,7 +102,9 @@ class TrainingJob(JobWrapper):
         model_dir = self.progress.model_path or os.path.join(self.run_dir, MODEL_DIR)
         colors = {int(k): v for k, v in (info.get("colors") or {}).items()}
         try:
-            self.model = self.registry.add_folder(model_dir, self.model_name, colors=colors)
+            # micd train wrote it and said done: the backend's own load of it (seconds, on Slicer's main thread in
+            # this callback) would add nothing
+            self.model = self.registry.add_folder(model_dir, self.model_name, colors=colors, backend_check=False)
         except Exception as e:  # noqa: BLE001 - reported, the run folder keeps the model
             self.message = f"Training finished but the model could not be registered: {e}"
             return
