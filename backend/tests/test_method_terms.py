@@ -165,3 +165,15 @@ def test_ema_alpha_is_the_teachers_decay():
     for k, v in after.items():
         if v.dtype.is_floating_point:
             assert torch.allclose(v, 0.9 * before[k] + 0.1 * student[k], atol=1e-6), k
+
+
+def test_each_teacher_runs_once_per_step():
+    """Pseudo-labels and CMD's targets both come from the teachers on the clean batch: one pass each (it was two, an
+    eighth of the step's GFLOP repeated, issue 32); CMD still equals the recomputed term (test above)."""
+    m, _ = _method()
+    calls = {"teacher_a": 0, "teacher_b": 0}
+    for name, teacher in m.teachers.items():
+        teacher.register_forward_hook(lambda *_a, name=name: calls.__setitem__(name, calls[name] + 1))
+    x, y = _inputs()
+    m.step(x[:N_L], y, x[N_L:], BETA, torch.Generator().manual_seed(3))
+    assert calls == {"teacher_a": 1, "teacher_b": 1}

@@ -94,9 +94,12 @@ class MICD(DHC):
             with torch.no_grad():
                 pa = torch.cat([za_c.detach(), self.students["student_a"](x_u)[0]])
                 pb = torch.cat([zb_c.detach(), self.students["student_b"](x_u)[0]])
-        with torch.no_grad():
-            ta = self.teachers["teacher_a"](x, turnoff_drop=True)[0]
-            tb = self.teachers["teacher_b"](x, turnoff_drop=True)[0]
+        if self.option("pseudo_labels") == "teacher":  # the same teachers on the same batch (eval mode): reuse them
+            ta, tb = pa, pb
+        else:
+            with torch.no_grad():
+                ta = self.teachers["teacher_a"](x, turnoff_drop=True)[0]
+                tb = self.teachers["teacher_b"](x, turnoff_drop=True)[0]
         pl = self.pseudo_labels
 
         w_diff, w_dist = self.class_weights(za_c[:n_l], y_l, pb[n_l:])

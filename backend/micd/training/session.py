@@ -20,6 +20,7 @@ from typing import Optional
 
 import torch
 
+from micd.allocator import keep_freed_memory
 from micd.atomicfile import write_json
 from micd.contract import CONFIG_FILE, EVENTS_FILE, MODEL_DIR
 from micd.diskfull import DiskFull, disk_full_error, free_bytes, is_disk_full
@@ -183,5 +184,6 @@ class TrainingSession:
 
 
 def run_training(opts: TrainOptions, process_t0: Optional[float] = None) -> int:
+    keep_freed_memory()  # the steps' buffers stay in the process (see micd.allocator)
     return TrainingSession(opts, process_t0).run_to_end()
 

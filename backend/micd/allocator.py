@@ -1,0 +1,33 @@
+"""Keep freed memory in the process between training steps (glibc only).
+
+A training step allocates and frees the same large activation buffers every iteration. glibc serves blocks above its
+mmap threshold with fresh mappings and returns them on free, and trims the heap top beyond its trim threshold, so on
+a CPU each step pays page faults and kernel time to get the same memory back (issue 32: 8.3 M page faults and 20 s of
+kernel time in a 12-iteration MICD run, against 2.6 M and 11 s for a peer implementation). Raising both thresholds
+keeps the pages. CUDA memory has its own caching allocator; this concerns host memory only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+MMAP_THRESHOLD = 32 * 1024 ** 2  # glibc's largest allowed value on 64-bit: blocks below it come from the heap
+TRIM_THRESHOLD = 1024 ** 3  # free heap top kept before it is returned to the system
+VARIABLE = "MICD_KEEP_FREED_MEMORY"  # "0" turns it off
+
+
+def keep_freed_memory() -> bool:
+    """Raise glibc's mmap and trim thresholds for this process; True when glibc took both settings."""
+    if not sys.platform.startswith("linux") or os.environ.get(VARIABLE, "1") == "0":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
