@@ -1,11 +1,12 @@
-"""Render both panels, built by the module files through the test harness (real Qt widgets, offscreen), in a
-realistic state, to OUT_DIR/MICDTraining.png and OUT_DIR/MICDSegmentation.png:
+"""Render both panels, built by the module files through the test harness (real Qt widgets, offscreen), to
+OUT_DIR/MICDTraining.png and OUT_DIR/MICDSegmentation.png, from a REAL run recorded once in Testing/recorded_run/
+(see its README.md: what ran, on which machine), so every number on them agrees with the others:
 
-- training: two labeled hippocampus cases paired from the scene, one unlabeled folder, checked, a run in progress
-  that the panel reattached to (its events file is replayed: plan, progress, curves, log), and the unlabeled volumes
-  ranked by a registered model under Next cases;
-- segment: a registered model selected, a volume segmented with it earlier (the label map imported by the real
-  logic) and being segmented again: the progress bar and status from `micd predict`'s progress events.
+- training: two labeled hippocampus cases paired from the scene, one unlabeled folder, checked; the recorded MICD run
+  replayed into the panel as a run in progress (its events up to REPLAY_UNTIL: plan, progress, curves, log), and the
+  recorded `micd suggest` ranking of three unlabeled volumes by that run's model under Next cases;
+- segment: that model selected, a volume segmented with it: the recorded `micd predict` events in the log and the
+  label map imported by the real logic.
 
 Usage: QT_QPA_PLATFORM=offscreen python Testing/render_panels.py OUT_DIR"""
 
@@ -30,29 +31,21 @@ def shared_data():
     raise SystemExit("render_panels: the hippocampus data (shared/data/hippocampus) was not found; set SHARED")
 
 
-def write_events(run_dir, iterations=3000, done=1240):
-    from MICDCommon.contract import CHECKPOINTS_DIR, EVENTS_FILE, LAST_CHECKPOINT
+RECORDED = HERE / "recorded_run"
+REPLAY_UNTIL = 336  # of the recorded run's 564 iterations: the panel shows it running
 
-    rng = random.Random(3)
-    events = [{"event": "start", "method": "micd", "device": "cuda:0", "labeled": 2, "unlabeled": 3,
-               "validation": 0, "iterations": iterations, "start_iter": 0, "precision": "fp16",
-               "precision_reason": "fp16 AMP on CUDA", "time_budget": "30m", "time_budget_s": 1800.0,
-               "eta_s": iterations * 0.42 + 95, "expected_total_s": iterations * 0.42 + 140,
-               "sec_per_iter_expected": 0.42, "budget_plan": {"planned_iterations": True}}]
-    for it in range(10, done + 1, 10):
-        decay = math.exp(-it / 500)
-        sup = 0.25 + 0.9 * decay + rng.uniform(-0.04, 0.04)
-        cons = 0.05 + 0.2 * (1 - decay) * math.exp(-it / 2500) + rng.uniform(-0.01, 0.01)
-        events.append({"event": "iteration", "iter": it, "total": iterations, "sec_per_iter": 0.42,
-                       "eta_s": (iterations - it) * 0.42, "loss": {"total": sup + cons, "sup": sup,
-                                                                    "consistency": cons}})
-        if it % 200 == 0:
-            anterior, posterior = 0.86 - 0.5 * decay, 0.83 - 0.55 * decay
-            events.append({"event": "validation", "iter": it, "mean_dice": (anterior + posterior) / 2,
-                           "dice": {"anterior": anterior, "posterior": posterior}})
-        if it % 500 == 0:
-            events.append({"event": "checkpoint", "iter": it, "kind": "last",
-                           "path": os.path.join(run_dir, CHECKPOINTS_DIR, LAST_CHECKPOINT)})
+
+def recorded_events(name):
+    with open(RECORDED / name, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_events(run_dir):
+    """The recorded training run's events up to iteration REPLAY_UNTIL, as the run folder's events file."""
+    from MICDCommon.contract import EVENTS_FILE
+
+    events = [e for e in recorded_events("training-events.jsonl")
+              if e["event"] == "start" or (e["event"] != "done" and e.get("iter", 0) <= REPLAY_UNTIL)]
     with open(os.path.join(run_dir, EVENTS_FILE), "w", encoding="utf-8") as f:
         f.writelines(json.dumps(e) + "\n" for e in events)
 
@@ -72,15 +65,16 @@ def running_job(runs_root, name):
 
 
 def model_folder(models_root, name):
-    """A model folder the registry lists (model_folders.py), with provenance and a validation Dice."""
+    """A registry folder with the recorded run's model.json (labels, metrics, provenance; weights are not shown on the
+    panels, so they are placeholders of the right layout, model_folders.py)."""
     from model_folders import write_model_folder
 
+    with open(RECORDED / "model.json", encoding="utf-8") as f:
+        meta = json.load(f)
     folder = os.path.join(models_root, name)
     os.makedirs(folder)
-    write_model_folder(folder, {"1": "anterior", "2": "posterior"}, {"1": [0.9, 0.35, 0.2], "2": [0.2, 0.6, 0.95]},
-                       method="micd", metrics={"best_mean_dice": 0.842},
-                       provenance={"created": "2026-11-30T16:42:00+0000", "iterations": 3000,
-                                   "counts": {"labeled": 5, "unlabeled": 20, "validation": 2}})
+    write_model_folder(folder, meta["labels"], meta.get("colors"), method=meta["method"], metrics=meta["metrics"],
+                       provenance=meta["provenance"])
 
 
 def grab(loaded, path):
@@ -101,11 +95,13 @@ def render_training(out_dir, data, home):
 
     names = sorted(p.name for p in (data / "imagesTr").iterdir())
     scene, keep = new_scene()
-    for name in names[:2]:
-        load_case(scene, data / "imagesTr" / name, data / "labelsTr" / name)
-    unlabeled = home / "unlabeled scans"
+    start = recorded_events("training-events.jsonl")[0]
+    segment_names = {int(v): n for v, n in start["labels"].items()}  # as the recorded run named them
+    for name in names[:start["labeled"]]:
+        load_case(scene, data / "imagesTr" / name, data / "labelsTr" / name, names=segment_names)
+    unlabeled = home / "unlabeled scans"  # as many volumes as the recorded run had
     unlabeled.mkdir()
-    for name in names[10:13]:
+    for name in names[2:2 + start["unlabeled"]]:
         os.symlink(data / "imagesTr" / name, unlabeled / name)
     running_job(str(home / "runs"), "Hippocampus")
 
@@ -115,6 +111,7 @@ def render_training(out_dir, data, home):
     training.autoPairButton.click()
     training.addUnlabeledFolder(str(unlabeled))
     form.modelNameEdit.text = "Hippocampus"
+    form.timeBudgetCombo.setEditText(start["time_budget"])
     training.checkButton.click()
     loaded.widget.enter()  # reattaches to the running job, offers the registered model under Next cases
     drawn = training.curvesView.drawn
@@ -124,14 +121,13 @@ def render_training(out_dir, data, home):
         slicer.app.processEvents()
         time.sleep(0.01)
     model = next_cases.selectedLoopModel()
-    ranking = [{"rank": i + 1, "case": name.split(".")[0], "file": str(unlabeled / name), "score": score,
-                "least_certain_label": label} for i, (name, score, label) in
-               enumerate(zip(names[10:13], (0.412, 0.305, 0.198), (2, 1, 2)))]
+    with open(RECORDED / "suggest-ranking.json", encoding="utf-8") as f:
+        ranking = [dict(entry, file=str(unlabeled / (entry["case"] + ".nii.gz"))) for entry in json.load(f)["ranking"]]
     next_cases.showSuggestions(ranking, model)
     next_cases.suggestProgress.setMaximum(1000)
     next_cases.suggestProgress.setValue(1000)
-    next_cases.suggestStatus.setText(f"Ranked 3 volume(s); label {ranking[0]['case']} first (score 0.412, higher = "
-                                "less certain).")
+    next_cases.suggestStatus.setText(f"Ranked {len(ranking)} volume(s); label {ranking[0]['case']} first (score "
+                                     f"{ranking[0]['score']:.3f}, higher = less certain).")
     slicer.app.processEvents()
     grab(loaded, out_dir / "MICDTraining.png")
     loaded.unload()
@@ -143,7 +139,7 @@ def render_segmentation(out_dir, data, home):
     import slicer_harness
     from scene_helpers import load_volume, new_scene
 
-    from MICDCommon import PredictionProgress, describe_event
+    from MICDCommon import describe_event
 
     scene, keep = new_scene()
     name = sorted(p.name for p in (data / "imagesTr").iterdir())[20]
@@ -151,24 +147,16 @@ def render_segmentation(out_dir, data, home):
     loaded = slicer_harness.load_module("MICDSegmentation")
     panel = loaded.widget.panel
     panel.deviceCombo.currentIndex = panel.deviceCombo.findText("auto")
-    loaded.widget.logic.import_result(str(data / "labelsTr" / name), volume, "Hippocampus")
-    for event in ({"event": "plan", "device": "cuda:0", "grid_shape": [1, 1, 1], "roi": [48, 64, 48]},
-                  {"event": "prediction", "seconds": 2.8, "labels_found": [1, 2]}):
-        panel.appendLog(describe_event(event))
-    message = f"Segmented {volume.GetName()} with 'Hippocampus' in 9 s: 2 segments."
-    panel.appendLog(message)
-    panel.onFinished(type("FinishedJob", (), {"state": "succeeded", "message": message})())
-    # a second run in progress, as its events arrive (the job's own progress follows them, as in SegmentationJob)
-    panel.uncertaintyCheck.checked = True
-    panel.job = type("RunningJob", (), {"finished": False, "state": "running", "progress": PredictionProgress()})()
-    panel.updateButtons()
-    for event in ({"event": "plan", "device": "cuda:0", "grid_shape": [2, 1, 1], "roi": [48, 64, 48]},
-                  {"event": "progress", "image": 1, "images": 1, "windows_done": 312, "windows_total": 480,
-                   "fraction": 0.65, "elapsed_s": 76.0, "eta_s": 41.0}):
-        panel.job.progress.update(event)
+    events = recorded_events("predict-events.jsonl")  # `micd predict` of this volume with the recorded model
+    prediction = next(e for e in events if e["event"] == "prediction")
+    loaded.widget.logic.import_result(str(RECORDED / "prediction.nii.gz"), volume, "Hippocampus")  # its output
+    for event in events:
         if describe_event(event):
             panel.appendLog(describe_event(event))
-        panel.onEvent(event)
+    message = (f"Segmented {volume.GetName()} with 'Hippocampus' in {prediction['seconds']:.1f} s: "
+               f"{len(prediction['labels_found'])} segments.")
+    panel.appendLog(message)
+    panel.onFinished(type("FinishedJob", (), {"state": "succeeded", "message": message})())
     slicer.app.processEvents()
     grab(loaded, out_dir / "MICDSegmentation.png")
     loaded.unload()
