@@ -227,3 +227,25 @@ def test_the_saved_record_holds_the_state_conclude_decided(tmp_path):
         record = json.load(f)
     assert (record["status"], record["returncode"]) == (FAILED, 0) and record["ended"] is not None
     assert JobRecord.load(job.run_dir).status == FAILED
+
+
+def test_a_conclusion_that_raises_still_ends_the_job_for_its_listeners(tmp_path):
+    """Registering a model (or importing a result) can fail in ways nobody foresaw: the job then ends as failed, with
+    the reason in the log, and on_finished still runs (the panel would otherwise wait for it forever)."""
+    from MICDCommon import FAILED
+    from MICDCommon.jobs import JobRecord, JobWrapper
+
+    class Breaks(JobWrapper):
+        def conclude(self, job):
+            raise OSError("disk gone")
+
+    command = [sys.executable, "-c", "import json; print(json.dumps({'event': 'done'}))"]
+    finished, lines = [], []
+    job = Breaks(BackgroundJob.start(command, str(tmp_path / "run"), kind="rank"), on_finished=finished.append,
+                 on_log=lines.append)
+    deadline = time.monotonic() + 60
+    while not job.finished and time.monotonic() < deadline:
+        job.poll()
+        time.sleep(0.05)
+    assert job.state == FAILED and finished == [job] and isinstance(job.job.conclusion_error, OSError)
+    assert any("disk gone" in line for line in lines) and JobRecord.load(job.run_dir).status == FAILED

@@ -111,6 +111,7 @@ class BackgroundJob:
         self._kill_deadline = None
         self._cancel_requested = False
         self._finished_notified = self.state in FINISHED_STATES
+        self.conclusion_error = None  # what `conclude` raised, if it did (the state is then failed)
 
     # --- creation -----------------------------------------------------------------------------------------------
     @classmethod
@@ -239,6 +240,11 @@ class BackgroundJob:
         try:
             if self.conclude:
                 self.conclude(self)
+        except Exception as e:  # noqa: BLE001 - a failed conclusion must still end the job for its listeners
+            self.state = FAILED
+            self.conclusion_error = e
+            if self.on_log:
+                self.on_log(f"The job ended but what it made could not be taken in: {type(e).__name__}: {e}")
         finally:
             self._save_outcome()
         if not self._finished_notified:

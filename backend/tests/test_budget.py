@@ -205,6 +205,19 @@ def _thick_slices(src_image, src_label, out_dir, name):
     return {"image": out[0], "label": out[1]}
 
 
+def _extent_mm(label_files):
+    """The largest foreground bounding box over the label files, z y x in mm."""
+    import SimpleITK as sitk
+
+    extent = [0.0, 0.0, 0.0]
+    for path in label_files:
+        image = sitk.ReadImage(path)
+        where = np.nonzero(sitk.GetArrayFromImage(image))
+        for axis, spacing in zip(range(3), reversed(image.GetSpacing())):
+            extent[axis] = max(extent[axis], float(where[axis].max() - where[axis].min() + 1) * spacing)
+    return extent
+
+
 def test_thick_slice_set_gets_an_anisotropic_patch_within_the_budget(tmp_path, shared_data):
     from realdata import LABELS, hippo_cases
 
@@ -220,20 +233,26 @@ def test_thick_slice_set_gets_an_anisotropic_patch_within_the_budget(tmp_path, s
     assert p.returncode == 0, p.stdout[-1500:] + p.stderr[-1500:]
     events = read_events(os.path.join(tmp_path, "run", "events.jsonl"))
     start = _start(events)[0]
-    planned = start["budget_plan"]["calibration"]["patch_candidates"][0]["patch_size"]
-    # the network keeps the 3.6 mm slice axis (stride 1 there), so the patch holds the 10 slices without padding
-    assert planned[0] == 10 and planned[1] >= 240 and planned[2] >= 160  # memory alone: every voxel in plane
+    # The labeled structures span about 41 x 24 mm in plane, 205 x 120 voxels at 0.2 mm: a patch holding them is far
+    # too slow for this budget. Before issue 32 the plan cut the patch to 10 x 32 x 32, a 6 mm window; now the data
+    # is resampled in plane (the slices stay 3.6 mm and thick) so that a patch holds the structures.
+    assert any(n.startswith("resampled to") for n in start["notes"]), start["notes"]
+    spacing = start["spacing"]  # x y z mm
+    assert spacing[2] == 3.6 and 0.2 < spacing[0] == spacing[1] <= 1.2 + 1e-6, spacing
     assert any("thick slices" in n for n in start["notes"])
-    patch = start["patch_size"]
-    assert patch[0] == 10 and patch[1] < planned[1] and patch[2] < planned[2], patch  # slices kept, plane cut
+    patch = start["patch_size"]  # z y x voxels
+    extent_mm = _extent_mm([c["label"] for c in cases[:2]])  # z y x
+    # every slice (10; the network now downsamples z in its later stages, so 16 with padding) and the structures
+    assert patch[0] >= 10 and patch[1] * spacing[1] >= extent_mm[1] and patch[2] * spacing[0] >= extent_mm[2], \
+        (patch, spacing, extent_mm)
     assert start["expected_total_s"] <= budget and start["iterations"] >= 10
     its = [e for e in events if e["event"] == "iteration"]
     slowdown = max(1.0, (its[-1]["time"] - its[0]["time"]) / max(1, len(its) - 1) /
                    start["budget_plan"]["calibration"]["sec_per_iter"])
     assert wall <= budget * 1.1 * slowdown and events[-1]["event"] == "done"
-    # the model keeps its strides, and predicts a thick-slice image back onto its own grid
+    # the model keeps the slice axis in its first stage, and predicts a thick-slice image back onto its own grid
     model = events[-1]["model"]
-    assert json.load(open(os.path.join(model, "model.json")))["network"]["strides"] == [[1, 2, 2]] * 4
+    assert json.load(open(os.path.join(model, "model.json")))["network"]["strides"][0] == [1, 2, 2]
     out = os.path.join(tmp_path, "pred.nii.gz")
     p = run_micd("predict", "--model", model, "--input", cases[3]["image"], "--output", out, "--device", "cpu")
     assert p.returncode == 0, p.stderr[-1500:]

@@ -157,6 +157,19 @@ def shrink_for_speed(patch: Sequence[int], speedup: float, floor: Sequence[int],
     return tuple(p)  # type: ignore[return-value]
 
 
+def structure_extent(labels: Sequence[np.ndarray]) -> Tuple[int, int, int]:
+    """Voxels (z, y, x) of the largest foreground bounding box along each axis over the labeled cases: what a patch
+    must span to hold the labeled structures (0 for an axis where no case has foreground)."""
+    extent = [0, 0, 0]
+    for label in labels:
+        for axis in range(3):
+            others = tuple(a for a in range(3) if a != axis)
+            present = np.flatnonzero(np.any(np.asarray(label) > 0, axis=others))
+            if present.size:
+                extent[axis] = max(extent[axis], int(present[-1] - present[0] + 1))
+    return tuple(extent)  # type: ignore[return-value]
+
+
 ANISOTROPY = 3.0  # slice spacing at least this many times the in-plane spacing: thick slices
 
 

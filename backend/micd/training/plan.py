@@ -39,6 +39,9 @@ class TrainingPlan:
     notes: Tuple[str, ...] = ()  # reported by the `start` event
     warnings: Tuple[str, ...] = ()  # reported as `warning` events before the `start` event
     budget: dict = field(default_factory=dict)  # --time-budget: the `start` event's budget fields (empty without)
+    # set only on a plan that asks for the data on a coarser grid first (x, y, z mm; planner.py 5b): the session
+    # prepares the data there and plans again; a final plan never has it
+    resample_to: Optional[Tuple[float, float, float]] = None
 
     @property
     def patch(self) -> List[int]:

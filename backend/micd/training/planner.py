@@ -34,8 +34,8 @@ from typing import Callable, List, Optional, Protocol, Sequence
 import numpy as np
 import torch
 
-from micd.data.planning import (estimate_training_bytes, plan_patch_size, plan_strides, shrink_for_speed,
-                                thick_slice_note)
+from micd.data.planning import (ANISOTROPY, estimate_training_bytes, plan_patch_size, plan_strides,
+                                shrink_for_speed, structure_extent, thick_slice_note)
 from micd.nets.vnet import NetworkConfig
 from micd.training import distributed as D
 from micd.training.budget import (CALIBRATION_SHARE, ENOUGH_ITERATIONS, MIN_ITERATIONS, OVERRUN_TOLERANCE,
@@ -79,15 +79,18 @@ Warn = Callable[[str], None]
 
 def plan_training(o: TrainOptions, data: RunData, device: torch.device, ctx: D.DistContext,
                   resume_state: Optional[dict], stored_plan: Optional[dict], parent, process_t0: float,
-                  make_trainer: TrainerFactory) -> TrainingPlan:
+                  make_trainer: TrainerFactory, may_resample: bool = True) -> TrainingPlan:
     """The frozen plan of this invocation. `stored_plan`: plan.json's dict on --resume; `parent`: the --init-from
-    model (its network fixes the strides); `make_trainer`: builds a trainer for timing steps under a budget."""
+    model (its network fixes the strides); `make_trainer`: builds a trainer for timing steps under a budget.
+    A returned plan with `resample_to` asks for the data on that coarser grid (5b): prepare it there and plan again
+    with may_resample=False."""
     draft = draft_plan(o, data, device, ctx, resume_state, stored_plan, parent)
     if resume_state is not None:
         return _resumed(draft, o, stored_plan, int(resume_state["iteration"]))
     if not o.time_budget:
         return draft
-    return _fit_budget(draft, o, data, device, ctx, process_t0, make_trainer)
+    may_resample = may_resample and not o.target_spacing and parent is None  # the user's or the parent's grid stays
+    return _fit_budget(draft, o, data, device, ctx, process_t0, make_trainer, may_resample)
 
 
 # ---------------------------------------------------------------------------------------------------- the draft
@@ -223,7 +226,7 @@ def _stored_budget(stored: Optional[dict]) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- --time-budget
 def _fit_budget(draft: TrainingPlan, o: TrainOptions, data: RunData, device: torch.device, ctx: D.DistContext,
-                t0: float, make_trainer: TrainerFactory) -> TrainingPlan:
+                t0: float, make_trainer: TrainerFactory, may_resample: bool) -> TrainingPlan:
     budget_s = parse_duration(o.time_budget)
     given = o.iterations is not None
     costs = RunCosts(o.validate_every, o.checkpoint_every, bool(data.validation))
@@ -232,7 +235,12 @@ def _fit_budget(draft: TrainingPlan, o: TrainOptions, data: RunData, device: tor
     candidates: list = []
     patch_note = draft.patch_note
     if not given and not o.patch_size and device.type == "cpu":
-        patch_note = _choose_patch_for_speed(trainer, o, ctx, budget_s, t0, candidates, draft)
+        patch_note, coarser, warning = _choose_patch_for_speed(trainer, o, ctx, budget_s, t0, candidates, draft,
+                                                               data, may_resample)
+        if coarser is not None:
+            return draft.with_changes(resample_to=coarser, patch_note=patch_note)
+        if warning:
+            draft = draft.with_changes(warnings=draft.warnings + (warning,))
     cal = D.broadcast_object(ctx, calibrate(trainer, ctx, data, budget_s, o.beta_max, export_last=o.export_last))
     patch = list(trainer.patch)
     candidates.append({"patch_size": patch, "sec_per_iter": round(cal.sec_per_iter, 4)})
@@ -314,29 +322,76 @@ def _choose_threads(trainer: Calibratable, o: TrainOptions, device: torch.device
 
 
 def _choose_patch_for_speed(trainer: Calibratable, o: TrainOptions, ctx: D.DistContext, budget_s: float, t0: float,
-                            candidates: list, draft: TrainingPlan) -> str:
+                            candidates: list, draft: TrainingPlan, data: RunData, may_resample: bool):
     """Time one step of a PROBE_SIZE^3 patch, model the others as proportional to their voxels (which overestimates
     larger patches, as part of a step does not grow with the patch), and train on the largest patch modelled to give
-    ENOUGH_ITERATIONS in the budget. Returns the patch note."""
+    ENOUGH_ITERATIONS in the budget, but never one smaller than the labeled structures: when even a patch that just
+    holds them is too slow, trade resolution for field of view (nnU-Net's low-resolution idea) and ask for the data
+    on a coarser grid (`may_resample`), else keep the field of view and warn. Returns (the patch note, None or the
+    coarser spacing x y z in mm, None or a warning)."""
     old = draft.patch
     divs = NetworkConfig.from_dict(draft.network).divisors
-    floor = [min(int(v), SPEED_FLOOR) for v in old]
+    fov = _structure_floor(data, old, divs)
+    floor = [max(min(int(v), SPEED_FLOOR), f) for v, f in zip(old, fov)]
     probe = list(shrink_for_speed(old, float("inf"), [min(int(v), PROBE_SIZE) for v in old], divs))
     if probe == old:
-        return draft.patch_note
+        return draft.patch_note, None, None
     trainer.use_patch(probe)
     cal = D.broadcast_object(ctx, calibrate(trainer, ctx, None, budget_s, o.beta_max, timed=1, extras=False))
     ratio = float(np.prod(old)) / float(np.prod(probe))
     # what one iteration may take for ENOUGH_ITERATIONS, after the chosen patch's calibration (~5 steps) and export
     left = SAFETY * (budget_s - (time.time() - t0)) - 5 * cal.sec_per_iter - 2.0
     want = max(left, 1e-3) / ENOUGH_ITERATIONS
-    new = list(D.broadcast_object(ctx, shrink_for_speed(old, cal.sec_per_iter * ratio / want, floor, divs)))
+    affordable = float(np.prod(probe)) * want / max(cal.sec_per_iter, 1e-6)  # voxels per patch that give them
+    fmt = lambda p: "x".join(map(str, p))  # noqa: E731
     candidates[:] = [{"patch_size": old, "modelled_sec_per_iter": round(cal.sec_per_iter * ratio, 4)},
                      {"patch_size": probe, "sec_per_iter": round(cal.sec_per_iter, 4), "probe": True}]
+    timing = (f"a {fmt(probe)} step took {cal.sec_per_iter:.2f} s on this CPU, so {fmt(old)} would take about "
+              f"{cal.sec_per_iter * ratio:.1f} s per iteration; aiming at {ENOUGH_ITERATIONS} iterations")
+    if float(np.prod(floor)) > affordable:
+        coarser = _coarser_spacing(data, floor, affordable) if may_resample else None
+        if coarser is not None:
+            spacing, factor = coarser
+            return (f"resampled to {' x '.join(f'{v:g}' for v in spacing)} mm (x, y, z) for --time-budget "
+                    f"{o.time_budget}: the labeled structures span {fmt(fov)} voxels at "
+                    f"{' x '.join(f'{v:g}' for v in data.plan.target_spacing)} mm, and a patch that holds them would "
+                    f"give too few iterations ({timing}); {factor:.2f}x coarser they fit a patch that gives them (a "
+                    "coarser grid before a field of view smaller than the structures)"), spacing, None
+    new = list(D.broadcast_object(ctx, shrink_for_speed(old, cal.sec_per_iter * ratio / want, floor, divs)))
     trainer.use_patch(new)
+    warning = None
+    if float(np.prod(new)) > affordable and any(f > min(int(v), SPEED_FLOOR) for v, f in zip(old, fov)):
+        warning = (f"the patch stays at least {fmt(floor)} voxels, which the labeled structures need ({fmt(fov)}), so "
+                   f"fewer than {ENOUGH_ITERATIONS} iterations fit --time-budget {o.time_budget}: give a longer "
+                   "budget or a coarser --target-spacing for a better model")
     if new == old:
-        return draft.patch_note
-    fmt = lambda p: "x".join(map(str, p))  # noqa: E731
-    return (f"{draft.patch_note}; then cut to {fmt(new)} for speed under --time-budget {o.time_budget}: a "
-            f"{fmt(probe)} step took {cal.sec_per_iter:.2f} s on this CPU, so {fmt(old)} would take about "
-            f"{cal.sec_per_iter * ratio:.1f} s per iteration; aiming at {ENOUGH_ITERATIONS} iterations")
+        return draft.patch_note, None, warning
+    return (f"{draft.patch_note}; then cut to {fmt(new)} for speed under --time-budget {o.time_budget}: {timing}",
+            None, warning)
+
+
+def _structure_floor(data: RunData, patch: Sequence[int], divs: Sequence[int]) -> List[int]:
+    """Per axis, the labeled structures' extent rounded up to the network's divisors, at most the planned patch."""
+    extent = structure_extent([c.label for c in data.labeled if c.label is not None])
+    return [min(int(p), -(-int(e) // int(k)) * int(k)) for p, e, k in zip(patch, extent, divs)]
+
+
+MAX_COARSENING = 4.0  # isotropic data: a grid at most this many times coarser per axis than the data's own
+
+
+def _coarser_spacing(data: RunData, floor: Sequence[int], affordable: float):
+    """(x y z mm, factor): the grid on which a patch holding the structures has about `affordable` voxels, coarsening
+    the finer axes only: thick slices keep their slice spacing and stay thick (in-plane at most 1/ANISOTROPY of it);
+    other data at most MAX_COARSENING times coarser. None when less than 1.25x would do."""
+    xyz = [float(v) for v in data.plan.target_spacing]
+    zyx = list(reversed(xyz))
+    thick = max(zyx) >= ANISOTROPY * min(zyx)
+    axes = [a for a in range(3) if not thick or zyx[a] < max(zyx) / 2]
+    factor = (float(np.prod(floor)) / max(affordable, 1.0)) ** (1.0 / len(axes))
+    # thick slices stay thick (the network keeps not downsampling the slice axis); others at most MAX_COARSENING
+    factor = min(factor, max(zyx) / ANISOTROPY / max(zyx[a] for a in axes) if thick else MAX_COARSENING)
+    if factor < 1.25:
+        return None
+    factor = math.ceil(factor * 20) / 20  # to 0.05
+    new_zyx = [v * factor if a in axes else v for a, v in enumerate(zyx)]
+    return tuple(round(v, 4) for v in reversed(new_zyx)), factor

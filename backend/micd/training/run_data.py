@@ -30,7 +30,8 @@ class RunData:
 
 
 def prepare_run_data(o: TrainOptions, run_dir: str, ctx: D.DistContext, resumed_preprocessing: Optional[dict],
-                     warn: Callable[[str, str], None]) -> RunData:
+                     warn: Callable[[str, str], None], planned_spacing: Optional[tuple] = None,
+                     planned_note: str = "") -> RunData:
     """Read and check `--dataset`, hold out validation cases, and preprocess every case into the cache.
     `resumed_preprocessing`: the checkpoint's preprocessing plan on --resume (kept, not re-planned)."""
     from micd.data.cache import make_plan, prepare_cases
@@ -59,14 +60,16 @@ def prepare_run_data(o: TrainOptions, run_dir: str, ctx: D.DistContext, resumed_
         plan = PreprocessPlan.from_dict(resumed_preprocessing)
     else:
         overrides = {}
-        if o.target_spacing:
+        if planned_spacing is not None:  # the planner's coarser grid for a time budget (planner.py, 5b)
+            overrides["target_spacing"] = tuple(planned_spacing)
+        elif o.target_spacing:
             overrides["target_spacing"] = tuple(o.target_spacing)
         if o.modality != "auto":
             overrides["modality"] = o.modality
         if o.ct_window:
             overrides["ct_window"] = tuple(o.ct_window)
         plan, plan_notes = make_plan(spec, overrides)
-        notes += list(plan_notes)
+        notes += [planned_note] if planned_spacing is not None else list(plan_notes)
     cache = o.cache_dir or os.path.join(run_dir, "cache")
     labels = dict(spec.labels)
 

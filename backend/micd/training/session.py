@@ -171,6 +171,12 @@ class TrainingSession:
         stored = read_plan(run.run_dir) if resume_state is not None else None
         plan = plan_training(o, data, run.device, run.dist, resume_state, stored, parent, self.process_t0,
                              make_trainer)
+        if plan.resample_to is not None:  # under a budget, a coarser grid rather than too small a field of view
+            data = prepare_run_data(o, run.run_dir, run.dist, None, run.warn, planned_spacing=plan.resample_to,
+                                    planned_note=plan.patch_note)
+            run.check_cancel()
+            plan = plan_training(o, data, run.device, run.dist, None, None, parent, self.process_t0, make_trainer,
+                                 may_resample=False)
         self._release_planning_memory()
         if run.dist.is_main:
             write_plan(run.run_dir, plan)
