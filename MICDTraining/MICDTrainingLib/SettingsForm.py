@@ -12,6 +12,7 @@ import qt
 
 from MICDCommon import qtsupport
 
+from .BenchmarkAdvice import advice_text, load_rows
 from .Parameters import ADVANCED_OPTIONS, METHOD_TITLES, METHODS, TrainingSettings
 
 try:
@@ -49,6 +50,12 @@ class SettingsForm:
         self.deviceCombo = qt.QComboBox()
         self.deviceCombo.addItems(list(DEVICE_CHOICES))
         form.addRow(_("Device:"), self.deviceCombo)
+        # what unlabeled data brought at equal time on our benchmarks (issue 32): no promise the data do not show
+        self.adviceLabel = qt.QLabel(advice_text(load_rows()))
+        self.adviceLabel.wordWrap = True
+        form.addRow(self.adviceLabel)
+        if not self.adviceLabel.text:
+            self.adviceLabel.hide()
 
         self.advancedBox, advanced = qtsupport.section(_("Advanced"), layout, collapsed=True)
         self.methodCombo = qt.QComboBox()

@@ -5,6 +5,7 @@ import dataclasses
 import os
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -126,3 +127,30 @@ def test_the_plan_is_written_once_and_read_back(data, tmp_path):
     write_plan(str(tmp_path), plan)
     stored = read_plan(str(tmp_path))
     assert stored["format"] == "micd-plan" and TrainingPlan.from_dict(stored) == plan
+
+
+def test_structure_extent_is_the_largest_foreground_box_per_axis():
+    from micd.data.planning import structure_extent
+
+    a = np.zeros((10, 20, 30), np.uint8)
+    a[2:5, 3:13, 0:7] = 1
+    b = np.zeros((10, 20, 30), np.uint8)
+    b[0:8, 5:6, 10:12] = 2
+    assert structure_extent([a, b]) == (8, 10, 7) and structure_extent([np.zeros((4, 4, 4))]) == (0, 0, 0)
+
+
+def test_coarser_grid_keeps_thick_slices_thick_and_structures_resolvable():
+    from types import SimpleNamespace
+
+    from micd.training.planner import _coarser_spacing
+
+    thick = SimpleNamespace(plan=SimpleNamespace(target_spacing=(0.2, 0.2, 3.6)))  # x y z mm
+    # structures 10 x 205 x 105 voxels (z y x); a patch holding them is ~200x what the budget affords
+    spacing, factor = _coarser_spacing(thick, (16, 208, 112), (10, 205, 105), 16 * 208 * 112 / 200)
+    # in plane only, capped by the structures (105 / 24 = 4.37) before the thickness (3.6 / 3 / 0.2 = 6)
+    assert factor == 4.35 and spacing == (0.87, 0.87, 3.6)
+    iso = SimpleNamespace(plan=SimpleNamespace(target_spacing=(1.0, 1.0, 1.0)))
+    # hippocampus-sized structures (20-37 voxels) are not coarsened: they would drop below 24 voxels across
+    assert _coarser_spacing(iso, (32, 48, 32), (25, 37, 20), 1000.0) is None
+    spacing, factor = _coarser_spacing(iso, (128, 128, 128), (120, 110, 100), 128 ** 3 / 8)  # 2x per axis affords it
+    assert factor == 2.0 and spacing == (2.0, 2.0, 2.0)

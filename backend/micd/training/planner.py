@@ -331,7 +331,8 @@ def _choose_patch_for_speed(trainer: Calibratable, o: TrainOptions, ctx: D.DistC
     coarser spacing x y z in mm, None or a warning)."""
     old = draft.patch
     divs = NetworkConfig.from_dict(draft.network).divisors
-    fov = _structure_floor(data, old, divs)
+    extent = structure_extent([c.label for c in data.labeled if c.label is not None])
+    fov = [min(int(p), -(-int(e) // int(k)) * int(k)) for p, e, k in zip(old, extent, divs)]  # rounded up, capped
     floor = [max(min(int(v), SPEED_FLOOR), f) for v, f in zip(old, fov)]
     probe = list(shrink_for_speed(old, float("inf"), [min(int(v), PROBE_SIZE) for v in old], divs))
     if probe == old:
@@ -349,19 +350,20 @@ def _choose_patch_for_speed(trainer: Calibratable, o: TrainOptions, ctx: D.DistC
     timing = (f"a {fmt(probe)} step took {cal.sec_per_iter:.2f} s on this CPU, so {fmt(old)} would take about "
               f"{cal.sec_per_iter * ratio:.1f} s per iteration; aiming at {ENOUGH_ITERATIONS} iterations")
     if float(np.prod(floor)) > affordable:
-        coarser = _coarser_spacing(data, floor, affordable) if may_resample else None
+        coarser = _coarser_spacing(data, floor, extent, affordable) if may_resample else None
         if coarser is not None:
             spacing, factor = coarser
             return (f"resampled to {' x '.join(f'{v:g}' for v in spacing)} mm (x, y, z) for --time-budget "
-                    f"{o.time_budget}: the labeled structures span {fmt(fov)} voxels at "
+                    f"{o.time_budget}: the labeled structures span {fmt(extent)} voxels at "
                     f"{' x '.join(f'{v:g}' for v in data.plan.target_spacing)} mm, and a patch that holds them would "
-                    f"give too few iterations ({timing}); {factor:.2f}x coarser they fit a patch that gives them (a "
-                    "coarser grid before a field of view smaller than the structures)"), spacing, None
+                    f"give too few iterations ({timing}); so the grid is {factor:.2f}x coarser (at most as far as "
+                    f"keeps the structures {MIN_STRUCTURE_VOXELS} voxels across and thick slices thick): a coarser "
+                    "grid before a field of view smaller than the structures"), spacing, None
     new = list(D.broadcast_object(ctx, shrink_for_speed(old, cal.sec_per_iter * ratio / want, floor, divs)))
     trainer.use_patch(new)
     warning = None
     if float(np.prod(new)) > affordable and any(f > min(int(v), SPEED_FLOOR) for v, f in zip(old, fov)):
-        warning = (f"the patch stays at least {fmt(floor)} voxels, which the labeled structures need ({fmt(fov)}), so "
+        warning = (f"the patch stays at least {fmt(floor)} voxels, as the labeled structures span {fmt(extent)}, so "
                    f"fewer than {ENOUGH_ITERATIONS} iterations fit --time-budget {o.time_budget}: give a longer "
                    "budget or a coarser --target-spacing for a better model")
     if new == old:
@@ -370,28 +372,25 @@ def _choose_patch_for_speed(trainer: Calibratable, o: TrainOptions, ctx: D.DistC
             None, warning)
 
 
-def _structure_floor(data: RunData, patch: Sequence[int], divs: Sequence[int]) -> List[int]:
-    """Per axis, the labeled structures' extent rounded up to the network's divisors, at most the planned patch."""
-    extent = structure_extent([c.label for c in data.labeled if c.label is not None])
-    return [min(int(p), -(-int(e) // int(k)) * int(k)) for p, e, k in zip(patch, extent, divs)]
-
-
 MAX_COARSENING = 4.0  # isotropic data: a grid at most this many times coarser per axis than the data's own
+MIN_STRUCTURE_VOXELS = 24  # a coarser grid keeps the labeled structures at least this many voxels across
 
 
-def _coarser_spacing(data: RunData, floor: Sequence[int], affordable: float):
+def _coarser_spacing(data: RunData, floor: Sequence[int], extent: Sequence[int], affordable: float):
     """(x y z mm, factor): the grid on which a patch holding the structures has about `affordable` voxels, coarsening
     the finer axes only: thick slices keep their slice spacing and stay thick (in-plane at most 1/ANISOTROPY of it);
-    other data at most MAX_COARSENING times coarser. None when less than 1.25x would do."""
+    other data at most MAX_COARSENING times coarser; on no coarsened axis may the structures (`extent`, voxels)
+    shrink below MIN_STRUCTURE_VOXELS. None when less than 1.25x would do."""
     xyz = [float(v) for v in data.plan.target_spacing]
     zyx = list(reversed(xyz))
     thick = max(zyx) >= ANISOTROPY * min(zyx)
     axes = [a for a in range(3) if not thick or zyx[a] < max(zyx) / 2]
     factor = (float(np.prod(floor)) / max(affordable, 1.0)) ** (1.0 / len(axes))
     # thick slices stay thick (the network keeps not downsampling the slice axis); others at most MAX_COARSENING
-    factor = min(factor, max(zyx) / ANISOTROPY / max(zyx[a] for a in axes) if thick else MAX_COARSENING)
+    factor = min(factor, max(zyx) / ANISOTROPY / max(zyx[a] for a in axes) if thick else MAX_COARSENING,
+                 min(extent[a] for a in axes) / MIN_STRUCTURE_VOXELS)
     if factor < 1.25:
         return None
-    factor = math.ceil(factor * 20) / 20  # to 0.05
+    factor = math.floor(factor * 20) / 20  # to 0.05, down: never past a cap
     new_zyx = [v * factor if a in axes else v for a, v in enumerate(zyx)]
     return tuple(round(v, 4) for v in reversed(new_zyx)), factor

@@ -1,0 +1,52 @@
+"""The training panel's word on unlabeled data comes from the committed equal-time results, through a generated file
+(benchmarks/panel_advice.py): nothing typed by hand, and no gain promised that the rows do not show."""
+
+import importlib.util
+import json
+import pathlib
+
+from MICDTrainingLib.BenchmarkAdvice import ADVICE_FILE, advice_text, load_rows
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("panel_advice", ROOT / "benchmarks" / "panel_advice.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_shipped_advice_is_what_the_committed_results_give():
+    with open(ADVICE_FILE, encoding="utf-8") as f:
+        shipped = json.load(f)
+    assert shipped == json.loads(json.dumps(_generator().advice())), "run benchmarks/panel_advice.py"
+    assert shipped["rows"], "no equal-time rows: the panel would say nothing"
+    for row in shipped["rows"]:
+        assert row["time_budget"] and len(row["seeds"]) >= 2 and row["paired_diff"]["n"] > 0
+
+
+def _row(mean, lo, hi, dataset="hippocampus"):
+    return {"dataset": dataset, "labeled": 2, "time_budget": "7m", "paired_diff": {"mean": mean, "ci95": [lo, hi]}}
+
+
+def test_the_verdict_follows_the_intervals():
+    assert "supervised training gave the better model" in advice_text([_row(-0.07, -0.08, -0.06)])
+    assert "added Dice on every benchmark" in advice_text([_row(0.03, 0.01, 0.05), _row(0.02, 0.01, 0.03, "la")])
+    assert "not clear" in advice_text([_row(0.03, 0.01, 0.05), _row(-0.01, -0.03, 0.01, "la")])
+    assert advice_text([]) == ""
+
+
+def test_the_panel_shows_it(scene):
+    from unittest import mock
+
+    from MICDTrainingLib.Widget import TrainingWidget
+
+    logic = mock.MagicMock(name="TrainingLogic")
+    logic.runs_to_attach.return_value = []
+    logic.resumable_runs.return_value = []
+    form = TrainingWidget(logic, dependency_check=lambda then=None: True).training.form
+    text = form.adviceLabel.text
+    assert text == advice_text(load_rows()) and not form.adviceLabel.isHidden()
+    first = load_rows()[0]
+    assert f"{first['paired_diff']['mean']:+.3f}" in text and first["time_budget"] in text
