@@ -152,3 +152,34 @@ def test_a_clinical_size_case_exports_quickly(scene, tmp_path):
     assert (tmp_path / "dataset" / written["image"]).stat().st_size > ct.nbytes
     assert seconds < 3.0, f"export of a 512x512x200 case took {seconds:.2f} s"
     print(f"export of a 512x512x200 case: {seconds:.2f} s")
+
+
+def test_labels_read_from_the_segments_equal_the_logics_export(scene, tmp_path, hippocampus_cases, monkeypatch):
+    """Segments on the volume's own grid are read directly (no resampling pass); the label map is the one the
+    Segmentations logic's export gives, value for value, for every case of this set."""
+    from MICDTrainingLib import DatasetExport
+
+    cases = [load_case(scene, image, label) for image, label in hippocampus_cases[:3]]
+    report = check_cases(cases)
+    read = export_dataset(cases, [], str(tmp_path / "read"), report=report)
+    called = []
+    original = DatasetExport._labels_on_volume_grid
+    monkeypatch.setattr(DatasetExport, "_labels_on_volume_grid", lambda *a: called.append(original(*a)) or None)
+    exported = export_dataset(cases, [], str(tmp_path / "export"), report=report)
+    assert len(called) == 3 and all(c is not None for c in called)  # the direct path applied to each case
+    for a, b in zip(read.cases, exported.cases):
+        la = slicer.util.arrayFromVolume(load_volume(tmp_path / "read" / a["label"], "a", labelmap=True))
+        lb = slicer.util.arrayFromVolume(load_volume(tmp_path / "export" / b["label"], "b", labelmap=True))
+        assert la.shape == lb.shape and np.array_equal(la, lb) and set(np.unique(la)) == {0, 1, 2}
+
+
+def test_segments_off_the_volume_grid_go_through_the_logics_export(scene, hippocampus_cases):
+    from MICDTrainingLib import DatasetExport
+
+    case = load_case(scene, *hippocampus_cases[0])
+    segments = case.segments()
+    lookup = np.arange(len(segments) + 1, dtype=np.uint8)
+    assert DatasetExport._labels_on_volume_grid(case, segments, lookup) is not None
+    origin = list(case.volume.GetOrigin())
+    case.volume.SetOrigin(origin[0] + 0.5, origin[1], origin[2])  # half a voxel off: the grids differ
+    assert DatasetExport._labels_on_volume_grid(case, segments, lookup) is None
