@@ -176,7 +176,7 @@ def test_labels_read_from_the_segments_equal_the_logics_export(scene, tmp_path, 
 def test_segments_off_the_volume_grid_go_through_the_logics_export(scene, hippocampus_cases):
     from MICDTrainingLib import DatasetExport
 
-    case = load_case(scene, *hippocampus_cases[0])
+    case = DatasetExport.as_cases([load_case(scene, *hippocampus_cases[0])])[0]
     segments = case.segments()
     lookup = np.arange(len(segments) + 1, dtype=np.uint8)
     assert DatasetExport._labels_on_volume_grid(case, segments, lookup) is not None
