@@ -55,7 +55,7 @@ class PatchSampler:
     """
 
     def __init__(self, cases: List[PreparedCase], patch_size: Tuple[int, int, int], rng: np.random.Generator,
-                 foreground_fraction: float = 0.33, flip_axes: Sequence[int] = TRAIN_FLIP_AXES):
+                 foreground_fraction: float = 0.33, flip_axes: Sequence[int] = TRAIN_FLIP_AXES, augment=None):
         if not cases:
             raise ValueError("PatchSampler needs at least one case")
         labeled = {c.label is not None for c in cases}
@@ -72,6 +72,7 @@ class PatchSampler:
         self.rng = rng
         self.foreground_fraction = float(foreground_fraction)
         self.flip_axes = tuple(flip_axes)
+        self.augment = augment  # after the flips: (image, label or None) -> the same, e.g. augment.make_augmentation
         self.labeled = labeled.pop()
 
     def _center(self, case: PreparedCase) -> Optional[np.ndarray]:
@@ -93,6 +94,8 @@ class PatchSampler:
             if self.rng.random() < 0.5:
                 x = np.flip(x, axis)
                 y = np.flip(y, axis) if y is not None else None
+        if self.augment is not None:
+            x, y = self.augment(np.ascontiguousarray(x), None if y is None else np.ascontiguousarray(y))
         return x, y
 
     def sample(self, n: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:

@@ -78,6 +78,9 @@ class TrainOptions:
     ct_window: Optional[List[float]] = opt(None, "HU window LO HI for CT (default -175 250)", nargs=2, type=float,
                                            metavar=("LO", "HI"))
     foreground_fraction: float = opt(0.33, "share of labeled patches centred on a foreground voxel")
+    augment: str = opt("flips", "patch augmentation for every method: flips (random flips, the spec's); nnunet: also "
+                       "nnU-Net v2's default rotation, scaling, noise, blur, brightness, contrast, low resolution and "
+                       "gamma (MONAI transforms; micd.data.augment)", choices=["flips", "nnunet"])
     bn_recalibrate: int = opt(0, "before each validation and the export, re-estimate the BatchNorm running statistics "
                               "of the networks from this many batches of uniform patches of the unlabeled images "
                               "(precise BN; 0: off, keep the running averages of training; helped DHC's last weights and hurt "

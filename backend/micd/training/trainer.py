@@ -107,11 +107,14 @@ class Trainer:
 
     def _samplers(self):
         """Labeled and unlabeled patch samplers of the current patch size, on the trainer's generators."""
+        from micd.data.augment import make_augmentation
         from micd.data.sampling import PatchSampler
 
         return (PatchSampler(self.data.labeled, tuple(self.patch), self.sample_rng,
-                             foreground_fraction=self.o.foreground_fraction),
-                PatchSampler(self.data.unlabeled, tuple(self.patch), self.unlabeled_rng, foreground_fraction=0.0))
+                             foreground_fraction=self.o.foreground_fraction,
+                             augment=make_augmentation(self.o.augment, self.sample_rng)),
+                PatchSampler(self.data.unlabeled, tuple(self.patch), self.unlabeled_rng, foreground_fraction=0.0,
+                             augment=make_augmentation(self.o.augment, self.unlabeled_rng)))
 
     # ------------------------------------------------------------------ what the planner may ask (Calibratable)
     def use_patch(self, patch: Sequence[int]) -> None:
