@@ -225,7 +225,7 @@ def test_thick_slice_set_gets_an_anisotropic_patch_within_the_budget(tmp_path, s
     ds = os.path.join(tmp_path, "thick.json")
     json.dump({"labels": LABELS, "labeled": cases[:2], "unlabeled": [cases[2]["image"]], "validation": cases[3:]},
               open(ds, "w"))
-    budget = 32
+    budget = 40  # start-up, the preparation at the fine grid and again at the coarser one, calibration: ~20 s
     t0 = time.time()
     p = run_micd("train", "--dataset", ds, "--out", os.path.join(tmp_path, "run"), "--time-budget", f"{budget}s",
                  *AUTO_PATCH)
