@@ -29,8 +29,8 @@ def advice_text(rows):
                      f"{d['mean']:+.3f} Dice [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]")
     lows, highs = [r["paired_diff"]["ci95"][0] for r in rows], [r["paired_diff"]["ci95"][1] for r in rows]
     if all(h < 0 for h in highs):
-        verdict = ("At these budgets supervised training gave the better model: choose Method 'supervised' under "
-                   "Advanced for short runs on a CPU, or give MICD more time.")
+        verdict = ("At these budgets supervised training gave the better model: for short runs on a CPU choose "
+                   "Method 'Supervised only' under Advanced, or give MICD more time.")
     elif all(lo > 0 for lo in lows):
         verdict = "At these budgets the unlabeled data added Dice on every benchmark."
     else:
