@@ -6,6 +6,7 @@ import json
 import os
 
 LOSS_HISTORY_LIMIT = 1000  # TrainingProgress keeps the last losses only (the charts keep a decimated whole run)
+READ_CHUNK_BYTES = 256 * 1024  # what one time-sliced poll reads of a stream at most (~800 events: a few ms)
 
 
 class LineTail:
@@ -21,12 +22,16 @@ class LineTail:
         self.until = until
         self._partial = b""
 
-    def read_new_lines(self):
+    def read_new_lines(self, max_bytes=None):
+        """The complete new lines; with `max_bytes`, of at most that many new bytes (the rest waits: `unread`)."""
         if not self.path or not os.path.isfile(self.path):
             return []
+        size = -1 if self.until is None else max(0, self.until - self.offset)
+        if max_bytes is not None:
+            size = max_bytes if size < 0 else min(size, max_bytes)
         with open(self.path, "rb") as f:
             f.seek(self.offset)
-            chunk = f.read() if self.until is None else f.read(max(0, self.until - self.offset))
+            chunk = f.read(size)
         self.offset += len(chunk)
         data = self._partial + chunk
         end = data.rfind(b"\n")
@@ -36,6 +41,15 @@ class LineTail:
         text = data[:end].decode("utf-8", errors="replace")  # one decode and one split for the whole chunk
         lines = text.split("\n")
         return [line.rstrip("\r") for line in lines] if "\r" in text else lines
+
+    @property
+    def unread(self):
+        """Bytes written (up to `until`) and not read yet."""
+        try:
+            size = os.path.getsize(self.path) if self.path else 0
+        except OSError:
+            return 0
+        return max(0, (size if self.until is None else min(size, self.until)) - self.offset)
 
 
 def parse_event(line):
@@ -63,8 +77,12 @@ class EventTail:
     def offset(self):
         return self._lines.offset
 
-    def read_new_lines(self):
-        return self._lines.read_new_lines()
+    def read_new_lines(self, max_bytes=None):
+        return self._lines.read_new_lines(max_bytes)
+
+    @property
+    def unread(self):
+        return self._lines.unread
 
     def read_new(self):
         return [e for e in map(parse_event, self._lines.read_new_lines()) if e is not None]

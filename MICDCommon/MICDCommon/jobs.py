@@ -13,7 +13,7 @@ import time
 
 from . import processes, runlock
 from .contract import EXIT_CANCELLED, EXIT_OK, JOB_FILE, JOB_LOG_FILE, STOP_FILE, STOP_FILE_VARIABLE
-from .events import EventTail, LineTail, describe_event, parse_event
+from .events import READ_CHUNK_BYTES, EventTail, LineTail, describe_event, parse_event
 
 RUNNING, CANCELLING = "running", "cancelling"
 SUCCEEDED, FAILED, CANCELLED, LOST = "succeeded", "failed", "cancelled", "lost"
@@ -182,9 +182,10 @@ class BackgroundJob:
 
     @property
     def backlog(self):
-        """How many lines of the events file were read but not yet delivered: a poll with a time slice stops when
-        the slice is used up (e.g. re-attaching to a run of 20,000 logged iterations) and the next poll goes on."""
-        return len(self._pending)
+        """How many lines of the events file were read but not yet delivered (and 1 while some bytes are not read
+        yet): a poll with a time slice reads at most READ_CHUNK_BYTES and stops when the slice is used up (e.g.
+        re-attaching to a run of 20,000 logged iterations), and the next poll goes on."""
+        return len(self._pending) + (1 if self._events is not None and self._events.unread else 0)
 
     def poll(self, time_slice=None):
         """Read new events and log lines, notice the end of the process, call the callbacks. Returns new events.
@@ -202,7 +203,7 @@ class BackgroundJob:
             self._kill_deadline = None
         if not running and not self.finished:
             new += self._read_events(deadline)
-            if not self._pending and (deadline is None or time.monotonic() < deadline):
+            if not self.backlog and (deadline is None or time.monotonic() < deadline):
                 self._settle()  # (a slice used up leaves the conclusion and on_finished to the next poll)
         return new
 
@@ -217,7 +218,7 @@ class BackgroundJob:
                 self._deliver(event)
                 new.append(event)
         if self._events is not None:
-            self._pending.extend(self._events.read_new_lines())
+            self._pending.extend(self._events.read_new_lines(None if deadline is None else READ_CHUNK_BYTES))
         pending = self._pending
         while pending and (deadline is None or time.monotonic() < deadline):
             event = parse_event(pending.popleft())

@@ -11,7 +11,7 @@ import time
 from MICDCommon import (CANCELLED, CANCELLING, FAILED, LOST, RUNNING, SUCCEEDED, BackendLauncher, BackgroundJob,
                         EventTail, ModelRegistry, TrainingProgress, find_jobs, micd_home)
 from MICDCommon.contract import CHECKPOINTS_DIR, EVENTS_FILE, LAST_CHECKPOINT, MODEL_DIR
-from MICDCommon.events import parse_event
+from MICDCommon.events import READ_CHUNK_BYTES, parse_event
 from MICDCommon.jobs import JobRecord, JobWrapper, failure_message
 from MICDCommon.registry import safe_name
 
@@ -36,6 +36,7 @@ class TrainingJob(JobWrapper):
         self.model = None
         self.curves = curves
         self._history = collections.deque()  # lines of the run's events from before a resume, not yet followed
+        self._history_tail = None  # where those lines are read from (replay_history), a chunk per poll
 
     @property
     def model_name(self):
@@ -49,15 +50,17 @@ class TrainingJob(JobWrapper):
 
     def replay_history(self):
         """Follow the events of the iterations before a resume (the resumed job reads only new ones): the progress
-        and the curves then start where the run started. Call it before the first poll: the lines are read now (up
-        to where the job's own reading starts), and followed by the next polls, a time slice at a time like the
-        job's events (`backlog` counts them), before the job's new events."""
-        path = os.path.join(self.run_dir, EVENTS_FILE)
-        self._history.extend(EventTail(path, until=self.job.events_offset).read_new_lines())
+        and the curves then start where the run started. Call it before the first poll: the next polls read the
+        lines (up to where the job's own reading starts) and follow them, a time slice at a time like the job's
+        events (`backlog` counts them), before the job's new events."""
+        self._history_tail = EventTail(os.path.join(self.run_dir, EVENTS_FILE), until=self.job.events_offset)
+
+    def _history_unread(self):
+        return self._history_tail is not None and self._history_tail.unread > 0
 
     @property
     def backlog(self):
-        return len(self._history) + self.job.backlog
+        return len(self._history) + (1 if self._history_unread() else 0) + self.job.backlog
 
     def poll(self, time_slice=None):
         """Follow the history (replay_history), then the job's new events; with `time_slice` (seconds) stop when it
@@ -65,13 +68,18 @@ class TrainingJob(JobWrapper):
         followed, once per poll rather than once per event."""
         deadline = None if time_slice is None else time.monotonic() + time_slice
         history = self._history
-        replayed = bool(history)
-        while history and (deadline is None or time.monotonic() < deadline):
+        replayed = bool(history) or self._history_unread()
+        while deadline is None or time.monotonic() < deadline:
+            if not history and self._history_unread():
+                history.extend(self._history_tail.read_new_lines(None if deadline is None else READ_CHUNK_BYTES))
+            if not history:
+                break
             event = parse_event(history.popleft())
             if event is not None and event.get("event") in self.HISTORY_EVENTS:
                 self.progress.update(event)
                 self.observe(event)
-        if history or (replayed and deadline is not None and time.monotonic() >= deadline):
+        if history or self._history_unread() or (replayed and deadline is not None and
+                                                 time.monotonic() >= deadline):
             new = []  # the job's own events at the next poll
         else:
             new = self.job.poll(None if deadline is None else max(0.0, deadline - time.monotonic()))
