@@ -69,7 +69,9 @@ def model_folder(models_root, name):
     panels, so they are placeholders of the right layout, model_folders.py)."""
     from model_folders import write_model_folder
 
-    with open(RECORDED / "model.json", encoding="utf-8") as f:
+    from MICDCommon.contract import MODEL_JSON
+
+    with open(RECORDED / MODEL_JSON, encoding="utf-8") as f:
         meta = json.load(f)
     folder = os.path.join(models_root, name)
     os.makedirs(folder)

@@ -224,7 +224,7 @@ def test_the_panel_imports_in_the_background_and_the_backend_checks_the_model(tm
     assert "Imported model 'Liver'" in panel.logText.toPlainText()
     broken = tmp_path / "broken.zip"
     with zipfile.ZipFile(broken, "w") as z:
-        z.writestr("model.json", "{}")
+        z.writestr(MODEL_JSON, "{}")
     DIALOGS.answer(str(broken))
     panel.importZipButton.click()
     panel.importJob.wait(60)
