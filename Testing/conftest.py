@@ -32,6 +32,12 @@ HIPPOCAMPUS = DATA / "hippocampus"
 CT_EXAMPLE = DATA / "ct_abdomen_example"
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "timing: bounds a callback's wall time; scripts/test.sh runs these alone, after "
+                                       "the rest, as the timing rules ask (a second test process on two cores "
+                                       "inflates wall times several fold)")
+
+
 @pytest.fixture
 def scene():
     scene, keep_alive = new_scene()

@@ -64,6 +64,7 @@ def test_declined_installs_nothing_and_ready_asks_nothing(tmp_path):
     assert setup.wait(timeout=60) == READY and not questions
 
 
+@pytest.mark.timing
 @pytest.mark.skipif(os.name == "nt", reason="the fake interpreter is a shell script")
 def test_cancel_during_the_download_leaves_the_environment_untouched(tmp_path):
     fake = FakePython(tmp_path, PRESENT, download_s=120)  # a 2-minute download

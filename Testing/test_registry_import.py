@@ -188,6 +188,7 @@ def test_a_refused_check_leaves_nothing_and_names_the_source(model, registry, tm
     assert registry_entries(registry) == []
 
 
+@pytest.mark.timing
 def test_the_panel_imports_in_the_background_and_the_backend_checks_the_model(tmp_path, scene):
     """Import model zip... in the Segment panel: the click returns at once; the copy and the backend's own load of the
     model (`micd info --check`, seconds: it imports torch) run in a worker thread while Slicer's event loop goes on;

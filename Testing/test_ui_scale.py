@@ -18,6 +18,7 @@ from MICDTrainingLib.Parameters import TrainingSettings
 CALLBACK_LIMIT_MS = 100
 
 
+@pytest.mark.timing
 def test_reentry_live_and_resume_at_20000_iterations(scene, micd_home):
     """One `iteration` event per step (a run started without --log-every): 21,652 lines, 6.7 MB."""
     result = ui_latency.measure(micd_home, iterations=20000, log_every=1, cycles=10)

@@ -76,6 +76,11 @@ class CallbackTimer:
         """The slowest callback's own time: wall time less the collection pauses inside it."""
         return max((ms - g for (_n, ms), g in zip(self.calls, self.gc_ms)), default=0.0)
 
+    def slowest(self, k=5):
+        """The k slowest callbacks: (name, wall ms, of which garbage collection ms), slowest first."""
+        rows = [(n, round(ms, 1), round(g, 1)) for (n, ms), g in zip(self.calls, self.gc_ms)]
+        return sorted(rows, key=lambda r: r[1] - r[2], reverse=True)[:k]
+
     def mark(self):
         return len(self.calls)
 
@@ -286,7 +291,8 @@ def measure(home, iterations=20000, log_every=1, cycles=10):
                         "live_status_ok": live_status_ok, "resumed_progress_iteration": resumed_progress,
                         "callbacks": len(every),
                         "max_callback_without_gc_ms": round(timer.max_without_gc(), 1),
-                        "max_gc_pause_in_a_callback_ms": round(max(timer.gc_ms, default=0.0), 1)}}
+                        "max_gc_pause_in_a_callback_ms": round(max(timer.gc_ms, default=0.0), 1),
+                        "slowest_callbacks": timer.slowest()}}
 
 
 def main():
