@@ -3,6 +3,7 @@
 import os
 import types
 
+import numpy as np
 import slicer
 
 
@@ -84,3 +85,23 @@ def make_study(scene, patient="Patient 1", study="Study 1"):
     sh = scene.GetSubjectHierarchyNode()
     patient_item = sh.CreateSubjectItem(sh.GetSceneItemID(), patient)
     return sh.CreateStudyItem(patient_item, study)
+
+
+def clinical_size_case(scene, folder):
+    """A 512 x 512 x 200 CT with a two-structure segmentation, written to `folder` and loaded as a user loads files:
+    ((volume, segmentation), voxels, labels)."""
+    rng = np.random.default_rng(0)
+    ct = rng.integers(-1000, 1500, (200, 512, 512), dtype=np.int16)
+    labels = np.zeros(ct.shape, np.uint8)
+    labels[60:140, 150:350, 100:300] = 1
+    labels[80:120, 200:260, 320:400] = 2
+    image, label = folder / "ct.nrrd", folder / "ct_labels.nrrd"
+    for array, path, labelmap in ((ct, image, False), (labels, label, True)):
+        node = slicer.util.addVolumeFromArray(array, name=path.stem,
+                                              nodeClassName="vtkMRMLLabelMapVolumeNode" if labelmap else None)
+        storage = node.CreateDefaultStorageNode()
+        storage.SetFileName(str(path))
+        storage.SetUseCompression(0)
+        assert storage.WriteData(node)
+        scene.RemoveNode(node)
+    return load_case(scene, image, label), ct, labels

@@ -181,6 +181,7 @@ def test_continue_from_model_trains_from_its_weights(loop, hippocampus_cases):
     form.methodCombo.setCurrentIndex(form.methodCombo.findData("supervised"))
     assert form.filtersSpin.value == 16  # the parent's width (4) is used whatever the panel says
     next_cases.continueButton.click()
+    assert training.starting.wait(60)  # the cases' files, written in a worker thread
     job = training.job
     command = job.job.record.command
     assert command[command.index("--init-from") + 1] == model.path
@@ -215,6 +216,7 @@ def test_continue_numbers_the_segments_as_the_model_does(loop, hippocampus_cases
     form.methodCombo.setCurrentIndex(form.methodCombo.findData("supervised"))
     next_cases.continueButton.click()
     assert not DIALOGS.shown
+    assert training.starting.wait(60)  # the cases' files, written in a worker thread
     job = training.job
     command = job.job.record.command
     assert command[command.index("--init-from") + 1] == flipped.path

@@ -15,6 +15,7 @@ import slicer
 import slicer_harness
 from conftest import MAIN_WINDOW
 from dialogs import DIALOGS
+from fake_logic import starts_at_once
 from MICDCommon import dependencies, qtsupport
 from MICDCommon.registry import ModelInfo
 from MICDTrainingLib.DatasetExport import DatasetReport
@@ -117,9 +118,9 @@ def test_training_buttons_call_the_logic(training_panel, hippocampus_cases, tmp_
     form.patchEdit.text = "16 32 16"
     form.methodCombo.currentIndex = form.methodCombo.findData("cps")
     job = mock.MagicMock(finished=False, backlog=0)
-    logic.train.return_value = job
+    start_training = starts_at_once(logic, job)
     training.trainButton.click()
-    args, kwargs = logic.train.call_args
+    args, kwargs = start_training.call_args
     assert args[0][0].volume is volume and args[1] == [str(tmp_path / "b")]
     settings = args[2]
     assert (settings.model_name, settings.iterations, settings.patch_size, settings.method) == \

@@ -13,6 +13,7 @@ import slicer
 
 from conftest import MAIN_WINDOW
 from dialogs import DIALOGS
+from fake_logic import starts_at_once
 from MICDCommon import CANCELLED, BackendLauncher, ModelRegistry, processes
 from MICDCommon.events import plan_text
 from scene_helpers import load_case
@@ -114,7 +115,7 @@ def test_the_plan_of_the_start_event_is_shown_with_precision_and_why(mock_traini
     load_case(slicer.mrmlScene, *hippocampus_cases[0])
     training.autoPairButton.click()
     job = mock.MagicMock(finished=False, backlog=0, progress=TrainingProgress())
-    logic.train.return_value = job
+    starts_at_once(logic, job)
     training.trainButton.click()
     assert training.planLabel.text == "Plan: calibrating (a few timed steps)..."
     job.progress.update(BUDGET_START)
@@ -153,6 +154,7 @@ def test_real_budgeted_run_shows_its_plan_and_cancels(scene, launcher, hippocamp
     form.deviceCombo.setCurrentIndex(form.deviceCombo.findText("cpu"))
     form.methodCombo.setCurrentIndex(form.methodCombo.findData("supervised"))
     training.trainButton.click()
+    assert training.starting.wait(60)  # the cases' files, written in a worker thread
     job = training.job
     assert job is not None and "--time-budget" in job.job.record.command
     wait_for(lambda: job.progress.start is not None or job.finished, job, 180, "the start event")
@@ -186,6 +188,7 @@ def test_real_budget_error_reaches_the_user_as_a_dialog(scene, launcher, hippoca
     form.deviceCombo.setCurrentIndex(form.deviceCombo.findText("cpu"))
     form.methodCombo.setCurrentIndex(form.methodCombo.findData("supervised"))
     training.trainButton.click()
+    assert training.starting.wait(60)  # the cases' files, written in a worker thread
     job = training.job
     wait_for(lambda: job.finished, job, 180, "the budget error")
     assert job.state == "failed" and job.job.returncode == 2

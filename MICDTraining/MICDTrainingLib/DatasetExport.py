@@ -9,7 +9,7 @@ import numpy as np
 import slicer
 import vtk
 
-from MICDCommon import sceneio
+from MICDCommon import sceneio, volumefile
 
 
 def segment_key(name):
@@ -242,17 +242,18 @@ def _segment_is_empty(segmentation_node, segment_id):
     return not np.any(array == segment.GetLabelValue())
 
 
-def _labels_on_volume_grid(case, segments, lookup):
-    """The label array (k, j, i) read straight from the segments' internal binary labelmaps when they lie on the
-    volume's own voxel grid (same directions, spacing and voxel positions; a sub-extent is fine), as a segmentation
-    made from or drawn on that volume has them; None when any does not (then the Segmentations logic resamples).
-    Reading them costs a copy; exporting costs a resampling pass per call (about 1.5 s for 512x512x200)."""
+def _label_layers_on_volume_grid(case, segments, lookup):
+    """The segments as (k, j, i) slices of the volume's grid with their layers, copied from the segments' internal
+    binary labelmaps when these lie on the volume's own voxel grid (same directions, spacing and voxel positions; a
+    sub-extent is fine), as a segmentation made from or drawn on that volume has them: [(slices, layer, value in the
+    layer, label value)]. None when any does not (then the Segmentations logic resamples). The layers are copied:
+    a segment edited while the files are written stays as it was when Train was pressed."""
     volume_matrix = vtk.vtkMatrix4x4()
     case.volume.GetIJKToRASMatrix(volume_matrix)
     if case.segmentation.GetParentTransformNode() is not None or case.volume.GetParentTransformNode() is not None:
         return None
     dims = case.volume.GetImageData().GetDimensions()
-    out = np.zeros(tuple(reversed(dims)), dtype=lookup.dtype)
+    layers, copies = [], []  # copies: (internal labelmap, its copy): segments often share one labelmap
     for index, (segment_id, _name) in enumerate(segments, 1):
         image = case.segmentation.GetBinaryLabelmapInternalRepresentation(segment_id)
         if image is None:
@@ -268,42 +269,84 @@ def _labels_on_volume_grid(case, segments, lookup):
         if x0 < 0 or y0 < 0 or z0 < 0 or x1 >= dims[0] or y1 >= dims[1] or z1 >= dims[2]:
             return None  # reaches outside the volume: the logic crops it
         value = case.segmentation.GetSegmentation().GetSegment(segment_id).GetLabelValue()
-        layer = slicer.util.arrayFromSegmentInternalBinaryLabelmap(case.segmentation, segment_id)
-        out[z0:z1 + 1, y0:y1 + 1, x0:x1 + 1][layer == value] = lookup[index]  # a later segment wins, as exported
+        layer = next((copy for shared, copy in copies if shared is image), None)
+        if layer is None:
+            layer = np.array(slicer.util.arrayFromSegmentInternalBinaryLabelmap(case.segmentation, segment_id))
+            copies.append((image, layer))
+        layers.append(((slice(z0, z1 + 1), slice(y0, y1 + 1), slice(x0, x1 + 1)), layer, value, lookup[index]))
+    return layers
+
+
+def _labels_from_layers(shape, dtype, layers):
+    """The label array (k, j, i) of `_label_layers_on_volume_grid`'s layers: numpy only, any thread."""
+    out = np.zeros(shape, dtype=dtype)
+    for slices, layer, value, label in layers:
+        np.copyto(out[slices], label, where=layer == value)  # a later segment wins, as the logic's export does
     return out
+
+
+def _labels_resampled(case, ids, lookup):
+    """The label array (k, j, i) from the Segmentations logic's export onto the volume's grid (main thread only:
+    it resamples through MRML; about 1.5 s for 512x512x200)."""
+    scene = case.volume.GetScene()
+    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "MICD export labels")
+    try:
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+                case.segmentation, ids, node, case.volume):
+            raise IOError(f"could not export the segments of {case.segmentation.GetName()}")
+        return lookup[slicer.util.arrayFromVolume(node)]  # 1..n: the position of each segment in `ids`
+    finally:
+        scene.RemoveNode(node)
+
+
+class SceneCaseFiles:
+    """One scene case as its two files will be written: taken on the main thread (`take`: no copy of the volume,
+    the segments' layers copied), written from any thread (`write`: numpy and the standard library)."""
+
+    def __init__(self, stem, title, origin, image, label_shape, label_dtype, layers=None, labels=None):
+        self.stem, self.title, self.origin = stem, title, origin
+        self.image = image  # volumefile.VolumeSnapshot
+        self.label_shape, self.label_dtype = label_shape, label_dtype
+        self.layers = layers  # segments read on the volume's grid, or
+        self.labels = labels  # the label array the logic's export resampled
+
+    @classmethod
+    def take(cls, case, labels, stem):
+        """Each segment with the value `labels` {value: name} gives its name; a later segment wins where two
+        overlap. Segments not on the volume's grid are resampled here, in one call for all of them (per segment it
+        took 0.76 s each on a 512x512x200 grid), then renumbered through a lookup table."""
+        segments = case.segments()
+        lookup = np.zeros(len(segments) + 1, dtype=np.uint8 if max(labels, default=0) < 256 else np.uint16)
+        value_of = {segment_key(n): v for v, n in labels.items()}
+        ids = vtk.vtkStringArray()
+        for index, (segment_id, name) in enumerate(segments, 1):
+            ids.InsertNextValue(segment_id)
+            lookup[index] = value_of[segment_key(name)]
+        image = volumefile.VolumeSnapshot.take(case.volume)
+        layers = _label_layers_on_volume_grid(case, segments, lookup)
+        resampled = _labels_resampled(case, ids, lookup) if layers is None else None
+        return cls(stem, case.title, _loaded_from(case.volume), image, image.voxels.shape, lookup.dtype,
+                   layers=layers, labels=resampled)
+
+    def label_array(self):
+        if self.labels is not None:
+            return self.labels
+        return _labels_from_layers(self.label_shape, self.label_dtype, self.layers)
+
+    def write(self, images_dir, labels_dir):
+        """Both files, uncompressed: gzip would take 2.4 s for a 512x512x200 CT, and the files are the run's own
+        copy, read once into the preprocessing cache. Returns (image path, label path)."""
+        image_path = volumefile.write_snapshot(self.image, os.path.join(images_dir, self.stem + ".nrrd"))
+        label_path = volumefile.write_nrrd(self.label_array(), self.image.ijk_to_ras,
+                                           os.path.join(labels_dir, self.stem + ".nrrd"))
+        return image_path, label_path
 
 
 def write_labelmap(case, labels, path):
     """Write the case's segments as one label map in exactly the volume's grid (same dimensions, directions and
-    origin), each segment with the value `labels` {value: name} gives its name; a later segment wins where two
-    overlap. All segments are exported in one call (one resampling pass: per segment it took 0.76 s each on a
-    512x512x200 grid), then renumbered through a lookup table."""
-    segments = case.segments()
-    lookup = np.zeros(len(segments) + 1, dtype=np.uint8 if max(labels, default=0) < 256 else np.uint16)
-    value_of = {segment_key(n): v for v, n in labels.items()}
-    ids = vtk.vtkStringArray()
-    for index, (segment_id, name) in enumerate(segments, 1):
-        ids.InsertNextValue(segment_id)
-        lookup[index] = value_of[segment_key(name)]
-    scene = case.volume.GetScene()
-    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "MICD export labels")
-    try:
-        direct = _labels_on_volume_grid(case, segments, lookup)
-        if direct is not None:
-            slicer.util.updateVolumeFromArray(node, direct)
-        else:
-            if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
-                    case.segmentation, ids, node, case.volume):
-                raise IOError(f"could not export the segments of {case.segmentation.GetName()}")
-            exported = slicer.util.arrayFromVolume(node)  # 1..n: the position of each segment in `ids`
-            slicer.util.updateVolumeFromArray(node, lookup[exported])
-        matrix = vtk.vtkMatrix4x4()
-        case.volume.GetIJKToRASMatrix(matrix)
-        node.SetIJKToRASMatrix(matrix)
-        sceneio.write_volume(node, path, compress=False)  # see export_dataset
-    finally:
-        scene.RemoveNode(node)
-    return path
+    origin), each segment with the value `labels` {value: name} gives its name (see SceneCaseFiles.take)."""
+    files = SceneCaseFiles.take(case, labels, stem="")
+    return volumefile.write_nrrd(files.label_array(), files.image.ijk_to_ras, path)
 
 
 class ExportedDataset:
@@ -329,19 +372,66 @@ def image_files(cases):
     return files | (loaded - {None})
 
 
-def export_dataset(labeled, unlabeled_folders, out_dir, report=None, colors=None):
-    """Write images/, labels/ and dataset.json under `out_dir`; returns ExportedDataset. Runs the checks first
-    (or uses `report`) and raises ValueError listing the errors when there are any."""
+class ExportCancelled(Exception):
+    """The export was cancelled before every file was written."""
+
+
+class PendingExport:
+    """What Train writes, taken from the scene on the main thread (`take_export`, fast: no voxel is copied) and
+    written from any thread (`write`), so that Slicer stays responsive while a large CT is written."""
+
+    def __init__(self, out_dir, entries, labels, colors, unlabeled):
+        self.out_dir = out_dir
+        self.entries = entries  # per case, in order: a SceneCaseFiles, or the entry of a file case
+        self.labels, self.colors, self.unlabeled = labels, colors, unlabeled
+
+    @property
+    def count(self):
+        return len(self.entries)
+
+    def write(self, progress=None, cancelled=None):
+        """Write images/, labels/ and dataset.json under `out_dir`; returns ExportedDataset. `progress(k, n)`
+        after each case; `cancelled()` is asked before each case and raises ExportCancelled when it says so."""
+        images_dir, labels_dir = os.path.join(self.out_dir, "images"), os.path.join(self.out_dir, "labels")
+        os.makedirs(images_dir, exist_ok=True)
+        os.makedirs(labels_dir, exist_ok=True)
+        written = []
+        for index, entry in enumerate(self.entries):
+            if cancelled is not None and cancelled():
+                raise ExportCancelled(f"cancelled after {index} of {self.count} cases")
+            if isinstance(entry, SceneCaseFiles):
+                image_path, label_path = entry.write(images_dir, labels_dir)
+                entry = {"image": os.path.relpath(image_path, self.out_dir),
+                         "label": os.path.relpath(label_path, self.out_dir), "source": entry.title,
+                         **({"origin": entry.origin} if entry.origin else {})}
+            written.append(entry)
+            if progress is not None:
+                progress(index + 1, self.count)
+        dataset = {
+            "labels": {str(v): n for v, n in sorted(self.labels.items())},
+            "colors": {str(v): list(c) for v, c in sorted(self.colors.items())},
+            # "origin": the file a scene volume was loaded from, so the backend leaves that file out of the unlabeled
+            # images (a suggested case, once corrected, is labeled and no longer unlabeled)
+            "labeled": [{k: e[k] for k in ("image", "label", "origin") if k in e} for e in written],
+            "unlabeled": [os.path.abspath(f) for f in self.unlabeled],
+            "cases": written,  # provenance for people: which scene nodes each file came from
+        }
+        dataset_file = os.path.join(self.out_dir, "dataset.json")
+        with open(dataset_file, "w", encoding="utf-8") as f:
+            json.dump(dataset, f, indent=2)
+        return ExportedDataset(dataset_file, dict(self.labels), written)
+
+
+def take_export(labeled, unlabeled_folders, out_dir, report=None, colors=None):
+    """The main-thread half of the export: runs the checks (or uses `report`) and raises ValueError listing the
+    errors when there are any; makes no folder. Returns a PendingExport."""
     cases = as_cases(labeled)
     report = report or check_cases(cases)
-    # every node is validated again before any folder is made: `report` may be older than a node's deletion
+    # every node is validated again: `report` may be older than a node's deletion
     errors = list(report.errors) + [p for p in (c.missing_problem() for c in cases if isinstance(c, LabeledCase))
                                     if p and p not in report.errors]
     if errors:
         raise ValueError("The labeled cases cannot be used for training:\n" + "\n".join(errors))
-    images_dir, labels_dir = os.path.join(out_dir, "images"), os.path.join(out_dir, "labels")
-    os.makedirs(images_dir, exist_ok=True)
-    os.makedirs(labels_dir, exist_ok=True)
     entries, used = [], set()
     for index, case in enumerate(cases):
         if isinstance(case, FileCase):
@@ -351,27 +441,11 @@ def export_dataset(labeled, unlabeled_folders, out_dir, report=None, colors=None
         while stem in used:
             stem += "_"
         used.add(stem)
-        # uncompressed: on Slicer's main thread a 512x512x200 CT takes 0.05 s raw against 2.4 s gzipped; the files
-        # are the run's own copy, read once into the preprocessing cache
-        image_path = sceneio.write_volume(case.volume, os.path.join(images_dir, stem + ".nrrd"), compress=False)
-        label_path = write_labelmap(case, report.labels, os.path.join(labels_dir, stem + ".nrrd"))
-        entry = {"image": os.path.relpath(image_path, out_dir), "label": os.path.relpath(label_path, out_dir),
-                 "source": case.title}
-        origin = _loaded_from(case.volume)
-        if origin:
-            entry["origin"] = origin
-        entries.append(entry)
-    colors = colors or report.colors
-    dataset = {
-        "labels": {str(v): n for v, n in sorted(report.labels.items())},
-        "colors": {str(v): list(c) for v, c in sorted(colors.items())},
-        # "origin": the file a scene volume was loaded from, so the backend leaves that file out of the unlabeled
-        # images (a suggested case, once corrected, is labeled and no longer unlabeled)
-        "labeled": [{k: e[k] for k in ("image", "label", "origin") if k in e} for e in entries],
-        "unlabeled": [os.path.abspath(f) for f in unlabeled_folders],
-        "cases": entries,  # provenance for people: which scene nodes each file came from
-    }
-    dataset_file = os.path.join(out_dir, "dataset.json")
-    with open(dataset_file, "w", encoding="utf-8") as f:
-        json.dump(dataset, f, indent=2)
-    return ExportedDataset(dataset_file, dict(report.labels), entries)
+        entries.append(SceneCaseFiles.take(case, report.labels, stem))
+    return PendingExport(out_dir, entries, dict(report.labels), colors or report.colors, list(unlabeled_folders))
+
+
+def export_dataset(labeled, unlabeled_folders, out_dir, report=None, colors=None):
+    """Write images/, labels/ and dataset.json under `out_dir` in the calling thread; returns ExportedDataset.
+    Runs the checks first (or uses `report`) and raises ValueError listing the errors when there are any."""
+    return take_export(labeled, unlabeled_folders, out_dir, report=report, colors=colors).write()

@@ -6,6 +6,7 @@ Talks to the backend only through its command line, its event stream and its mod
 import collections
 import os
 import shutil
+import threading
 import time
 
 from MICDCommon import (CANCELLED, CANCELLING, FAILED, LOST, RUNNING, SUCCEEDED, BackendLauncher, BackgroundJob,
@@ -14,9 +15,10 @@ from MICDCommon.contract import CHECKPOINTS_DIR, EVENTS_FILE, LAST_CHECKPOINT, M
 from MICDCommon.events import READ_CHUNK_BYTES, parse_event
 from MICDCommon.jobs import JobRecord, JobWrapper, failure_message
 from MICDCommon.registry import safe_name
+from MICDCommon.threadjob import ThreadJob
 
 from .CasePairing import folder_labels, pair_folder_cases, summarize_unlabeled_folder
-from .DatasetExport import FileCase, as_cases, check_cases, export_dataset, segment_key
+from .DatasetExport import ExportCancelled, FileCase, as_cases, check_cases, segment_key, take_export
 from .Parameters import TrainingSettings
 from .Suggestions import SuggestionError, SuggestJob, load_suggestion, prune_runs, suggestion_command
 
@@ -121,6 +123,90 @@ class TrainingJob(JobWrapper):
         self.message = f"Model '{self.model.name}' is ready in MICD Segmentation."
 
 
+class _TrainingLaunch:
+    """A checked training request: its settings, parent model, check report, run folder and pending export."""
+
+    def __init__(self, settings, parent, report, run_dir, pending):
+        self.settings, self.parent, self.report, self.run_dir, self.pending = settings, parent, report, run_dir, pending
+
+
+class TrainingStart:
+    """The panel's Train until `micd train` runs: the cases' files written in a worker thread, then the run started
+    on the main thread by the poll that sees the files written (`start(exported)` -> TrainingJob). Polled like a job
+    (QtJobPoller); `request_cancel()` stops the writing before the next case, and a cancelled or failed export leaves
+    no run folder behind. `state`: running, then succeeded (the run started: `training`), cancelled or failed.
+
+    The worker starts at the first poll (`begin`), which a job poller makes as soon as Qt is idle (`backlog` is 1
+    until then): started inside the Train click, the writer competed with the rest of the click for the
+    interpreter lock, and on a loaded machine the click took 100-400 ms instead of 30."""
+
+    def __init__(self, pending, run_dir, start, on_started=None, on_failed=None, on_progress=None):
+        self.run_dir = run_dir
+        self.count = pending.count
+        self.written = 0  # cases written so far (the worker's count; read on the main thread)
+        self.state = RUNNING
+        self.message = ""
+        self.training = None
+        self._start, self._on_started, self._on_failed, self._on_progress = start, on_started, on_failed, on_progress
+        self._shown = 0
+        self._cancel = threading.Event()
+        self._pending = pending
+        self._writer = None
+
+    def begin(self):
+        if self._writer is None:
+            pending = self._pending
+            self._writer = ThreadJob(lambda: pending.write(progress=self._count, cancelled=self._cancel.is_set),
+                                     on_finished=self._written, name="MICD training export")
+
+    @property
+    def backlog(self):
+        return 1 if self._writer is None and not self.finished else 0
+
+    def _count(self, written, _count):
+        self.written = written
+
+    @property
+    def finished(self):
+        return self.state != RUNNING
+
+    def request_cancel(self):
+        self._cancel.set()
+
+    def poll(self, time_slice=None):
+        self.begin()
+        if self._on_progress and self.written != self._shown:
+            self._shown = self.written
+            self._on_progress(self.written, self.count)
+        self._writer.poll()
+        return []
+
+    def wait(self, timeout=None):
+        """Block until the files are written and the run started (or not); for scripts and tests."""
+        self.begin()
+        self._writer.wait(timeout)
+        return self.finished
+
+    def _end(self, state, message):
+        shutil.rmtree(self.run_dir, ignore_errors=True)  # a new folder that no run uses: nothing half-made is left
+        self.state, self.message = state, message
+        if self._on_failed:
+            self._on_failed(self)
+
+    def _written(self, writer):
+        if isinstance(writer.error, ExportCancelled) or (writer.error is None and self._cancel.is_set()):
+            return self._end(CANCELLED, "Cancelled before training started; no run folder was kept.")
+        if writer.error is not None:
+            return self._end(FAILED, f"Could not write the training cases: {writer.error}")
+        try:
+            self.training = self._start(writer.result)
+        except Exception as e:  # noqa: BLE001 - e.g. the backend could not be started: said to the user
+            return self._end(FAILED, f"Could not start training: {e}")
+        self.state = SUCCEEDED
+        if self._on_started:
+            self._on_started(self.training)
+
+
 def _same_structures(labels, other):
     """The same structures by name (as segment names are compared), whatever their values and spelling."""
     return sorted(segment_key(n) for n in labels.values()) == sorted(segment_key(n) for n in other.values())
@@ -196,6 +282,25 @@ class TrainingLogic:
         """The registered models (newest first): what "Suggest next cases" and "Continue from model" offer."""
         return self.registry.models()
 
+    def _start(self, launch, exported):
+        """Start `micd train` on the written dataset (the main thread's part once the files are there)."""
+        settings, parent = launch.settings, launch.parent
+        command = self.launcher.command("train", "--dataset", exported.dataset_file, "--out", launch.run_dir,
+                                        *settings.cli_args())
+        if parent is not None:
+            command += ["--init-from", parent.path]
+            normalization = parent.meta["network"].get("normalization")
+            if normalization:
+                command += ["--normalization", str(normalization)]
+        info = {"model_name": settings.model_name, "labels": {str(k): v for k, v in exported.labels.items()},
+                "colors": {str(k): list(v) for k, v in launch.report.colors.items()}, "settings": settings.to_dict(),
+                "init_from": parent.path if parent is not None else None}
+        launcher = self.launcher
+        if settings.threads and not launcher.threads:
+            launcher = launcher.with_threads(settings.threads)
+        return BackgroundJob.start(command, launch.run_dir, kind="train", env=launcher.environment(),
+                                   events_file=os.path.join(launch.run_dir, EVENTS_FILE), info=info)
+
     def train(self, labeled, unlabeled=(), settings=None, wait=False, on_event=None, on_log=None, on_finished=None,
               timeout=None, file_labels=None, curves=None, init_from=None, **setting_changes):
         """Export the labeled cases, write the dataset file and start `micd train` in the background.
@@ -204,9 +309,41 @@ class TrainingLogic:
         Settings come from `settings` (TrainingSettings) updated by keyword arguments, e.g. time_budget="2h",
         iterations=2000 (wins over the budget), model_name="Liver", device="cuda:0", patch_size=(96, 96, 96).
         init_from: a registered model (ModelInfo, name or folder) to start from (`micd train --init-from`): its
-        network width and normalisation are used, and its labels must be the cases' labels. Returns a TrainingJob;
-        with wait=True it returns after the run ended and raises TrainingError unless it succeeded (job.model is
-        the new model)."""
+        network width and normalisation are used, and its labels must be the cases' labels. The files are written
+        in the calling thread (the panel uses `start_training`, which writes them in a worker thread). Returns a
+        TrainingJob; with wait=True it returns after the run ended and raises TrainingError unless it succeeded
+        (job.model is the new model)."""
+        launch = self._prepare(labeled, unlabeled, settings, file_labels, init_from, setting_changes)
+        try:
+            exported = launch.pending.write()
+        except Exception:
+            shutil.rmtree(launch.run_dir, ignore_errors=True)  # a new, unused folder: nothing half-made is left
+            raise
+        job = self._start(launch, exported)
+        return self._follow(job, wait, timeout, on_event, on_log, on_finished, curves)
+
+    def start_training(self, labeled, unlabeled=(), settings=None, on_started=None, on_failed=None, on_progress=None,
+                       on_event=None, on_log=None, on_finished=None, file_labels=None, curves=None, init_from=None,
+                       **setting_changes):
+        """Train as the panel does, without holding Slicer's main thread while a large volume is written: the
+        checks and a snapshot of the cases here (milliseconds), the files in a worker thread, then `micd train`.
+        Returns a TrainingStart (polled by the job poller); `on_started(TrainingJob)` once the run is started,
+        `on_failed(start)` when the export failed or was cancelled (`start.message` says which),
+        `on_progress(written, count)` after each case. Raises TrainingError when the checks fail."""
+        launch = self._prepare(labeled, unlabeled, settings, file_labels, init_from, setting_changes)
+
+        def started(exported):
+            return self._follow(self._start(launch, exported), False, None, on_event, on_log, on_finished, curves)
+
+        start = TrainingStart(launch.pending, launch.run_dir, started, on_started, on_failed, on_progress)
+        if self.job_poller is not None:
+            self.job_poller.add(start)
+        else:
+            start.begin()
+        return start
+
+    def _prepare(self, labeled, unlabeled, settings, file_labels, init_from, setting_changes):
+        """Settings, the parent model, the checks and the main-thread half of the export: a _TrainingLaunch."""
         settings = self._settings(settings, setting_changes)
         parent = self._parent_model(init_from)
         if parent is not None:
@@ -226,26 +363,10 @@ class TrainingLogic:
                                 "Name the segments as the model does, or train a new model with Train.")
         run_dir = self.new_run_dir(settings.model_name)
         try:
-            exported = export_dataset(cases, list(unlabeled), os.path.join(run_dir, "dataset"), report=report)
-        except Exception:
-            shutil.rmtree(run_dir, ignore_errors=True)  # a new, unused folder: nothing half-made is left
-            raise
-        command = self.launcher.command("train", "--dataset", exported.dataset_file, "--out", run_dir,
-                                        *settings.cli_args())
-        if parent is not None:
-            command += ["--init-from", parent.path]
-            normalization = parent.meta["network"].get("normalization")
-            if normalization:
-                command += ["--normalization", str(normalization)]
-        info = {"model_name": settings.model_name, "labels": {str(k): v for k, v in exported.labels.items()},
-                "colors": {str(k): list(v) for k, v in report.colors.items()}, "settings": settings.to_dict(),
-                "init_from": parent.path if parent is not None else None}
-        launcher = self.launcher
-        if settings.threads and not launcher.threads:
-            launcher = launcher.with_threads(settings.threads)
-        job = BackgroundJob.start(command, run_dir, kind="train", env=launcher.environment(),
-                                  events_file=os.path.join(run_dir, EVENTS_FILE), info=info)
-        return self._follow(job, wait, timeout, on_event, on_log, on_finished, curves)
+            pending = take_export(cases, list(unlabeled), os.path.join(run_dir, "dataset"), report=report)
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
+        return _TrainingLaunch(settings, parent, report, run_dir, pending)
 
     def _parent_model(self, init_from):
         if init_from is None:

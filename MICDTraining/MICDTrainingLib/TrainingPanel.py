@@ -48,6 +48,7 @@ class TrainingPanel(VTKObservationMixin):
         self.file_labels = {}
         self.unlabeled = []
         self.job = None
+        self.starting = None  # a TrainingStart while the cases' files are written, before the run starts
         self.curves = None
         self.report = None
         self.changeListeners = []
@@ -146,7 +147,8 @@ class TrainingPanel(VTKObservationMixin):
     # --- state ----------------------------------------------------------------------------------------------------
     @property
     def running(self):
-        return self.job is not None and not self.job.finished
+        return (self.starting is not None and not self.starting.finished) or \
+            (self.job is not None and not self.job.finished)
 
     def settings(self):
         """The settings the panel shows, as a TrainingSettings (SettingsForm.read)."""
@@ -344,17 +346,37 @@ class TrainingPanel(VTKObservationMixin):
         self.logText.clear()
         self.curves = self._newCurves(settings.model_name)
         extra = {"init_from": init_from} if init_from is not None else {}
+        self.job = None
         try:
-            self.job = self.logic.train(self.cases, self.unlabeled, settings, file_labels=self.file_labels,
-                                        **extra, **self._callbacks())
+            self.starting = self.logic.start_training(
+                self.cases, self.unlabeled, settings, file_labels=self.file_labels, on_started=self.onStarted,
+                on_failed=self.onStartFailed, on_progress=self.onExportProgress, **extra, **self._callbacks())
         except Exception as e:  # noqa: BLE001 - shown to the user
             self.show_error(_("Could not start training: ") + str(e))
-            self.job = None
+            self.starting = None
         else:
+            self.statusLabel.setText(_("Writing the training cases..."))
             self.planLabel.setText(_("Plan: calibrating (a few timed steps)...") if settings.iterations is None
                                    else settings.plan_preview())
             if init_from is not None:
                 self.appendLog(_("Continuing from the model '") + init_from.name + "'")
+        self.updateButtons()
+
+    def onExportProgress(self, written, count):
+        self.statusLabel.setText(_("Writing the training cases: ") + f"{written} / {count}")
+
+    def onStarted(self, job):
+        """The cases are written and `micd train` runs: follow it."""
+        self.starting = None
+        self.job = job
+        self.statusLabel.setText(_("Starting the backend..."))
+        self.updateButtons()
+
+    def onStartFailed(self, start):
+        self.statusLabel.setText(start.message)
+        self.appendLog(start.message)
+        if start.state == FAILED:
+            self.show_error(start.message)
         self.updateButtons()
 
     def _newCurves(self, name):
@@ -370,7 +392,10 @@ class TrainingPanel(VTKObservationMixin):
                 "curves": self.curves}
 
     def onCancel(self):
-        if self.running:
+        if self.starting is not None and not self.starting.finished:
+            self.starting.request_cancel()
+            self.statusLabel.setText(_("Cancelling (before training starts)..."))
+        elif self.running:
             self.job.request_cancel()
             self.statusLabel.setText(_("Cancelling (saving a checkpoint)..."))
         self.updateButtons()
