@@ -1,7 +1,10 @@
 """Copy the generated benchmark tables into docs/benchmarks.md between their markers, so the documented numbers are
 the results files' numbers: <!-- results:ssl --> ... <!-- /results:ssl --> and <!-- results:speed --> ... .
-(The tables lived in README.md until the README was cut down to a newcomer's page; the script keeps its name.)"""
+(The tables lived in README.md until the README was cut down to a newcomer's page; the script keeps its name.)
+The equal-time table (issue 32: same wait, which model is better?) is built here from the two equal-time summaries
+and written between <!-- results:equal-time --> markers in README.md and benchmarks/README.md."""
 
+import json
 import os
 import re
 
@@ -19,7 +22,58 @@ SOURCES = {"ssl": os.path.join(HERE, "results", "ssl-cpu.md"),
            "plateau-micd-L2": os.path.join(HERE, "results", "avx2-fp32", "cpu-plateau", "plateau-micd-L2-x3.md")}
 
 
+EQUAL_TIME = [os.path.join(HERE, "results", "ssl-cpu-equal-time.json"),
+              os.path.join(HERE, "results", "ssl-cpu-la-equal-time.json")]
+EQUAL_TIME_TARGETS = [os.path.join(ROOT, "README.md"), os.path.join(HERE, "README.md")]
+DATASET_NAMES = {"hippocampus": "hippocampus", "la": "Left Atrium"}
+
+
+def _machine(row) -> str:
+    flags = set(row.get("cpu_flags") or [])
+    cpu = "AMX" if "amx_bf16" in flags else ("AVX-512" if "avx512f" in flags else "AVX2")
+    return f"{cpu}, {'bf16' if row.get('amp') == 'bfloat16' else 'fp32'}"
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.3f}".replace("-", "\u2212")
+
+
+def equal_time_table(paths=EQUAL_TIME) -> str:
+    """MICD against supervised with MICD's class weights at each recorded budget: mean test Dice, the paired
+    difference with its 95 % interval, the planned iterations per seed and the machine each budget ran on."""
+    lines = ["| dataset, labeled, budget | seeds | MICD | supervised, MICD's weights | paired MICD − weighted "
+             "[95 % CI] | iterations per seed, MICD / weighted | CPU, precision |", "|---|---|---|---|---|---|---|"]
+    for path in paths:
+        if not os.path.exists(path):
+            continue
+        rows = json.load(open(path, encoding="utf-8"))["rows"]
+        for micd in (r for r in rows if r["method"] == "micd" and r.get("time_budget")):
+            weighted = next((r for r in rows if r["method"] == "supervised-micd-weights" and
+                             (r["time_budget"], r["labeled"]) == (micd["time_budget"], micd["labeled"])), None)
+            diff = micd.get("paired_diff_vs_supervised_weighted")
+            if weighted is None or not diff:
+                continue
+            lo, hi = diff["ci95"]
+            lines.append(f"| {DATASET_NAMES.get(micd['dataset'], micd['dataset'])}, {micd['labeled']}, "
+                         f"{micd['time_budget']} | {len(micd['seeds'])} | {micd['mean_dice']:.3f} | "
+                         f"{weighted['mean_dice']:.3f} | {_signed(diff['mean'])} [{_signed(lo)}, {_signed(hi)}] | "
+                         f"{', '.join(map(str, micd['iterations_by_seed']))} / "
+                         f"{', '.join(map(str, weighted['iterations_by_seed']))} | {_machine(micd)} |")
+    return "\n".join(lines)
+
+
+def _replace(text, key, body, source):
+    body = f"<!-- results:{key} (generated from {source} by benchmarks/update_readme.py) -->\n{body}\n" \
+           f"<!-- /results:{key} -->"
+    return re.sub(rf"<!-- results:{key}.*?<!-- /results:{key} -->", lambda m: body, text, flags=re.S)
+
+
 def main() -> None:
+    table = equal_time_table()
+    for target in EQUAL_TIME_TARGETS:
+        text = open(target, encoding="utf-8").read()
+        open(target, "w", encoding="utf-8").write(
+            _replace(text, "equal-time", table, "results/ssl-cpu-equal-time.json and ssl-cpu-la-equal-time.json"))
     text = open(TARGET, encoding="utf-8").read()
     for key, path in SOURCES.items():
         if not os.path.exists(path):
