@@ -33,7 +33,8 @@ def advice(sources=SOURCES) -> dict:
         with open(path, encoding="utf-8") as f:
             summary = json.load(f)
         table = {(r["dataset"], r["labeled"], r["time_budget"], r["method"]): r for r in summary["rows"]}
-        for (dataset, labeled, budget, method), micd in sorted(table.items(), key=lambda kv: str(kv[0])):
+        for (dataset, labeled, budget, method), micd in sorted(
+                table.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[1].get("time_budget_s") or 0.0, kv[0][3])):
             weighted = table.get((dataset, labeled, budget, WEIGHTED))
             diff = micd.get("paired_diff_vs_supervised_weighted")
             if method != "micd" or not budget or weighted is None or not diff:
@@ -49,7 +50,7 @@ def advice(sources=SOURCES) -> dict:
                 # the default-change rule looks at validation only (never at test cases): ahead at every seed?
                 "validation_micd_ahead_every_seed": bool(seeds) and all(val_m[s] > val_w[s] for s in seeds),
                 "validation_weighted_ahead_every_seed": bool(seeds) and all(val_w[s] > val_m[s] for s in seeds),
-                "cpu_flags": micd.get("cpu_flags"), "source": os.path.relpath(path, ROOT).replace(os.sep, "/")})
+                "cpu_flags": micd.get("cpu_flags"), "amp": micd.get("amp"), "source": os.path.relpath(path, ROOT).replace(os.sep, "/")})
     return {"generated_by": "benchmarks/panel_advice.py", "compared": f"micd vs {WEIGHTED}, same wait", "rows": rows}
 
 

@@ -4,9 +4,11 @@ the results files' numbers: <!-- results:ssl --> ... <!-- /results:ssl --> and <
 The equal-time table (issue 32: same wait, which model is better?) is built here from the two equal-time summaries
 and written between <!-- results:equal-time --> markers in README.md and benchmarks/README.md."""
 
-import json
 import os
 import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # panel_advice, beside this script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -22,8 +24,6 @@ SOURCES = {"ssl": os.path.join(HERE, "results", "ssl-cpu.md"),
            "plateau-micd-L2": os.path.join(HERE, "results", "avx2-fp32", "cpu-plateau", "plateau-micd-L2-x3.md")}
 
 
-EQUAL_TIME = [os.path.join(HERE, "results", "ssl-cpu-equal-time.json"),
-              os.path.join(HERE, "results", "ssl-cpu-la-equal-time.json")]
 EQUAL_TIME_TARGETS = [os.path.join(ROOT, "README.md"), os.path.join(HERE, "README.md")]
 DATASET_NAMES = {"hippocampus": "hippocampus", "la": "Left Atrium"}
 
@@ -38,33 +38,27 @@ def _signed(x: float) -> str:
     return f"{x:+.3f}".replace("-", "\u2212")
 
 
-def equal_time_table(paths=EQUAL_TIME) -> str:
-    """MICD against supervised with MICD's class weights at each recorded budget: mean test Dice, the paired
-    difference with its 95 % interval, the planned iterations per seed and the machine each budget ran on."""
+def equal_time_table() -> str:
+    """MICD against supervised with MICD's class weights at each recorded budget (the rows panel_advice.py pairs):
+    mean test Dice, the paired difference with its 95 % interval, the planned iterations per seed and the machine
+    each budget ran on."""
+    from panel_advice import advice
+
     lines = ["| dataset, labeled, budget | seeds | MICD | supervised, MICD's weights | paired MICD − weighted "
              "[95 % CI] | iterations per seed, MICD / weighted | CPU, precision |", "|---|---|---|---|---|---|---|"]
-    for path in paths:
-        if not os.path.exists(path):
-            continue
-        rows = json.load(open(path, encoding="utf-8"))["rows"]
-        for micd in (r for r in rows if r["method"] == "micd" and r.get("time_budget")):
-            weighted = next((r for r in rows if r["method"] == "supervised-micd-weights" and
-                             (r["time_budget"], r["labeled"]) == (micd["time_budget"], micd["labeled"])), None)
-            diff = micd.get("paired_diff_vs_supervised_weighted")
-            if weighted is None or not diff:
-                continue
-            lo, hi = diff["ci95"]
-            lines.append(f"| {DATASET_NAMES.get(micd['dataset'], micd['dataset'])}, {micd['labeled']}, "
-                         f"{micd['time_budget']} | {len(micd['seeds'])} | {micd['mean_dice']:.3f} | "
-                         f"{weighted['mean_dice']:.3f} | {_signed(diff['mean'])} [{_signed(lo)}, {_signed(hi)}] | "
-                         f"{', '.join(map(str, micd['iterations_by_seed']))} / "
-                         f"{', '.join(map(str, weighted['iterations_by_seed']))} | {_machine(micd)} |")
+    for row in advice()["rows"]:
+        diff = row["paired_diff"]
+        lo, hi = diff["ci95"]
+        lines.append(f"| {DATASET_NAMES.get(row['dataset'], row['dataset'])}, {row['labeled']}, {row['time_budget']} | "
+                     f"{len(row['seeds'])} | {row['micd_mean_dice']:.3f} | {row['weighted_mean_dice']:.3f} | "
+                     f"{_signed(diff['mean'])} [{_signed(lo)}, {_signed(hi)}] | "
+                     f"{', '.join(map(str, row['iterations']['micd']))} / "
+                     f"{', '.join(map(str, row['iterations']['weighted']))} | {_machine(row)} |")
     return "\n".join(lines)
 
 
 def _replace(text, key, body, source):
-    body = f"<!-- results:{key} (generated from {source} by benchmarks/update_readme.py) -->\n{body}\n" \
-           f"<!-- /results:{key} -->"
+    body = f"<!-- results:{key} (from {source} by benchmarks/update_readme.py) -->\n{body}\n<!-- /results:{key} -->"
     return re.sub(rf"<!-- results:{key}.*?<!-- /results:{key} -->", lambda m: body, text, flags=re.S)
 
 
@@ -73,16 +67,15 @@ def main() -> None:
     for target in EQUAL_TIME_TARGETS:
         text = open(target, encoding="utf-8").read()
         open(target, "w", encoding="utf-8").write(
-            _replace(text, "equal-time", table, "results/ssl-cpu-equal-time.json and ssl-cpu-la-equal-time.json"))
+            _replace(text, "equal-time", table, "benchmarks/results/ssl-cpu-equal-time.json and "
+                     "ssl-cpu-la-equal-time.json"))
     text = open(TARGET, encoding="utf-8").read()
     for key, path in SOURCES.items():
         if not os.path.exists(path):
             continue
         body = open(path, encoding="utf-8").read().split("\n", 1)[1].strip()  # drop the file's own title
         body = re.sub(r"^## ", "### ", body, flags=re.M)  # its sections sit under a section (##) of the page
-        body = f"<!-- results:{key} (copied from {os.path.relpath(path, ROOT).replace(os.sep, '/')} by " \
-               f"benchmarks/update_readme.py) -->\n{body}\n<!-- /results:{key} -->"
-        text = re.sub(rf"<!-- results:{key}.*?<!-- /results:{key} -->", lambda m: body, text, flags=re.S)
+        text = _replace(text, key, body, os.path.relpath(path, ROOT).replace(os.sep, "/"))
     open(TARGET, "w", encoding="utf-8").write(text)
 
 

@@ -18,6 +18,10 @@ def load_rows(path=ADVICE_FILE):
         return []
 
 
+def _where(row):
+    return f"{row['time_budget']} ({DATASET_TITLES.get(row['dataset'], row['dataset'])})"
+
+
 def advice_text(rows):
     """One paragraph: each measured row, then what follows from all of them; "" without rows."""
     if not rows:
@@ -27,13 +31,19 @@ def advice_text(rows):
         d = r["paired_diff"]
         parts.append(f"{DATASET_TITLES.get(r['dataset'], r['dataset'])}, {r['labeled']} labeled, {r['time_budget']}: "
                      f"{d['mean']:+.3f} Dice [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]")
-    lows, highs = [r["paired_diff"]["ci95"][0] for r in rows], [r["paired_diff"]["ci95"][1] for r in rows]
-    if all(h < 0 for h in highs):
+    behind = [r for r in rows if r["paired_diff"]["ci95"][1] < 0]
+    ahead = [r for r in rows if r["paired_diff"]["ci95"][0] > 0]
+    if len(behind) == len(rows):
         verdict = ("At these budgets supervised training gave the better model: for short runs on a CPU choose "
                    "Method 'Supervised only' under Advanced, or give MICD more time.")
-    elif all(lo > 0 for lo in lows):
+    elif len(ahead) == len(rows):
         verdict = "At these budgets the unlabeled data added Dice on every benchmark."
     else:
-        verdict = "The gain from unlabeled data was not clear at these budgets."
+        verdict = "The gain from unlabeled data was not clear at these budgets"
+        if behind and not ahead:
+            verdict += (": supervised training was better at " + ", ".join(_where(r) for r in behind) +
+                        " and level or unclear at the others; for short runs on a CPU consider Method "
+                        "'Supervised only' under Advanced")
+        verdict += "."
     return ("Unlabeled data at equal training time on our 2-core CPU benchmarks (MICD minus supervised training with "
             "MICD's class weights, test Dice, 95 % interval): " + "; ".join(parts) + ". " + verdict)
