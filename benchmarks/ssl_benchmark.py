@@ -94,7 +94,8 @@ VARIANTS = {
 # (unweighted Dice + CE, the literature's baseline), which `micd train --method supervised` no longer is by default.
 METHOD_FLAGS = {"supervised": ["--class-weights", "none"]}
 ABLATIONS = ["micd-no-mcpc", "micd-no-cfc", "micd-no-cmd", "micd-no-masking", "micd-dhc-weights", "micd-literal"]
-ORDER = METHODS + list(VARIANTS)
+EXTERNAL = ["nnunet"]  # rows trained by another tool (benchmarks/nnunet_row.py), recorded and paired like ours
+ORDER = METHODS + list(VARIANTS) + EXTERNAL
 LABEL_NAMES = {"1": "hippocampus_anterior", "2": "hippocampus_posterior"}
 WEIGHTED = "supervised-micd-weights"  # the baseline every row is also paired with (paired_diff_vs_supervised_weighted)
 # Each dataset: its folder under shared/data, its recorded split (benchmarks/make_split.py), its label names (with the
@@ -749,7 +750,7 @@ def main() -> None:
     ap.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
     ap.add_argument("--dataset", default="hippocampus", choices=sorted(DATASETS),
                     help="the shared dataset and its recorded split (default hippocampus)")
-    ap.add_argument("--methods", nargs="+", default=METHODS, choices=ORDER)
+    ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS + list(VARIANTS))
     ap.add_argument("--shared", default=os.path.join(ROOT, "..", "shared"))
     ap.add_argument("--results", default=os.path.join(HERE, "results"))
     ap.add_argument("--work", default=os.path.join(HERE, "runs"), help="training runs, predictions (not committed)")
