@@ -157,7 +157,7 @@ def _signals(q):
             if meta.method(i).methodType() == QtCore.QMetaMethod.Signal}
 
 
-class _SlotCall:
+class SlotCall:
     """Calls a Python slot with PythonQt's argument rules; keeps its exception instead of letting it reach Qt."""
 
     def __init__(self, callable_, count):
@@ -253,7 +253,7 @@ class QtObject(metaclass=_QtClassMeta):
     @_slot_member
     def connect(self, signal, slot):
         bound, count = _bound_signal(self._q, signal)
-        handler = _SlotCall(slot, count)
+        handler = SlotCall(slot, count)
         bound.connect(handler)
         self._handlers.append((_normalized(signal)[0], slot, bound, handler))
         return True

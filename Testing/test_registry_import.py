@@ -176,6 +176,30 @@ def test_a_link_inside_the_folder_is_refused_too(model, registry):
     assert registry_entries(registry) == []
 
 
+def test_a_runs_model_is_registered_by_linking_its_weights_and_keeps_them(model, registry, tmp_path):
+    """A trained run's model is registered in the training panel's finish callback, on Slicer's main thread: its
+    weights are hard-linked (O(1)), not copied; the backend replaces a model folder whole, so a later run that writes
+    the same folder leaves the registered weights as they were. model.json is copied (the registry rewrites it)."""
+    import shutil
+
+    run_model = tmp_path / "run" / "model"
+    shutil.copytree(model, run_model)
+    info = registry.add_folder(str(run_model), "Liver", backend_check=False, link_weights=True)
+    registered = os.path.join(info.path, WEIGHTS_FILE)
+    original = open(registered, "rb").read()
+    assert os.path.samefile(registered, run_model / WEIGHTS_FILE)  # linked
+    assert not os.path.samefile(os.path.join(info.path, MODEL_JSON), run_model / MODEL_JSON)  # copied
+    # the backend writes a new model folder beside the old one and renames it into place (model_package)
+    replacement = tmp_path / "run" / "model.tmp"
+    shutil.copytree(model, replacement)
+    (replacement / WEIGHTS_FILE).write_bytes(original[:-4] + b"\0\0\0\0")
+    shutil.rmtree(run_model)
+    os.replace(replacement, run_model)
+    assert open(registered, "rb").read() == original
+    shutil.rmtree(tmp_path / "run")  # the run folder deleted: the registered model stays whole
+    assert open(registered, "rb").read() == original and registry.get("Liver").path == info.path
+
+
 def test_a_refused_check_leaves_nothing_and_names_the_source(model, registry, tmp_path):
     """A zip whose model.json fails the registry's checks after extraction: the message names the zip, not the
     hidden folder it was checked in, and that folder is gone."""

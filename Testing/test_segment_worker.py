@@ -45,6 +45,11 @@ while True:
             cv.wait()
         r = queue.pop(0)
     rid, mode = r["id"], open(os.path.join(r["model"], "mode")).read()
+    with open(r["input"], "rb") as f:  # the request comes once the input is written whole
+        header = f.read(4096)
+    if not header.startswith(b"NRRD0004") or b"\n\n" not in header:
+        emit({"id": rid, "event": "error", "kind": "data", "hint": "", "message": "the input is incomplete"})
+        continue
     if "--fail" in mode:
         print("micd predict: error: --input: the image header declares 9 GiB, 2 GiB are available", file=sys.stderr,
               flush=True)
@@ -159,6 +164,48 @@ def test_a_failed_prediction_reaches_the_user_as_a_dialog(scene, fake_model, hip
     assert panel.progressBar.value == 0 and panel.segmentButton.enabled and logic.worker.alive
     panel.cleanup()
     assert not logic.worker.alive
+
+
+def test_the_input_is_written_off_the_main_thread_and_a_failed_write_is_said(scene, fake_model, tmp_path,
+                                                                             hippocampus_cases, monkeypatch):
+    """The volume is written in a thread (volumefile) and the request sent once it is there; a write that fails
+    (a full disk) fails the request with the reason, and the worker never hears of it."""
+    from MICDCommon import volumefile
+
+    logic = _fake_logic(tmp_path)
+    panel = _segment_panel(logic, fake_model)
+    load_volume(hippocampus_cases[0][0], "hippo")
+
+    def full_disk(*_args):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(volumefile, "write_snapshot", full_disk)
+        panel.segmentButton.click()
+        wait_for(lambda: panel.job.finished, panel.job, 60, "the failed write")
+    assert panel.job.state == FAILED
+    (dialog,) = DIALOGS.shown
+    assert "Could not write the input" in dialog.text and "No space left on device" in dialog.text
+    DIALOGS.reset()
+    panel.segmentButton.click()  # the next click writes, and the worker answers
+    job = panel.job
+    wait_for(lambda: job.progress.windows_done == 36, job, 60, "progress")
+    job.cancel()
+    assert job.state == CANCELLED and not DIALOGS.shown
+    panel.cleanup()
+
+
+def test_cancel_before_the_request_is_sent_never_reaches_the_worker(scene, fake_model, tmp_path, hippocampus_cases):
+    logic = _fake_logic(tmp_path)
+    panel = _segment_panel(logic, fake_model)
+    load_volume(hippocampus_cases[0][0], "hippo")
+    panel.segmentButton.click()
+    job = panel.job
+    panel.cancelButton.click()  # before any poll: the input may be written, the request is not sent
+    wait_for(lambda: job.finished, job, 30, "the cancel")
+    assert job.state == CANCELLED and job.job.events == [] and not DIALOGS.shown
+    assert logic.worker.alive  # and was never asked: no answer came (events)
+    panel.cleanup()
 
 
 def test_a_success_without_its_output_is_a_failure(scene, fake_model, tmp_path, hippocampus_cases):

@@ -36,7 +36,7 @@ LIVE_CHUNK_INTERVAL_S = 0.1
 
 
 class CallbackTimer:
-    """Times every Python slot Qt calls (pythonqt._SlotCall, i.e. timers and signals), by the slot's name, and the
+    """Times every Python slot Qt calls (pythonqt.SlotCall, i.e. timers and signals), by the slot's name, and the
     interpreter's garbage-collection pauses inside each (gc.callbacks): a full collection of the whole process lands
     in whichever callback allocates when it is due, whatever that callback does."""
 
@@ -49,7 +49,7 @@ class CallbackTimer:
         self.gc_ms = []  # per call: milliseconds of it spent in garbage collection
         self._gc_total = 0.0
         self._gc_start = None
-        self._real = pythonqt._SlotCall.__call__
+        self._real = pythonqt.SlotCall.__call__
         timer = self
 
         def on_gc(phase, _info):
@@ -70,7 +70,7 @@ class CallbackTimer:
 
         self._on_gc = on_gc
         gc.callbacks.append(on_gc)
-        pythonqt._SlotCall.__call__ = timed
+        pythonqt.SlotCall.__call__ = timed
 
     def max_without_gc(self):
         """The slowest callback's own time: wall time less the collection pauses inside it."""
@@ -94,7 +94,7 @@ class CallbackTimer:
 
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
-        pythonqt._SlotCall.__call__ = self._real
+        pythonqt.SlotCall.__call__ = self._real
 
 
 def iteration_event(it, total, rng):

@@ -4,9 +4,9 @@ Slicer's main thread only ever reads a few log lines; nothing here needs Qt.
 
 Online (see dependencies.InstallPlan): install light-the-torch, resolve everything missing in one pip run (a dry run
 that writes a report), download the resolved files into a staging folder, install from that folder. Cancel stops the
-first three at once and leaves the environment as it was (light-the-torch aside); the last step changes the
-environment and is never interrupted: a Cancel then takes effect when it has finished. Offline, only the last step
-runs, on the user's folder of wheels.
+resolution and the download at once and leaves the environment as it was; the two installs (light-the-torch, small,
+and the last step) change the environment and are never interrupted: a Cancel then takes effect when the step has
+finished. Offline, only the last step runs, on the user's folder of wheels.
 """
 
 import os

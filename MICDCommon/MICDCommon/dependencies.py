@@ -158,13 +158,7 @@ class InstallPlan:
         self.requirements = requirements or REQUIREMENTS
         self.wheel_folder = wheel_folder
         self.torch_backend = torch_backend if torch_backend is not None else os.environ.get(TORCH_BACKEND_VARIABLE)
-        missing = report.missing_of(self.requirements)
-        self.torch = "torch" in missing
-        self.missing = [self.requirements[name][1] for name in missing]
-
-    @property
-    def empty(self):
-        return not self.missing
+        self.missing = [self.requirements[name][1] for name in report.missing_of(self.requirements)]
 
     def message(self):
         lines = [f"MICD needs these Python packages in {self.report.python or 'the chosen Python'}:"]

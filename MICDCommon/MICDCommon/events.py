@@ -4,6 +4,7 @@ the state a panel shows: iteration, time left, loss and Dice histories, the fina
 import collections
 import json
 import os
+import time
 
 LOSS_HISTORY_LIMIT = 1000  # TrainingProgress keeps the last losses only (the charts keep a decimated whole run)
 READ_CHUNK_BYTES = 256 * 1024  # what one time-sliced poll reads of a stream at most (~800 events: a few ms)
@@ -67,11 +68,35 @@ def parse_event(line):
 class EventTail:
     """New events appended to an `events.jsonl` (or to a log that mixes events with text).
 
-    `read_new_lines()` gives the new lines unparsed, for a reader that parses them a time slice at a time
-    (BackgroundJob.poll with a time slice: 20,000 events take longer to parse than a UI callback may last)."""
+    `hand_out(handle, deadline)` reads and parses them a time slice at a time (20,000 events take longer to parse
+    than a UI callback may last): what is read and not yet handed out waits in `backlog` for the next call."""
 
     def __init__(self, path, offset=0, until=None):
         self._lines = LineTail(path, offset, until)
+        self._pending = collections.deque()  # lines read, not yet handed out
+
+    @property
+    def backlog(self):
+        """Lines read and not yet handed out, plus 1 while some bytes are not read yet."""
+        return len(self._pending) + (1 if self._lines.unread else 0)
+
+    def hand_out(self, handle, deadline=None, refill=False):
+        """Give each new event to `handle` until `deadline` (time.monotonic(); None: every new event at once).
+        With a deadline the file is read READ_CHUNK_BYTES at a time: one chunk per call, or (`refill`) a next chunk
+        whenever the lines read are handed out and time is left."""
+        limit = None if deadline is None else READ_CHUNK_BYTES
+        pending = self._pending
+        pending.extend(self._lines.read_new_lines(limit))
+        while deadline is None or time.monotonic() < deadline:
+            if not pending:
+                if not (refill and self._lines.unread):
+                    break
+                pending.extend(self._lines.read_new_lines(limit))
+                if not pending:
+                    break
+            event = parse_event(pending.popleft())
+            if event is not None:
+                handle(event)
 
     @property
     def offset(self):

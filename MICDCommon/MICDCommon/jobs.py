@@ -5,7 +5,6 @@ Nothing here needs Qt: `BackgroundJob.poll()` advances the state (new events, lo
 calls the callbacks; in Slicer a QTimer calls it (see `qtsupport.py`), in scripts and tests `wait()` or a loop does.
 """
 
-import collections
 import json
 import os
 import subprocess
@@ -13,7 +12,7 @@ import time
 
 from . import processes, runlock
 from .contract import EXIT_CANCELLED, EXIT_OK, JOB_FILE, JOB_LOG_FILE, STOP_FILE, STOP_FILE_VARIABLE
-from .events import READ_CHUNK_BYTES, EventTail, LineTail, describe_event, parse_event
+from .events import EventTail, LineTail, describe_event, parse_event
 
 RUNNING, CANCELLING = "running", "cancelling"
 SUCCEEDED, FAILED, CANCELLED, LOST = "succeeded", "failed", "cancelled", "lost"
@@ -105,7 +104,6 @@ class BackgroundJob:
         self.state = record.status if record.status in FINISHED_STATES else RUNNING
         self.returncode = record.returncode
         self._events = EventTail(record.events_file) if record.events_file else None
-        self._pending = collections.deque()  # lines of the events file read but not yet delivered (see poll)
         self._log = LineTail(record.log_file)
         self._stop_pids = None
         self._kill_deadline = None
@@ -183,9 +181,9 @@ class BackgroundJob:
     @property
     def backlog(self):
         """How many lines of the events file were read but not yet delivered (and 1 while some bytes are not read
-        yet): a poll with a time slice reads at most READ_CHUNK_BYTES and stops when the slice is used up (e.g.
+        yet): a poll with a time slice reads at most events.READ_CHUNK_BYTES and stops when the slice is used up (e.g.
         re-attaching to a run of 20,000 logged iterations), and the next poll goes on."""
-        return len(self._pending) + (1 if self._events is not None and self._events.unread else 0)
+        return self._events.backlog if self._events is not None else 0
 
     def poll(self, time_slice=None):
         """Read new events and log lines, notice the end of the process, call the callbacks. Returns new events.
@@ -218,13 +216,11 @@ class BackgroundJob:
                 self._deliver(event)
                 new.append(event)
         if self._events is not None:
-            self._pending.extend(self._events.read_new_lines(None if deadline is None else READ_CHUNK_BYTES))
-        pending = self._pending
-        while pending and (deadline is None or time.monotonic() < deadline):
-            event = parse_event(pending.popleft())
-            if event is not None:
+            def deliver(event):
                 self._deliver(event)
                 new.append(event)
+
+            self._events.hand_out(deliver, deadline)
         return new
 
     def _deliver(self, event):

@@ -32,6 +32,9 @@ class QtJobPoller:
     def add(self, job):
         if job not in self._jobs:
             self._jobs.append(job)
+        if getattr(job, "backlog", 0) and not self._catching_up:
+            self._catching_up = True  # work waiting already (e.g. a TrainingStart): the first tick when Qt is idle
+            self._timer.setInterval(0)
         self._timer.start()
 
     def poll_all(self):
@@ -123,16 +126,16 @@ def confirm(message, title="MICD"):
     return answer == qt.QMessageBox.Yes
 
 
-def ensure_backend_ready(launcher, log=print, show_error=None, then=None, wheel_folder=None, check_gpus=False):
+def ensure_backend_ready(launcher, log=print, show_error=None, then=None):
     """First-use dependency step. True at once when this session's check already passed for the launcher's Python.
     Otherwise the setup (probe, ask, install; backendsetup.py) runs in the background with a progress dialog and
     Cancel, this returns False, and `then()` runs on the main thread once the backend is ready (e.g. the Train the
     user clicked). Calling again while a setup runs adds `then` to it instead of starting another."""
-    if launcher.python in _READY_PYTHONS and not wheel_folder and not check_gpus:
+    if launcher.python in _READY_PYTHONS:
         return True
     running = _SETUPS.get(launcher.python)
     if running is None or running.setup.finished:
-        running = SetupProgress(launcher, log, show_error or log, wheel_folder=wheel_folder, check_gpus=check_gpus)
+        running = SetupProgress(launcher, log, show_error or log)
         _SETUPS[launcher.python] = running
     if then is not None:
         running.continuations.append(then)
@@ -143,6 +146,10 @@ def check_backend(launcher, log, show_error, on_ready):
     """"Check / install dependencies": a fresh setup that also lists the GPUs the Python sees (importing torch there
     takes seconds, so it runs in the background like any setup); `on_ready(report)` gets the probe's report."""
     running = _SETUPS.get(launcher.python)
+    if running is not None and not running.setup.finished and not running.setup.check_gpus:
+        # a setup started by Train or Segment does not list the GPUs: probe again once it is done
+        running.continuations.append(lambda: check_backend(launcher, log, show_error, on_ready))
+        return
     if running is None or running.setup.finished:
         running = SetupProgress(launcher, log, show_error, check_gpus=True)
         _SETUPS[launcher.python] = running

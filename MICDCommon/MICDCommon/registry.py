@@ -216,16 +216,17 @@ class ModelRegistry:
             candidate, i = f"{base}_{i}", i + 1
         return os.path.join(self.root, candidate)
 
-    def add_folder(self, folder, name=None, colors=None, backend_check=True):
+    def add_folder(self, folder, name=None, colors=None, backend_check=True, link_weights=False):
         """Copy a model folder (e.g. RUN_DIR/model) into the registry under `name`; returns its ModelInfo.
 
         Only model.json and the weights are copied (see modelfiles). `colors` {label value: (r, g, b)} replaces the
         model's colours (e.g. the training segments' own colours). backend_check=False skips the backend's load of
         the model (seconds: it imports torch) for a folder the backend itself just wrote; the file checks still
-        run."""
+        run. link_weights: hard-link the weights file rather than copy it (see modelfiles.copy_model_folder), for a
+        model folder of one of our own runs."""
 
         def fill(dest):
-            copy_model_folder(folder, dest)
+            copy_model_folder(folder, dest, link_weights=link_weights)
             return None, os.path.basename(os.path.abspath(folder))
 
         return self._add(folder, fill, name, colors, backend_check)

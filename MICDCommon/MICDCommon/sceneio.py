@@ -36,10 +36,15 @@ def load_volume(path, name, labelmap=False):
     return node
 
 
+def matrix_array(matrix):
+    """A vtkMatrix4x4 as a 4x4 numpy array."""
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
 def ijk_to_ras(node):
     m = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(m)
-    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+    return matrix_array(m)
 
 
 def same_grid(node_a, node_b, tolerance=1e-3):

@@ -9,7 +9,7 @@ import tempfile
 import time
 
 from MICDCommon import (CANCELLED, FAILED, SUCCEEDED, BackendLauncher, ModelRegistry, PredictionProgress, micd_home,
-                        sceneio)
+                        volumefile)
 from MICDCommon.jobs import JobWrapper, failure_message, log_excerpt
 from MICDCommon.worker import DEFAULT_IDLE_TIMEOUT_S, BackendWorker
 
@@ -170,16 +170,21 @@ class SegmentationLogic:
         if not _in_scene(volume):
             raise SegmentationError(f"The volume '{volume.GetName()}' was deleted from the scene; select another "
                                     "volume.")
+        try:
+            snapshot = volumefile.VolumeSnapshot.take(volume)  # the voxels as they are now, shared (no copy)
+        except ValueError as e:
+            raise SegmentationError(f"Cannot segment this volume: {e}.") from None
         model = self.model(model)
         target = self.previous_result(volume) if replace else None
         os.makedirs(self.work_root, exist_ok=True)
         work_dir = tempfile.mkdtemp(prefix="segment-", dir=self.work_root)
-        input_path = sceneio.write_volume(volume, os.path.join(work_dir, "input.nrrd"), compress=False)
+        input_path = os.path.join(work_dir, "input.nrrd")  # written in a thread while the worker gets ready
         output_path = os.path.join(work_dir, "prediction.nrrd")
         fields = dict(model=model.path, input=input_path, output=output_path, **settings.request_fields())
         if settings.uncertainty:
             fields["uncertainty"] = os.path.join(work_dir, "uncertainty.nrrd")
-        job = self.worker.submit("predict", run_dir=work_dir, **fields)
+        job = self.worker.submit("predict", run_dir=work_dir,
+                                 before=lambda: volumefile.write_snapshot(snapshot, input_path), **fields)
         segmentation_job = SegmentationJob(job, volume, model, target, settings.uncertainty, self.keep_files,
                                            on_log, on_finished, on_event)
         if wait:

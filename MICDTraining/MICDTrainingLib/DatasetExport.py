@@ -146,7 +146,7 @@ def _reference_grid_differs(case):
     slicer.vtkSegmentationConverter.DeserializeImageGeometry(text, image)
     m = vtk.vtkMatrix4x4()
     image.GetImageToWorldMatrix(m)
-    grid = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+    grid = sceneio.matrix_array(m)
     dims = image.GetDimensions()
     return dims != case.volume.GetImageData().GetDimensions() or not np.allclose(grid, sceneio.ijk_to_ras(case.volume),
                                                                                   atol=1e-3)
@@ -248,8 +248,7 @@ def _label_layers_on_volume_grid(case, segments, lookup):
     sub-extent is fine), as a segmentation made from or drawn on that volume has them: [(slices, layer, value in the
     layer, label value)]. None when any does not (then the Segmentations logic resamples). The layers are copied:
     a segment edited while the files are written stays as it was when Train was pressed."""
-    volume_matrix = vtk.vtkMatrix4x4()
-    case.volume.GetIJKToRASMatrix(volume_matrix)
+    volume_matrix = sceneio.ijk_to_ras(case.volume)
     if case.segmentation.GetParentTransformNode() is not None or case.volume.GetParentTransformNode() is not None:
         return None
     dims = case.volume.GetImageData().GetDimensions()
@@ -260,8 +259,7 @@ def _label_layers_on_volume_grid(case, segments, lookup):
             return None
         matrix = vtk.vtkMatrix4x4()
         image.GetImageToWorldMatrix(matrix)
-        if not all(abs(matrix.GetElement(r, c) - volume_matrix.GetElement(r, c)) < 1e-4
-                   for r in range(4) for c in range(4)):
+        if not np.allclose(sceneio.matrix_array(matrix), volume_matrix, rtol=0, atol=1e-4):
             return None
         x0, x1, y0, y1, z0, z1 = image.GetExtent()
         if x1 < x0 or y1 < y0 or z1 < z0:
@@ -342,13 +340,6 @@ class SceneCaseFiles:
         return image_path, label_path
 
 
-def write_labelmap(case, labels, path):
-    """Write the case's segments as one label map in exactly the volume's grid (same dimensions, directions and
-    origin), each segment with the value `labels` {value: name} gives its name (see SceneCaseFiles.take)."""
-    files = SceneCaseFiles.take(case, labels, stem="")
-    return volumefile.write_nrrd(files.label_array(), files.image.ijk_to_ras, path)
-
-
 class ExportedDataset:
     """Where the export went: the dataset file and the case files."""
 
@@ -377,8 +368,9 @@ class ExportCancelled(Exception):
 
 
 class PendingExport:
-    """What Train writes, taken from the scene on the main thread (`take_export`, fast: no voxel is copied) and
-    written from any thread (`write`), so that Slicer stays responsive while a large CT is written."""
+    """What Train writes, taken from the scene on the main thread (`take_export`: the volumes shared, the segments'
+    labelmaps copied, segments off the volume's grid resampled) and written from any thread (`write`), so that
+    Slicer stays responsive while a large CT is written."""
 
     def __init__(self, out_dir, entries, labels, colors, unlabeled):
         self.out_dir = out_dir

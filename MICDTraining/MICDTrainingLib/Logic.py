@@ -3,7 +3,6 @@ events, reattach or resume later, and register the trained model. Used by the pa
 
 Talks to the backend only through its command line, its event stream and its model folder."""
 
-import collections
 import os
 import shutil
 import threading
@@ -12,7 +11,6 @@ import time
 from MICDCommon import (CANCELLED, CANCELLING, FAILED, LOST, RUNNING, SUCCEEDED, BackendLauncher, BackgroundJob,
                         EventTail, ModelRegistry, TrainingProgress, find_jobs, micd_home)
 from MICDCommon.contract import CHECKPOINTS_DIR, EVENTS_FILE, LAST_CHECKPOINT, MODEL_DIR
-from MICDCommon.events import READ_CHUNK_BYTES, parse_event
 from MICDCommon.jobs import JobRecord, JobWrapper, failure_message
 from MICDCommon.registry import safe_name
 from MICDCommon.threadjob import ThreadJob
@@ -37,8 +35,7 @@ class TrainingJob(JobWrapper):
         self.registry = registry
         self.model = None
         self.curves = curves
-        self._history = collections.deque()  # lines of the run's events from before a resume, not yet followed
-        self._history_tail = None  # where those lines are read from (replay_history), a chunk per poll
+        self._history = None  # the run's events from before a resume (replay_history), followed a slice at a time
 
     @property
     def model_name(self):
@@ -55,33 +52,29 @@ class TrainingJob(JobWrapper):
         and the curves then start where the run started. Call it before the first poll: the next polls read the
         lines (up to where the job's own reading starts) and follow them, a time slice at a time like the job's
         events (`backlog` counts them), before the job's new events."""
-        self._history_tail = EventTail(os.path.join(self.run_dir, EVENTS_FILE), until=self.job.events_offset)
+        self._history = EventTail(os.path.join(self.run_dir, EVENTS_FILE), until=self.job.events_offset)
 
-    def _history_unread(self):
-        return self._history_tail is not None and self._history_tail.unread > 0
+    def _history_backlog(self):
+        return self._history.backlog if self._history is not None else 0
 
     @property
     def backlog(self):
-        return len(self._history) + (1 if self._history_unread() else 0) + self.job.backlog
+        return self._history_backlog() + self.job.backlog
+
+    def _follow_history(self, event):
+        if event.get("event") in self.HISTORY_EVENTS:
+            self.progress.update(event)
+            self.observe(event)
 
     def poll(self, time_slice=None):
         """Follow the history (replay_history), then the job's new events; with `time_slice` (seconds) stop when it
         is used up (see BackgroundJob.poll). The curves' table nodes are written once the events read are
         followed, once per poll rather than once per event."""
         deadline = None if time_slice is None else time.monotonic() + time_slice
-        history = self._history
-        replayed = bool(history) or self._history_unread()
-        while deadline is None or time.monotonic() < deadline:
-            if not history and self._history_unread():
-                history.extend(self._history_tail.read_new_lines(None if deadline is None else READ_CHUNK_BYTES))
-            if not history:
-                break
-            event = parse_event(history.popleft())
-            if event is not None and event.get("event") in self.HISTORY_EVENTS:
-                self.progress.update(event)
-                self.observe(event)
-        if history or self._history_unread() or (replayed and deadline is not None and
-                                                 time.monotonic() >= deadline):
+        replayed = self._history_backlog() > 0
+        if replayed:
+            self._history.hand_out(self._follow_history, deadline, refill=True)
+        if self._history_backlog() or (replayed and deadline is not None and time.monotonic() >= deadline):
             new = []  # the job's own events at the next poll
         else:
             new = self.job.poll(None if deadline is None else max(0.0, deadline - time.monotonic()))
@@ -113,14 +106,20 @@ class TrainingJob(JobWrapper):
         colors = {int(k): v for k, v in (info.get("colors") or {}).items()}
         try:
             # micd train wrote it and said done: the backend's own load of it (seconds, on Slicer's main thread in
-            # this callback) would add nothing
-            self.model = self.registry.add_folder(model_dir, self.model_name, colors=colors, backend_check=False)
+            # this callback) would add nothing, and the weights are linked, not copied (150 MB at width 16)
+            self.model = self.registry.add_folder(model_dir, self.model_name, colors=colors, backend_check=False,
+                                                  link_weights=True)
         except Exception as e:  # noqa: BLE001 - reported, the run folder keeps the model
             self.message = f"Training finished but the model could not be registered: {e}"
             return
         info["registered_model"] = self.model.path
         self.job.record.save()
         self.message = f"Model '{self.model.name}' is ready in MICD Segmentation."
+
+
+def discard_run_dir(run_dir):
+    """Remove a run folder no run has used (its export failed or was cancelled): nothing half-made is left."""
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 class _TrainingLaunch:
@@ -173,6 +172,11 @@ class TrainingStart:
     def request_cancel(self):
         self._cancel.set()
 
+    def abandon(self):
+        """Cancel without telling anyone (the panel that asked is closing)."""
+        self._on_started = self._on_failed = self._on_progress = None
+        self._cancel.set()
+
     def poll(self, time_slice=None):
         self.begin()
         if self._on_progress and self.written != self._shown:
@@ -188,7 +192,7 @@ class TrainingStart:
         return self.finished
 
     def _end(self, state, message):
-        shutil.rmtree(self.run_dir, ignore_errors=True)  # a new folder that no run uses: nothing half-made is left
+        discard_run_dir(self.run_dir)
         self.state, self.message = state, message
         if self._on_failed:
             self._on_failed(self)
@@ -269,13 +273,18 @@ class TrainingLogic:
             raise TrainingError(f"Unknown training setting: {e}") from None
 
     def new_run_dir(self, model_name):
+        """A new, empty run folder, made here so that two runs started in the same second never share one."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = os.path.join(self.runs_root, f"{safe_name(model_name)}-{stamp}")
-        suffix = 2
-        while os.path.exists(path):
-            path = os.path.join(self.runs_root, f"{safe_name(model_name)}-{stamp}-{suffix}")
-            suffix += 1
-        return path
+        os.makedirs(self.runs_root, exist_ok=True)
+        suffix = 1
+        while True:
+            name = f"{safe_name(model_name)}-{stamp}" + (f"-{suffix}" if suffix > 1 else "")
+            path = os.path.join(self.runs_root, name)
+            try:
+                os.mkdir(path)
+                return path
+            except FileExistsError:
+                suffix += 1
 
     # --- training -----------------------------------------------------------------------------------------------
     def models(self):
@@ -317,7 +326,7 @@ class TrainingLogic:
         try:
             exported = launch.pending.write()
         except Exception:
-            shutil.rmtree(launch.run_dir, ignore_errors=True)  # a new, unused folder: nothing half-made is left
+            discard_run_dir(launch.run_dir)
             raise
         job = self._start(launch, exported)
         return self._follow(job, wait, timeout, on_event, on_log, on_finished, curves)
@@ -326,7 +335,8 @@ class TrainingLogic:
                        on_event=None, on_log=None, on_finished=None, file_labels=None, curves=None, init_from=None,
                        **setting_changes):
         """Train as the panel does, without holding Slicer's main thread while a large volume is written: the
-        checks and a snapshot of the cases here (milliseconds), the files in a worker thread, then `micd train`.
+        checks and a snapshot of the cases here (milliseconds, unless segments off their volume's grid must be
+        resampled), the files in a worker thread, then `micd train`.
         Returns a TrainingStart (polled by the job poller); `on_started(TrainingJob)` once the run is started,
         `on_failed(start)` when the export failed or was cancelled (`start.message` says which),
         `on_progress(written, count)` after each case. Raises TrainingError when the checks fail."""
@@ -365,7 +375,11 @@ class TrainingLogic:
         try:
             pending = take_export(cases, list(unlabeled), os.path.join(run_dir, "dataset"), report=report)
         except ValueError as e:
+            discard_run_dir(run_dir)
             raise TrainingError(str(e)) from None
+        except Exception:
+            discard_run_dir(run_dir)
+            raise
         return _TrainingLaunch(settings, parent, report, run_dir, pending)
 
     def _parent_model(self, init_from):

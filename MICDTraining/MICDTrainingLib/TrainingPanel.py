@@ -335,6 +335,8 @@ class TrainingPanel(VTKObservationMixin):
 
     def startTraining(self, init_from=None):
         """Check, then train on the cases in the background; from the weights of the model `init_from` if given."""
+        if self.running:  # e.g. a second click queued while the dependency setup ran
+            return
         self.form.save()
         report = self.onCheck()
         if not report.ok:
@@ -457,6 +459,9 @@ class TrainingPanel(VTKObservationMixin):
 
     def cleanup(self):
         """The module is closing: the training process keeps running; it is reattached on return. The scene is no
-        longer observed (a new panel observes it)."""
+        longer observed (a new panel observes it). Cases still being written are not trained on: that start is
+        cancelled (its run folder removed)."""
         self.removeObservers()
+        if self.starting is not None and not self.starting.finished:
+            self.starting.abandon()
         self.form.save()
