@@ -1,9 +1,9 @@
 """benchmarks/ssl_benchmark.py on the Left Atrium set and on the equal-time axis, end to end at toy scale.
 
-One real run of the script (`--preset smoke --dataset la --time-budget 30s`, seed 0, 4 labeled, supervised with
+One real run of the script (`--preset smoke --dataset la --time-budget 1m`, seed 0, 4 labeled, supervised with
 MICD's class weights and MICD, one thread) into tmp_path: the records, their place apart from hippocampus and from
 equal-iteration records, the summary rows the outside check reads (dataset, labeled, method, time_budget, seeds,
-mean_dice, paired_diff_vs_supervised_weighted). About two minutes on 2 cores. And, without training: the hippocampus
+mean_dice, paired_diff_vs_supervised_weighted). About three minutes on 2 cores. And, without training: the hippocampus
 report rebuilt from the committed records is the committed report, byte for byte.
 """
 
@@ -21,7 +21,7 @@ BENCH = os.path.join(ROOT, "benchmarks")
 sys.path.insert(0, BENCH)
 import ssl_benchmark as sb  # noqa: E402
 
-BUDGET = "30s"
+BUDGET = "1m"  # 30 s failed on a 2-core AVX2 CPU beside the other test worker: start-up and planning took 28 s
 METHODS = ["supervised-micd-weights", "micd"]
 
 
@@ -43,16 +43,16 @@ def la_bench(tmp_path_factory, shared_data):
 def test_records_are_la_equal_time_and_apart(la_bench):
     results, work, _ = la_bench
     runs = os.path.join(results, "smoke", "runs")
-    # apart from hippocampus and from equal-iteration records: RESULTS/smoke/runs/la/equal-time/<name>-t30s.json
+    # apart from hippocampus and from equal-iteration records: RESULTS/smoke/runs/la/equal-time/<name>-t1m.json
     assert sorted(os.path.relpath(f, runs) for f in glob.glob(os.path.join(runs, "**", "*.json"), recursive=True)) == \
-        sorted(f"la/equal-time/{m}-L4-s0-t30s.json" for m in METHODS)
+        sorted(f"la/equal-time/{m}-L4-s0-t1m.json" for m in METHODS)
     split = json.load(open(os.path.join(BENCH, "splits", "la.json")))
     for m in METHODS:
-        r = json.load(open(os.path.join(runs, "la", "equal-time", f"{m}-L4-s0-t30s.json")))
+        r = json.load(open(os.path.join(runs, "la", "equal-time", f"{m}-L4-s0-t1m.json")))
         assert (r["dataset"], r["method"], r["labeled"], r["seed"], r["preset"]) == ("la", m, 4, 0, "smoke")
-        assert r["time_budget"] == BUDGET and r["time_budget_s"] == 30.0
+        assert r["time_budget"] == BUDGET and r["time_budget_s"] == 60.0
         # the planned count is the run's own: its `start` event, and the run trained exactly that many iterations
-        events = [json.loads(l) for l in open(os.path.join(work, "smoke", "la", "equal-time", f"{m}-L4-s0-t30s",
+        events = [json.loads(l) for l in open(os.path.join(work, "smoke", "la", "equal-time", f"{m}-L4-s0-t1m",
                                                            "run", "events.jsonl")) if l.strip()]
         start = [e for e in events if e["event"] == "start"][-1]
         done = [e for e in events if e["event"] == "done"][-1]
@@ -66,7 +66,7 @@ def test_records_are_la_equal_time_and_apart(la_bench):
         assert all(set(c["metrics"]) == {"left_atrium"} for c in cases)
         assert r["evaluation_last"] is not None and r["validation_curve"]
         # the run's dataset: the split's first 4 pool cases labeled, its last 4 for validation, declared MR
-        ds = json.load(open(os.path.join(work, "smoke", "la", "equal-time", f"{m}-L4-s0-t30s", "dataset.json")))
+        ds = json.load(open(os.path.join(work, "smoke", "la", "equal-time", f"{m}-L4-s0-t1m", "dataset.json")))
         assert ds["labels"] == {"1": "left_atrium"} and ds["modality"] == "MR"
         assert [os.path.basename(c["image"]) for c in ds["labeled"]] == split["labeled_pool"][:4]
         assert [os.path.basename(c["image"]) for c in ds["validation"]] == split["labeled_pool"][-4:]
