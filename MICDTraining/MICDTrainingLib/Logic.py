@@ -136,8 +136,9 @@ class TrainingStart:
     no run folder behind. `state`: running, then succeeded (the run started: `training`), cancelled or failed.
 
     The worker starts at the first poll (`begin`), which a job poller makes as soon as Qt is idle (`backlog` is 1
-    until then): started inside the Train click, the writer competed with the rest of the click for the
-    interpreter lock, and on a loaded machine the click took 100-400 ms instead of 30."""
+    until then), so that it does not compete with the rest of the Train click for the interpreter lock (alone the
+    click takes about 20 ms; on a machine loaded by other processes it varied 40-400 ms with or without the
+    thread)."""
 
     def __init__(self, pending, run_dir, start, on_started=None, on_failed=None, on_progress=None):
         self.run_dir = run_dir
