@@ -102,13 +102,6 @@ class EventTail:
     def offset(self):
         return self._lines.offset
 
-    def read_new_lines(self, max_bytes=None):
-        return self._lines.read_new_lines(max_bytes)
-
-    @property
-    def unread(self):
-        return self._lines.unread
-
     def read_new(self):
         return [e for e in map(parse_event, self._lines.read_new_lines()) if e is not None]
 
