@@ -5,7 +5,11 @@ beside the equal-time records, so `ssl_benchmark.py --time-budget ... --report` 
 with MICD's class weights like any row.
 
 nnU-Net runs in an environment of its own (it brings its own dependencies), given by --nnunet-python, e.g.
-    python -m venv /path/nnunet && /path/nnunet/bin/pip install torch==2.13.0 nnunetv2==2.8.1
+    python -m venv /path/nnunet && /path/nnunet/bin/pip install torch==2.14.1 torchvision==0.29.1 nnunetv2==2.8.1
+nnU-Net imports every trainer module while it looks for one, and its Primus trainers import timm, hence torchvision:
+PyPI's torchvision does not load beside the CPU-only torch 2.13.0 ("operator torchvision::nms does not exist"), so
+nnU-Net gets a torch and torchvision pair of its own (a CUDA build, which trains on the CPU here). Its torch version is
+recorded with each run (`nnunet_torch`).
 Everything is nnU-Net's defaults (plans, network, augmentation, loss, optimiser, test-time mirroring) but the length
 (benchmarks/nnunet/nnUNetTrainer_MICDBudget.py), the device (cpu), its data-augmentation workers (1, so that the two
 cores train as MICD's runs do) and fold `all` (2 labeled cases give no 5-fold split). Planning and preprocessing are
@@ -107,6 +111,8 @@ def main() -> None:
                           {f"{case_id(n)}_0000.nii.gz": os.path.join(folder, "imagesTr", n) for n in split["test"]})
     test_labels = link_folder(os.path.join(work, "test_labels"),
                               {n: os.path.join(folder, "labelsTr", n) for n in split["test"]})
+    nnunet_torch = subprocess.run([python, "-c", "import torch, nnunetv2; print(torch.__version__)"],
+                                  capture_output=True, text=True, check=True).stdout.strip()
     labels_file = os.path.join(work, "labels.json")
     json.dump(spec["labels"], open(labels_file, "w", encoding="utf-8"))
     for seed in a.seeds:
@@ -132,7 +138,7 @@ def main() -> None:
         result = {"method": "nnunet", "labeled": a.labeled, "seed": seed, "preset": a.preset, "dataset": a.dataset,
                   "time_budget": a.time_budget, "time_budget_s": budget_s, "iterations": None,
                   "nnunet_plan": epochs[-1].strip() if epochs else None, "configuration": "3d_fullres",
-                  "trainer": TRAINER, "device": "cpu", "amp": "off", "threads": a.threads,
+                  "trainer": TRAINER, "nnunet_torch": nnunet_torch, "device": "cpu", "amp": "off", "threads": a.threads,
                   "test_cases": len(split["test"]), "weights_from": "nnU-Net checkpoint_final.pth",
                   "process_wall_s": round(train_s, 1), "train_wall_s": round(train_s, 1), "validation_curve": [],
                   "nnunet_output": os.path.relpath(fold, ROOT), "evaluation": json.load(open(ev_path)), **machine(),

@@ -11,6 +11,7 @@ and nnU-Net's own end of training writes checkpoint_final.pth."""
 import os
 import time
 
+import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 BUDGET_VARIABLE = "MICD_NNUNET_BUDGET_S"
@@ -23,11 +24,11 @@ class BudgetReached(Exception):
 
 
 class nnUNetTrainer_MICDBudget(nnUNetTrainer):
-    def __init__(self, plans, configuration, fold, dataset_json, device=None, **kwargs):
-        if device is None:
-            super().__init__(plans, configuration, fold, dataset_json, **kwargs)
-        else:
-            super().__init__(plans, configuration, fold, dataset_json, device=device, **kwargs)
+    # nnU-Net records its trainers' __init__ parameters by name (to re-create one from a checkpoint): the signature
+    # must be nnUNetTrainer's own, without *args or **kwargs.
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
         self.budget_s = float(os.environ[BUDGET_VARIABLE])
         self.started = float(os.environ.get(START_VARIABLE, time.time()))
         self.num_iterations_per_epoch = 50
