@@ -305,3 +305,20 @@ def test_the_budget_clock_starts_with_the_process(tmp_path):
     assert 1.5 <= float(out) < 60
     in_process = __import__("micd.training.budget", fromlist=["command_start_time"]).command_start_time()
     assert abs(in_process - time.time()) < 1  # inside another program (pytest) it is the command's own start
+
+
+def test_the_eta_costs_warmup_and_full_steps_apart():
+    """With a warm-up of supervised steps, the ETA counts the warm-up's rest at the supervised pace and the rest at
+    the full step's: the planner's calibrated times until a kind has run, then that kind's last 20 steps."""
+    from micd.training.trainer import StepPace
+
+    pace = StepPace(supervised_s=0.25, full_s=1.0)
+    assert pace.eta(10, 30) == pytest.approx(10 * 0.25 + 20 * 1.0)
+    pace.add(True, 0.5)
+    assert pace.recent(True) == 0.5 and pace.eta(9, 29) == pytest.approx(9 * 0.5 + 20 * 1.0)
+    for _ in range(25):
+        pace.add(False, 2.0)
+    assert pace.recent(False) == 2.0 and len(pace.times[False]) == 20
+    unplanned = StepPace()  # no budget: a kind not run yet takes the other's pace
+    unplanned.add(True, 0.3)
+    assert unplanned.eta(1, 3) == pytest.approx(0.9)

@@ -345,6 +345,27 @@ def test_supervised_warmup_then_ramp():
     assert consistency_weight(500, 1000, 0.1, 1.0) == pytest.approx(gaussian_rampup(500, 1000, 0.1))
 
 
+@pytest.mark.parametrize("name", ["micd", "dhc"])
+def test_warmup_step_is_the_supervised_methods_step(name):
+    """--warmup-step supervised: a co-training method's warm-up step is the supervised method's step on the same
+    students and class weights (no unlabeled or masked pass); its `sup` is that step's sup_a + sup_b."""
+    torch.manual_seed(0)
+    x_l, y_l = torch.randn(2, 1, 16, 16, 16), torch.randint(0, 3, (2, 16, 16, 16))
+    m = build_method(name, _det_net(), 3, MethodConfig(class_weights="dhc-bgfloor"))
+    sup = build_method("supervised", _det_net(), 3, MethodConfig(class_weights="dhc-bgfloor"))
+    sup.students.load_state_dict(m.students.state_dict())
+    for method in (m, sup):
+        method.init_from_label_counts(np.array([1000.0, 50.0, 10.0]))
+    assert m.has_supervised_step and not sup.has_supervised_step
+    terms = m.supervised_step(x_l, y_l)
+    ref = sup.step(x_l, y_l, None, 0.0, torch.Generator().manual_seed(0))
+    assert set(terms) == {"sup", "total"}
+    assert terms["sup"].item() == pytest.approx((ref["sup_a"] + ref["sup_b"]).item(), rel=1e-6)
+    assert m.current_weights == sup.current_weights
+    with pytest.raises(NotImplementedError):
+        build_method("cps", _det_net(), 3, MethodConfig()).supervised_step(x_l, y_l)
+
+
 def test_supervised_class_weights_are_dhcs_from_labeled_patches_only():
     """--class-weights for supervised: the weights MICD uses, with DistDW counting student B's labeled predictions."""
     torch.manual_seed(0)

@@ -30,7 +30,7 @@ FLAGS = {"--lr": "0.02", "--log-every": "2", "--validate-every": "2", "--checkpo
          "--cmd-mode": "cross_teacher", "--class-weights": "none", "--ema-alpha": "0.9", "--beta-max": "0.5",
          "--rampup-fraction": "0.5", "--term-weights": "1 0.5 0.25", "--pseudo-threshold": "0.1",
          "--init-a": "xavier", "--init-b": "xavier", "--mask-fill": "zero", "--cfc-inputs": "clean",
-         "--foreground-fraction": "1.0"}
+         "--foreground-fraction": "1.0", "--warmup-step": "full"}
 SWITCHES = ["--export-last", "--no-mask-shared", "--no-mask-labeled", "--cmd-weighted", "--keep-clean-cps"]
 
 
@@ -100,6 +100,8 @@ def test_train_options_change_the_run(options_run):
     for e in iters:
         assert e["beta"] == pytest.approx(consistency_weight(e["iter"] - 1, 4, 0.5, 0.5, 0.25))
     assert iters[0]["beta"] == 0 and 0 < iters[-1]["beta"] <= 0.5
+    # --warmup-step full: the warm-up's step is the whole MICD step at β = 0 (the default's is supervised)
+    assert {"sup", "mcpc", "cfc", "cmd"} <= set(iters[0]["loss"])
     # --validate-every 2 and the end; --checkpoint-every 3 (and the final one)
     assert [e["iter"] for e in events if e["event"] == "validation"] == [2, 4]
     assert [e["iter"] for e in events if e["event"] == "checkpoint" and e.get("kind") != "best"][:1] == [3]

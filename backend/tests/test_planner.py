@@ -19,10 +19,14 @@ from micd.training.run_data import prepare_run_data
 from realdata import write_dataset
 
 
+SUPERVISED_SHARE_OF_STEP = 0.25
+
+
 class FakeTrainer:
     """A Calibratable whose step takes `sec_per_voxel` x the patch's voxels (as the planner models it)."""
 
-    def __init__(self, plan: TrainingPlan, sec_per_voxel: float):
+    def __init__(self, plan: TrainingPlan, sec_per_voxel: float, supervised_warmup: bool = False):
+        self.supervised_warmup = supervised_warmup
         self._patch = plan.patch
         self.sec_per_voxel = sec_per_voxel
         self.patches_used = []
@@ -36,9 +40,9 @@ class FakeTrainer:
         self._patch = [int(v) for v in patch]
         self.patches_used.append(self.patch)
 
-    def time_steps(self, n, beta):
+    def time_steps(self, n, beta, supervised=False):
         voxels = self._patch[0] * self._patch[1] * self._patch[2]
-        return [self.sec_per_voxel * voxels] * n
+        return [self.sec_per_voxel * voxels * (SUPERVISED_SHARE_OF_STEP if supervised else 1.0)] * n
 
     def time_validation(self):
         return 0.5
@@ -59,9 +63,9 @@ def data(tmp_path_factory, shared_data):
     return o, prepare_run_data(o, o.out, D.DistContext(), None, lambda m, f: None)
 
 
-def _plan(o, data, sec_per_voxel, built):
+def _plan(o, data, sec_per_voxel, built, supervised_warmup=False):
     def make(plan):
-        built.append(FakeTrainer(plan, sec_per_voxel))
+        built.append(FakeTrainer(plan, sec_per_voxel, supervised_warmup))
         return built[-1]
     return plan_training(o, data, torch.device("cpu"), D.DistContext(), None, None, None, time.time(), make)
 
@@ -103,6 +107,27 @@ def test_a_budget_plan_follows_the_timed_steps(data):
         plan.iterations = 5
     with pytest.raises(dataclasses.FrozenInstanceError):
         o.iterations = 5
+
+
+def test_a_warmup_of_supervised_steps_is_costed_apart(data):
+    """--warmup-fraction 0.5 with supervised warm-up steps at a quarter of a full step: an iteration costs the mix
+    (0.625 of a full step), so the same budget plans about 1.6x the iterations, and the plan says why."""
+    o, d = data
+    o = dataclasses.replace(o, time_budget="120s", patch_size=[32, 32, 32], warmup_fraction=0.5)
+    spv = 1e-5  # 0.33 s a full step
+    full = _plan(dataclasses.replace(o, warmup_fraction=0.0), d, spv, [])
+    built = []
+    mixed = _plan(o, d, spv, built, supervised_warmup=True)
+    cal = mixed.budget["budget_plan"]["calibration"]
+    step = spv * 32 ** 3
+    assert cal["full_step_s"] == pytest.approx(step, rel=1e-3)
+    assert cal["supervised_step_s"] == pytest.approx(SUPERVISED_SHARE_OF_STEP * step, rel=1e-3)
+    assert cal["sec_per_iter"] == pytest.approx((0.5 * SUPERVISED_SHARE_OF_STEP + 0.5) * step, rel=1e-3)
+    assert 1.4 < mixed.iterations / full.iterations < 1.7
+    assert mixed.warmup_iterations == pytest.approx(0.5 * mixed.iterations, abs=0.1)
+    assert "supervised warm-up steps" in mixed.budget["budget_plan"]["note"]
+    # without the warm-up nothing supervised is timed
+    assert full.budget["budget_plan"]["calibration"]["supervised_step_s"] is None
 
 
 def test_a_budget_too_small_for_the_shortest_run_is_refused(data):

@@ -181,3 +181,26 @@ def test_resuming_with_changed_training_options_warns(tiny_run, tmp_path):
     warnings = [e["message"] for e in read_events(os.path.join(out, "events.jsonl"))[-40:] if e["event"] == "warning"]
     changed = [w for w in warnings if w.startswith("resumed with options")]
     assert len(changed) == 1 and "class_weights: default -> none" in changed[0] and "iterations" not in changed[0]
+
+
+def test_a_supervised_warmup_is_planned_and_run_as_supervised_steps(tmp_path, shared_data):
+    """--warmup-fraction 0.5 under a time budget: the planner times the warm-up's supervised step apart from MICD's
+    step (the supervised one is the cheaper), the warm-up's iterations report the supervised loss alone, and the
+    ramp-up's iterations MICD's terms."""
+    ds = write_dataset(tmp_path, n_lab=2, n_unlab=2, n_val=0)
+    run = tmp_path / "run"
+    p = run_micd("train", "--dataset", ds, "--out", str(run), "--iterations", "6", "--time-budget", "10m",
+                 "--warmup-fraction", "0.5", "--batch-labeled", "2", "--batch-unlabeled", "2", "--val-fraction", "0",
+                 *TINY)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    events = list(read_events(str(run / "events.jsonl")))
+    (start,) = [e for e in events if e["event"] == "start"]
+    cal = start["budget_plan"]["calibration"]
+    assert 0 < cal["supervised_step_s"] < cal["full_step_s"]
+    assert start["warmup_iterations"] == 3
+    iters = {e["iter"]: e for e in events if e["event"] == "iteration"}
+    assert sorted(iters) == [1, 2, 3, 4, 5, 6]
+    for it in (1, 2, 3):
+        assert set(iters[it]["loss"]) == {"sup", "total"} and iters[it]["beta"] == 0
+    for it in (4, 5, 6):
+        assert {"sup", "mcpc", "cfc", "cmd", "total"} <= set(iters[it]["loss"]) and iters[it]["beta"] > 0

@@ -27,6 +27,9 @@ class MethodConfig:
     rampup_fraction: float = 1.0     # ramp length as a fraction of all iterations (DHC: the whole run)
     term_weights: Tuple[float, float, float] = (1.0, 1.0, 1.0)  # MCPC, CFC, CMD multipliers inside Eq. 7
     warmup_fraction: float = 0.0     # β = 0 for this share of the run (supervised warm-up), then the ramp starts
+    warmup_step: str = "supervised"  # the warm-up's steps: supervised (the labeled batch only, as the supervised
+    #                                  method: no unlabeled or masked pass, about a quarter of MICD's step) | full
+    #                                  (the method's whole step at β = 0)
     mask_ratio: float = TRAIN_DEFAULTS["mask-ratio"]  # Eq. 2: r, probability that a block is dropped
     mask_block: int = 0              # Eq. 2: s, block side in voxels; 0: an eighth of each patch axis (MIC's ratio)
     mask_fill: str = "min"           # min: the patch's minimum (its background, also the padding value) | zero
@@ -193,6 +196,15 @@ class Method(nn.Module):
              generator: torch.Generator) -> Dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    @property
+    def has_supervised_step(self) -> bool:
+        """Whether `supervised_step` is a step of its own (a warm-up of supervised steps is cheaper then)."""
+        return False
+
+    def supervised_step(self, x_l: torch.Tensor, y_l: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """A step on the labeled batch alone (the warm-up's, see MethodConfig.warmup_step)."""
+        raise NotImplementedError(f"method {self.name} has no supervised step")
+
     def after_step(self) -> None:
         """Called after each optimizer step (EMA teachers)."""
         self.optimizer_steps += 1
@@ -245,6 +257,23 @@ class ClassWeightedMethod(Method):
 
     def init_from_label_counts(self, counts: np.ndarray) -> None:
         self.weighting.distdw.init_from_counts(counts)
+
+    def supervised_losses(self, x_l: torch.Tensor, y_l: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Both students' weighted Dice + CE on the labeled batch alone; DistDW counts student B's predictions on
+        it (the only patches this step sees)."""
+        za, _ = self.runners["student_a"](x_l)
+        zb, _ = self.runners["student_b"](x_l)
+        w_a, w_b = self.weighting.update(za, y_l, zb)
+        return self.dice_ce(za, y_l, w_a), self.dice_ce(zb, y_l, w_b)
+
+    @property
+    def has_supervised_step(self) -> bool:
+        return True
+
+    def supervised_step(self, x_l: torch.Tensor, y_l: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The warm-up step of a co-training method: its `sup` term alone, computed as the supervised method does."""
+        sup_a, sup_b = self.supervised_losses(x_l, y_l)
+        return {"sup": sup_a + sup_b, "total": sup_a + sup_b}
 
     def extra_state(self) -> dict:
         return {**super().extra_state(), **(self.weighting.state_dict() if self.weighted else {})}

@@ -24,9 +24,10 @@ class Supervised(ClassWeightedMethod):
     branch_inits = ("kaiming", "xavier")
     own_defaults = {"class_weights": "dhc-bgfloor"}
 
+    @property
+    def has_supervised_step(self) -> bool:
+        return False  # its step is already one: a warm-up changes nothing
+
     def step(self, x_l, y_l, x_u: Optional[torch.Tensor], beta: float, generator) -> Dict[str, torch.Tensor]:
-        za, _ = self.runners["student_a"](x_l)
-        zb, _ = self.runners["student_b"](x_l)
-        w_a, w_b = self.weighting.update(za, y_l, zb)
-        sup_a, sup_b = self.dice_ce(za, y_l, w_a), self.dice_ce(zb, y_l, w_b)
+        sup_a, sup_b = self.supervised_losses(x_l, y_l)
         return {"sup_a": sup_a, "sup_b": sup_b, "total": sup_a + sup_b}

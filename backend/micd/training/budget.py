@@ -62,10 +62,16 @@ class Calibration:
     checkpoint_s: float  # one checkpoint written to disk
     export_s: float  # final model folder(s)
     spent_s: float  # what the calibration itself took
+    full_step_s: Optional[float] = None  # the method's step (sec_per_iter without a warm-up of supervised steps)
+    supervised_step_s: Optional[float] = None  # a warm-up's supervised step, when the run has such a warm-up
+
+    # sec_per_iter mixes the two kinds by their share of the iterations; step_s holds the full steps' times, then the
+    # supervised ones'
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        return {k: ([round(x, 4) for x in v] if isinstance(v, list) else round(v, 4)) for k, v in d.items()}
+        return {k: ([round(x, 4) for x in v] if isinstance(v, list) else v if v is None else round(v, 4))
+                for k, v in d.items()}
 
 
 @dataclass

@@ -99,6 +99,9 @@ class TrainOptions:
     rampup_fraction: float = opt(MethodConfig.rampup_fraction, "ramp-up length as a fraction of --iterations")
     warmup_fraction: float = opt(MethodConfig.warmup_fraction, "supervised warm-up: β = 0 for this share of "
                                  "--iterations, then the ramp-up starts")
+    warmup_step: str = opt(MethodConfig.warmup_step, "the warm-up's steps: supervised (the labeled batch alone, as "
+                           "--method supervised: about a quarter of a MICD step, so a time budget fits more) or full "
+                           "(the method's whole step with β = 0)", choices=["supervised", "full"])
     term_weights: List[float] = opt(list(MethodConfig.term_weights), "multipliers of MCPC, CFC, CMD inside Eq. 7",
                                     nargs=3, type=float, metavar=("MCPC", "CFC", "CMD"))
     mask_ratio: float = opt(MethodConfig.mask_ratio, "r of Eq. 2: probability that a mask block is dropped")

@@ -59,8 +59,11 @@ class Calibratable(Protocol):
     def use_patch(self, patch: Sequence[int]) -> None:
         """Train the next steps on patches of this size."""
 
-    def time_steps(self, n: int, beta: float) -> List[float]:
-        """Run `n` real training steps at consistency weight `beta`; the seconds of each, device synchronised."""
+    supervised_warmup: bool  # whether the warm-up's steps are supervised steps (costed apart)
+
+    def time_steps(self, n: int, beta: float, supervised: bool = False) -> List[float]:
+        """Run `n` real training steps at consistency weight `beta` (`supervised`: the warm-up's steps on the
+        labeled batch alone); the seconds of each, device synchronised."""
 
     def time_validation(self) -> float:
         """Seconds of one validation of the first validation case."""
@@ -241,7 +244,9 @@ def _fit_budget(draft: TrainingPlan, o: TrainOptions, data: RunData, device: tor
             return draft.with_changes(resample_to=coarser, patch_note=patch_note)
         if warning:
             draft = draft.with_changes(warnings=draft.warnings + (warning,))
-    cal = D.broadcast_object(ctx, calibrate(trainer, ctx, data, budget_s, o.beta_max, export_last=o.export_last))
+    warm_share = o.warmup_fraction if trainer.supervised_warmup else 0.0
+    cal = D.broadcast_object(ctx, calibrate(trainer, ctx, data, budget_s, o.beta_max, export_last=o.export_last,
+                                            supervised_share=warm_share))
     patch = list(trainer.patch)
     candidates.append({"patch_size": patch, "sec_per_iter": round(cal.sec_per_iter, 4)})
     del trainer  # the run's trainer is built afresh from the plan
@@ -252,6 +257,9 @@ def _fit_budget(draft: TrainingPlan, o: TrainOptions, data: RunData, device: tor
     available = budget_s - elapsed - costs.finish_seconds(cal)
     where = (f"{cal.sec_per_iter:.2f} s per iteration on {device} (patch {'x'.join(map(str, patch))}, "
              f"batch {o.batch_labeled}+{o.batch_unlabeled}, {o.filters} filters)")
+    if cal.supervised_step_s is not None:
+        where += (f"; the first {o.warmup_fraction:.0%} of the iterations are supervised warm-up steps of "
+                  f"{cal.supervised_step_s:.2f} s, the rest full steps of {cal.full_step_s:.2f} s")
     warnings = list(draft.warnings)
     if given:
         n, note = draft.iterations, f"--iterations {draft.iterations} given: the budget only sets the ETA"
@@ -284,9 +292,11 @@ def _fit_budget(draft: TrainingPlan, o: TrainOptions, data: RunData, device: tor
 
 
 def calibrate(trainer: Calibratable, ctx: D.DistContext, data: Optional[RunData], budget_s: float, beta: float,
-              timed: int = TIMED_STEPS, extras: bool = True, export_last: bool = False) -> Calibration:
+              timed: int = TIMED_STEPS, extras: bool = True, export_last: bool = False,
+              supervised_share: float = 0.0) -> Calibration:
     """Time the real step at consistency weight `beta` (up to `timed` steps after the warm-up) and, with `extras`, a
-    validation and a checkpoint."""
+    validation and a checkpoint. With a `supervised_share` of the iterations in a warm-up of supervised steps, those
+    are timed too, and an iteration costs the mix of the two."""
     t_cal = time.time()
     warm = trainer.time_steps(WARMUP_STEPS, beta)
     # Slow steps on a short budget: fewer timed steps (at least one). The count comes from the warm-up time averaged
@@ -294,7 +304,14 @@ def calibrate(trainer: Calibratable, ctx: D.DistContext, data: Optional[RunData]
     first = D.mean_across_ranks(ctx, {"w": warm[-1]})["w"]
     n_timed = max(1, min(timed, int(CALIBRATION_SHARE * budget_s / max(first, 1e-6))))
     times = trainer.time_steps(n_timed, beta)
-    spi = float(np.mean(times))  # the mean: a busy machine makes some steps much slower than the median
+    spi = full_s = float(np.mean(times))  # the mean: a busy machine makes some steps much slower than the median
+    supervised_s = None
+    if supervised_share > 0:
+        warm += trainer.time_steps(WARMUP_STEPS, 0.0, supervised=True)
+        supervised_times = trainer.time_steps(n_timed, 0.0, supervised=True)
+        times += supervised_times
+        supervised_s = float(np.mean(supervised_times))
+        spi = supervised_share * supervised_s + (1.0 - supervised_share) * full_s
     val_s = ckpt_s = 0.0
     if extras and data.validation and ctx.is_main:
         voxels = [float(np.prod(c.image.shape)) for c in data.validation]
@@ -303,7 +320,7 @@ def calibrate(trainer: Calibratable, ctx: D.DistContext, data: Optional[RunData]
         ckpt_s = trainer.time_checkpoint()
     export_s = (2.0 if export_last else 1.0) * ckpt_s + 0.5  # safetensors of the networks, JSON, rename
     D.barrier(ctx)
-    return Calibration(warm, times, spi, val_s, ckpt_s, export_s, time.time() - t_cal)
+    return Calibration(warm, times, spi, val_s, ckpt_s, export_s, time.time() - t_cal, full_s, supervised_s)
 
 
 def _choose_threads(trainer: Calibratable, o: TrainOptions, device: torch.device, patch: List[int]) -> Optional[dict]:

@@ -14,11 +14,16 @@ def learning_rate(schedule: str, base_lr: float, it: int, total: int, power: flo
     return poly_lr(base_lr, it, total, power) if schedule == "poly" else base_lr
 
 
+def in_warmup(it: int, total: int, warmup_fraction: float) -> bool:
+    """Whether the step from `it` is one of the supervised warm-up's (the first `warmup_fraction` of the run)."""
+    return it < warmup_fraction * total
+
+
 def consistency_weight(it: int, total: int, beta_max: float, rampup_fraction: float,
                        warmup_fraction: float = 0.0) -> float:
     """β(t) of Eq. 7 with the ramp spanning `rampup_fraction` of the run; with a supervised warm-up, β is 0 for the
     first `warmup_fraction` of the run and the ramp starts after it."""
-    start = warmup_fraction * total
-    if it < start:
+    if in_warmup(it, total, warmup_fraction):
         return 0.0
+    start = warmup_fraction * total
     return gaussian_rampup(it - start, rampup_fraction * (total - start), beta_max)

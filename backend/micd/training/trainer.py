@@ -35,7 +35,7 @@ from micd.training.outcome import MAX_OOM_RETRIES, DataProblem
 from micd.training.plan import TrainingPlan
 from micd.training.run_context import RunContext
 from micd.training.run_data import RunData
-from micd.training.schedule import consistency_weight, learning_rate
+from micd.training.schedule import consistency_weight, in_warmup, learning_rate
 from micd.training.validation import validate
 from micd.training.warm_start import apply as apply_parent
 
@@ -47,6 +47,36 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)
+
+
+class StepPace:
+    """Seconds per iteration of the last 20 steps of each kind (the warm-up's supervised steps and the full ones),
+    and the ETA of the rest of the run from them; a kind not run yet takes the plan's calibrated time, or the other
+    kind's recent one."""
+
+    def __init__(self, supervised_s: Optional[float] = None, full_s: Optional[float] = None, window: int = 20):
+        self.planned = {True: supervised_s, False: full_s}
+        self.window = window
+        self.times: Dict[bool, List[float]] = {True: [], False: []}
+
+    @classmethod
+    def for_plan(cls, plan: TrainingPlan) -> "StepPace":
+        cal = (plan.budget.get("budget_plan") or {}).get("calibration") or {}
+        return cls(cal.get("supervised_step_s"), cal.get("full_step_s"))
+
+    def add(self, supervised: bool, seconds: float) -> None:
+        kept = self.times[supervised]
+        kept.append(seconds)
+        del kept[:-self.window]
+
+    def recent(self, supervised: bool) -> float:
+        for source in (self.times[supervised], self.planned[supervised], self.times[not supervised]):
+            if source:
+                return float(np.mean(source))
+        return 0.0
+
+    def eta(self, supervised_left: int, left: int) -> float:
+        return supervised_left * self.recent(True) + (left - supervised_left) * self.recent(False)
 
 
 class Trainer:
@@ -104,6 +134,9 @@ class Trainer:
         self.method.prepare(D.make_wrapper(self.ctx, self.device, False), D.sum_across_ranks(self.ctx),
                             (self.ctx.rank, self.ctx.world_size))
         self.lab_sampler, self.unl_sampler = self._samplers()
+        # --warmup-step supervised: the warm-up's steps see the labeled batch alone (MethodConfig.warmup_step)
+        self.supervised_warmup = (o.warmup_fraction > 0 and o.warmup_step == "supervised"
+                                  and self.method.uses_unlabeled and self.method.has_supervised_step)
 
     def _samplers(self):
         """Labeled and unlabeled patch samplers of the current patch size, on the trainer's generators."""
@@ -121,18 +154,18 @@ class Trainer:
         self.patch = [int(v) for v in patch]
         self.lab_sampler, self.unl_sampler = self._samplers()
 
-    def time_steps(self, n: int, beta: float) -> List[float]:
-        """`n` real training steps, each retried on a smaller patch after a CUDA out-of-memory error as the loop
-        does; the seconds of each, the device synchronised."""
+    def time_steps(self, n: int, beta: float, supervised: bool = False) -> List[float]:
+        """`n` real training steps (`supervised`: the warm-up's steps on the labeled batch alone), each retried on a
+        smaller patch after a CUDA out-of-memory error as the loop does; the seconds of each, device synchronised."""
         for s in self.method.students.values():
             s.train()
-        return [self._timed_step(beta) for _ in range(n)]
+        return [self._timed_step(beta, supervised) for _ in range(n)]
 
-    def _timed_step(self, beta: float) -> float:
+    def _timed_step(self, beta: float, supervised: bool) -> float:
         for attempt in range(MAX_OOM_RETRIES + 1):
             t = time.time()
             try:
-                self._train_step(beta)
+                self._train_step(beta, supervised)
             except RuntimeError as e:
                 if self.device.type != "cuda" or not is_oom(e) or attempt == MAX_OOM_RETRIES:
                     raise
@@ -191,7 +224,7 @@ class Trainer:
         self.t0 = time.time()
         self.cpu0 = time.process_time()
         it = self.start_iter
-        recent: List[float] = []
+        pace = StepPace.for_plan(self.plan)
         oom_retries = 0
         for s in self.method.students.values():
             s.train()
@@ -201,8 +234,9 @@ class Trainer:
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
             beta = consistency_weight(it, plan.iterations, o.beta_max, o.rampup_fraction, o.warmup_fraction)
+            supervised = self.supervised_warmup and in_warmup(it, plan.iterations, o.warmup_fraction)
             try:
-                losses = self._train_step(beta)
+                losses = self._train_step(beta, supervised)
             except RuntimeError as e:
                 if self.device.type == "cuda" and is_oom(e) and oom_retries < MAX_OOM_RETRIES:
                     oom_retries += 1
@@ -210,12 +244,12 @@ class Trainer:
                     continue
                 raise
             it += 1
-            recent.append(time.time() - t_it)
-            recent = recent[-20:]
+            pace.add(supervised, time.time() - t_it)
             if it % o.log_every == 0 or it == plan.iterations or it == self.start_iter + 1:
-                spi = float(np.mean(recent))
+                spi = pace.recent(supervised)
+                warm_left = (max(0, math.ceil(plan.warmup_iterations) - it) if self.supervised_warmup else 0)
                 self.run.emit("iteration", iter=it, total=plan.iterations, loss=losses, lr=lr, beta=beta,
-                              sec_per_iter=round(spi, 4), eta_s=round(spi * (plan.iterations - it), 1))
+                              sec_per_iter=round(spi, 4), eta_s=round(pace.eta(warm_left, plan.iterations - it), 1))
             if self.data.validation and (it % plan.validate_every == 0 or it == plan.iterations):
                 self._run_validation(it)
             if it % plan.checkpoint_every == 0 and it < plan.iterations:
@@ -237,11 +271,11 @@ class Trainer:
                       notes=list(plan.notes) + self.init_notes, parent_model=self.parent_info,
                       run_dir=self.run.run_dir, version=__version__)
 
-    def _batch(self):
+    def _batch(self, unlabeled: bool = True):
         o = self.o
         x_l, y_l = self.lab_sampler.sample(o.batch_labeled)
         x_u = None
-        if self.method.uses_unlabeled:
+        if self.method.uses_unlabeled and unlabeled:
             x_u, _ = self.unl_sampler.sample(self.batch_unlabeled)
         if self.ctx.enabled:  # every rank drew the global batch; keep this rank's share
             x_l, y_l = x_l[self.ctx.slice(o.batch_labeled)], y_l[self.ctx.slice(o.batch_labeled)]
@@ -250,13 +284,17 @@ class Trainer:
         to = lambda a, dt: torch.from_numpy(np.ascontiguousarray(a)).to(self.device, dt, non_blocking=True)  # noqa: E731
         return to(x_l, torch.float32), to(y_l, torch.long), (None if x_u is None else to(x_u, torch.float32))
 
-    def _train_step(self, beta: float) -> Dict[str, float]:
-        """One optimizer step; a non-finite loss skips the step (as DHC's GradScaler does) with a warning event,
-        and only MAX_NONFINITE_STEPS skipped in a row end the run."""
-        x_l, y_l, x_u = self._batch()
+    def _train_step(self, beta: float, supervised: bool = False) -> Dict[str, float]:
+        """One optimizer step (`supervised`: the warm-up's, on the labeled batch alone); a non-finite loss skips the
+        step (as DHC's GradScaler does) with a warning event, and only MAX_NONFINITE_STEPS skipped in a row end the
+        run."""
+        x_l, y_l, x_u = self._batch(unlabeled=not supervised)
         before = self.method.snapshot()
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-            terms = self.method.step(x_l, y_l, x_u, beta, self.mask_gen)
+            if supervised:
+                terms = self.method.supervised_step(x_l, y_l)
+            else:
+                terms = self.method.step(x_l, y_l, x_u, beta, self.mask_gen)
         self.optimizer.zero_grad(set_to_none=True)
         # Averaged over ranks before the backward pass, so that every rank skips the same steps.
         values = D.mean_across_ranks(self.ctx, {k: float(v.detach()) for k, v in terms.items()})
