@@ -37,6 +37,7 @@ from ssl_benchmark import DATASETS, budget_tag, link_folder, machine, parse_budg
 
 TRAINER = "nnUNetTrainer_MICDBudget"
 DATASET_ID = {"hippocampus": 901, "la": 902}
+ITERATIONS_PER_EPOCH = 50  # nnUNetTrainer_MICDBudget's
 
 
 def case_id(file_name: str) -> str:
@@ -134,9 +135,12 @@ def main() -> None:
         run([sys.executable, "-m", "micd", "evaluate", "--pred", preds, "--label", test_labels, "--json", ev_path,
              "--overwrite", "--labels", labels_file], os.path.join(d, "log.txt"), dict(os.environ))
         fold = os.path.join(run_env["nnUNet_results"], name, f"{TRAINER}__nnUNetPlans__3d_fullres", "fold_all")
-        epochs = [line for line in open(os.path.join(d, "log.txt"), encoding="utf-8") if "MICD budget:" in line]
+        log_lines = open(os.path.join(d, "log.txt"), encoding="utf-8").readlines()
+        epochs = [line for line in log_lines if "MICD budget:" in line]
+        trained_epochs = sum("Epoch time:" in line for line in log_lines)  # nnU-Net logs each finished epoch
         result = {"method": "nnunet", "labeled": a.labeled, "seed": seed, "preset": a.preset, "dataset": a.dataset,
-                  "time_budget": a.time_budget, "time_budget_s": budget_s, "iterations": None,
+                  "time_budget": a.time_budget, "time_budget_s": budget_s,
+                  "iterations": trained_epochs * ITERATIONS_PER_EPOCH, "epochs": trained_epochs,
                   "nnunet_plan": epochs[-1].strip() if epochs else None, "configuration": "3d_fullres",
                   "trainer": TRAINER, "nnunet_torch": nnunet_torch, "device": "cpu", "amp": "off", "threads": a.threads,
                   "test_cases": len(split["test"]), "weights_from": "nnU-Net checkpoint_final.pth",
