@@ -24,7 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -53,6 +55,7 @@ def tool(python: str, name: str) -> str:
 
 
 def run(cmd, log: str, env: dict) -> float:
+    """Run a command into `log`; its wall seconds (its CPU seconds are RUSAGE_CHILDREN's growth)."""
     t0 = time.time()
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"$ {' '.join(cmd)}\n")
@@ -61,6 +64,12 @@ def run(cmd, log: str, env: dict) -> float:
     if rc != 0:
         sys.exit(f"nnunet_row: {' '.join(cmd[:2])} failed (exit {rc}); see {log}")
     return time.time() - t0
+
+
+def children_cpu_s() -> float:
+    """User + system CPU seconds of the finished child processes (nnU-Net's and its data loaders')."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def raw_dataset(root: str, dataset: str, cases, folder: str, labels: dict) -> str:
@@ -125,8 +134,10 @@ def main() -> None:
         shutil.rmtree(d, ignore_errors=True)  # an interrupted replicate starts again: its budget is whole or nothing
         os.makedirs(d)
         run_env = dict(env, nnUNet_results=os.path.join(d, "results"), MICD_NNUNET_START=str(time.time()))
+        cpu0 = children_cpu_s()
         train_s = run([tool(python, "nnUNetv2_train"), str(DATASET_ID[a.dataset]), "3d_fullres", "all", "-tr",
                        TRAINER, "-device", "cpu"], os.path.join(d, "log.txt"), run_env)
+        train_cpu_s = children_cpu_s() - cpu0
         preds = os.path.join(d, "predictions")
         run([tool(python, "nnUNetv2_predict"), "-i", test_in, "-o", preds, "-d", str(DATASET_ID[a.dataset]), "-c",
              "3d_fullres", "-f", "all", "-tr", TRAINER, "-chk", "checkpoint_final.pth", "-device", "cpu",
@@ -137,14 +148,17 @@ def main() -> None:
         fold = os.path.join(run_env["nnUNet_results"], name, f"{TRAINER}__nnUNetPlans__3d_fullres", "fold_all")
         log_lines = open(os.path.join(d, "log.txt"), encoding="utf-8").readlines()
         epochs = [line for line in log_lines if "MICD budget:" in line]
-        trained_epochs = sum("Epoch time:" in line for line in log_lines)  # nnU-Net logs each finished epoch
+        epoch_s = [float(line.split("Epoch time:")[1].split()[0]) for line in log_lines if "Epoch time:" in line]
+        trained_epochs = len(epoch_s)  # nnU-Net logs each finished epoch's time
         result = {"method": "nnunet", "labeled": a.labeled, "seed": seed, "preset": a.preset, "dataset": a.dataset,
                   "time_budget": a.time_budget, "time_budget_s": budget_s,
                   "iterations": trained_epochs * ITERATIONS_PER_EPOCH, "epochs": trained_epochs,
                   "nnunet_plan": epochs[-1].strip() if epochs else None, "configuration": "3d_fullres",
                   "trainer": TRAINER, "nnunet_torch": nnunet_torch, "device": "cpu", "amp": "off", "threads": a.threads,
                   "test_cases": len(split["test"]), "weights_from": "nnU-Net checkpoint_final.pth",
-                  "process_wall_s": round(train_s, 1), "train_wall_s": round(train_s, 1), "validation_curve": [],
+                  "process_wall_s": round(train_s, 1), "train_wall_s": round(train_s, 1),
+                  "train_cpu_s": round(train_cpu_s, 1),
+                  "sec_per_iter_median": round(statistics.median(epoch_s) / ITERATIONS_PER_EPOCH, 4) if epoch_s else None, "validation_curve": [],
                   "nnunet_output": os.path.relpath(fold, ROOT), "evaluation": json.load(open(ev_path)), **machine(),
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         tmp = record + ".tmp"

@@ -533,13 +533,14 @@ def summarize(runs: List[dict], others: Optional[List[dict]] = None, dataset: st
             # per seed: the same seed and code train differently under other bf16 kernels (AMX or not), so a row
             # compared across machines carries that difference too
             "cpu_flags_by_seed": {str(r["seed"]): cpu_kind(r.get("cpu_flags")) for r in rs},
-            "train_wall_s_mean": float(np.mean([r["train_wall_s"] for r in rs if r["train_wall_s"] is not None] or
+            "train_wall_s_mean": float(np.mean([r["train_wall_s"] for r in rs if r.get("train_wall_s") is not None] or
                                                [float("nan")])),
-            "train_cpu_s_mean": float(np.mean([r["train_cpu_s"] for r in rs if r["train_cpu_s"] is not None] or
+            "train_cpu_s_mean": float(np.mean([r["train_cpu_s"] for r in rs if r.get("train_cpu_s") is not None] or
                                               [float("nan")])),
-            "sec_per_iter_median": float(np.median([r["sec_per_iter_median"] for r in rs])),
-            "foreground_ratio": float(np.mean([r["foreground_ratio"] for r in rs if r.get("foreground_ratio")] or
-                                              [float("nan")])),
+            "sec_per_iter_median": float(np.median([r.get("sec_per_iter_median") or float("nan") for r in rs])),
+            # records of another tool (nnunet_row.py) carry the evaluation only
+            "foreground_ratio": float(np.mean([r.get("foreground_ratio") or foreground_ratio(r["evaluation"])
+                                               for r in rs] or [float("nan")])),
             "final_class_weights": [r.get("final_class_weights") for r in rs],
         })
     curves = {f"L{k}-s{r['seed']}": r.get("validation_curve") for (k, m), rs in groups.items() if m == "supervised"
