@@ -2,8 +2,11 @@
 the results files' numbers: <!-- results:ssl --> ... <!-- /results:ssl --> and <!-- results:speed --> ... .
 (The tables lived in README.md until the README was cut down to a newcomer's page; the script keeps its name.)
 The equal-time table (issue 32: same wait, which model is better?) is built here from the two equal-time summaries
-and written between <!-- results:equal-time --> markers in README.md and benchmarks/README.md."""
+and written between <!-- results:equal-time --> markers in README.md and benchmarks/README.md; the other rows at equal
+time (nnU-Net, MICD's cost-aware forms), each against the same weighted supervised row, between
+<!-- results:equal-time-others --> markers."""
 
+import json
 import os
 import re
 import sys
@@ -30,7 +33,8 @@ DATASET_NAMES = {"hippocampus": "hippocampus", "la": "Left Atrium"}
 
 def _machine(row) -> str:
     flags = set(row.get("cpu_flags") or [])
-    cpu = "AMX" if "amx_bf16" in flags else ("AVX-512" if "avx512f" in flags else "AVX2")
+    cpu = ("AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else
+           "AVX-512" if "avx512f" in flags else "AVX2")
     return f"{cpu}, {'bf16' if row.get('amp') == 'bfloat16' else 'fp32'}"
 
 
@@ -57,18 +61,56 @@ def equal_time_table() -> str:
     return "\n".join(lines)
 
 
+def other_equal_time_rows(sources=None) -> list:
+    """Every equal-time row that is neither MICD's default form nor the weighted supervised baseline (nnU-Net, the
+    cost-aware forms of MICD), with the weighted supervised row it is paired with (same dataset, labeled count and
+    budget), in budget order."""
+    from panel_advice import SOURCES, WEIGHTED
+
+    out = []
+    for path in sources or SOURCES:
+        if not os.path.exists(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            rows = json.load(f)["rows"]
+        table = {(r["dataset"], r["labeled"], r["time_budget"], r["method"]): r for r in rows}
+        for r in sorted(rows, key=lambda r: (r["dataset"], r["labeled"], r.get("time_budget_s") or 0.0, r["method"])):
+            weighted = table.get((r["dataset"], r["labeled"], r["time_budget"], WEIGHTED))
+            if r["method"] in ("micd", WEIGHTED) or not r["time_budget"] or weighted is None:
+                continue
+            if r.get("paired_diff_vs_supervised_weighted"):
+                out.append((r, weighted))
+    return out
+
+
+def other_forms_table() -> str:
+    """The other rows at equal time against supervised with MICD's class weights, as the equal-time table."""
+    lines = ["| dataset, labeled, budget | method | seeds | its mean Dice | supervised, MICD's weights | paired − weighted "
+             "[95 % CI] | iterations per seed, it / weighted | CPU, precision |", "|---|---|---|---|---|---|---|---|"]
+    for row, weighted in other_equal_time_rows():
+        diff = row["paired_diff_vs_supervised_weighted"]
+        lo, hi = diff["ci95"]
+        its = ", ".join("?" if n is None else str(n) for n in row.get("iterations_by_seed") or [])
+        lines.append(f"| {DATASET_NAMES.get(row['dataset'], row['dataset'])}, {row['labeled']}, {row['time_budget']} | "
+                     f"{row['method']} | {len(row['seeds'])} | {row['mean_dice']:.3f} | {weighted['mean_dice']:.3f} | "
+                     f"{_signed(diff['mean'])} [{_signed(lo)}, {_signed(hi)}] | {its} / "
+                     f"{', '.join(map(str, weighted['iterations_by_seed']))} | {_machine(weighted)} |")
+    return "\n".join(lines)
+
+
 def _replace(text, key, body, source):
     body = f"<!-- results:{key} (from {source} by benchmarks/update_readme.py) -->\n{body}\n<!-- /results:{key} -->"
-    return re.sub(rf"<!-- results:{key}.*?<!-- /results:{key} -->", lambda m: body, text, flags=re.S)
+    return re.sub(rf"<!-- results:{key} .*?<!-- /results:{key} -->", lambda m: body, text, flags=re.S)
 
 
 def main() -> None:
-    table = equal_time_table()
+    tables = {"equal-time": equal_time_table(), "equal-time-others": other_forms_table()}
     for target in EQUAL_TIME_TARGETS:
         text = open(target, encoding="utf-8").read()
-        open(target, "w", encoding="utf-8").write(
-            _replace(text, "equal-time", table, "benchmarks/results/ssl-cpu-equal-time.json and "
-                     "ssl-cpu-la-equal-time.json"))
+        for key, table in tables.items():
+            text = _replace(text, key, table, "benchmarks/results/ssl-cpu-equal-time.json and "
+                            "ssl-cpu-la-equal-time.json")
+        open(target, "w", encoding="utf-8").write(text)
     text = open(TARGET, encoding="utf-8").read()
     for key, path in SOURCES.items():
         if not os.path.exists(path):
