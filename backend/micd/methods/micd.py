@@ -105,23 +105,33 @@ class MICD(DHC):
         w_diff, w_dist = self.class_weights(za_c[:n_l], y_l, pb[n_l:])
         sup = self.dice_ce(za_c[:n_l], y_l, w_diff) + self.dice_ce(zb_c[:n_l], y_l, w_dist)
 
+        k1, k2, k3 = cfg.term_weights
+        # A term weighted 0 (an ablation, --term-weights) is not computed: at equal time its step is that much
+        # cheaper. It is reported as 0.
+        zero = sup.new_zeros(())
+
         # Eq. 3, MCPC
-        if cfg.mcpc_mode == "masked_from_clean":
+        if not k1:
+            mcpc = zero
+        elif cfg.mcpc_mode == "masked_from_clean":
             mcpc = self.ce(za_m, pl(pb), w_diff) + self.ce(zb_m, pl(pa), w_dist)
         elif cfg.mcpc_mode == "clean_from_masked":
             mcpc = self.ce(za_c, pl(zb_m), w_diff) + self.ce(zb_c, pl(za_m), w_dist)
         else:
             mcpc = self.ce(za_m, pl(zb_m), w_diff) + self.ce(zb_m, pl(za_m), w_dist)
-        if cfg.keep_clean_cps:
+        if cfg.keep_clean_cps and k1:
             mcpc = mcpc + self.ce(za_c, pl(pb), w_diff) + self.ce(zb_c, pl(pa), w_dist)
 
         # Eq. 4, CFC on the four decoder stages
         fa, fb = (fa_m, fb_m) if cfg.cfc_inputs == "masked" else (fa_c, fb_c)
-        cfc = sum(lam * feature_distance(a, b, cfg.cfc_distance) for lam, a, b in zip(cfg.cfc_weights, fa, fb))
+        cfc = (sum(lam * feature_distance(a, b, cfg.cfc_distance) for lam, a, b in zip(cfg.cfc_weights, fa, fb))
+               if k2 else zero)
 
         # Eq. 5, CMD
         wa, wb = (w_diff, w_dist) if cfg.cmd_weighted else (None, None)
-        if cfg.cmd_mode == "own_teacher":
+        if not k3:
+            cmd = zero
+        elif cfg.cmd_mode == "own_teacher":
             cmd = self.ce(za_m, pl(ta), wa) + self.ce(zb_m, pl(tb), wb)
         elif cfg.cmd_mode == "cross_teacher":
             cmd = self.ce(za_m, pl(tb), wa) + self.ce(zb_m, pl(ta), wb)
@@ -129,7 +139,6 @@ class MICD(DHC):
             kl = feature_distance(za_m, zb_m, "kl_sym")
             cmd = F.relu(cfg.cmd_margin - kl)
 
-        k1, k2, k3 = cfg.term_weights
         total = sup + beta * (k1 * mcpc + k2 * cfc + k3 * cmd)
         return {"sup": sup, "mcpc": mcpc, "cfc": cfc, "cmd": cmd, "total": total}
 
