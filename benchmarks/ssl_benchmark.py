@@ -94,6 +94,9 @@ VARIANTS = {
     # labeled batch alone, about a quarter of MICD's step), the Gaussian ramp-up spans the second half. Without it
     # the ramp keeps β under a tenth of β_max for the first 30 % of the run, steps that cost MICD's whole price.
     "micd-supervised-warmup": ("micd", ["--warmup-fraction", "0.5"]),
+    # item 4: MICD without the two terms the ablation found earning nothing measurable (CFC, CMD); since a term
+    # weighted 0 is not computed, its step costs about three quarters of MICD's, so at equal time it trains longer
+    "micd-mcpc-only": ("micd", ["--term-weights", "1", "0", "0"]),
 }
 # Flags that pin a method's row to the form the benchmark compares: its supervised row is plain supervised training
 # (unweighted Dice + CE, the literature's baseline), which `micd train --method supervised` no longer is by default.
