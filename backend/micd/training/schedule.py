@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from micd.methods.base import gaussian_rampup
 
 
@@ -14,9 +16,14 @@ def learning_rate(schedule: str, base_lr: float, it: int, total: int, power: flo
     return poly_lr(base_lr, it, total, power) if schedule == "poly" else base_lr
 
 
+def warmup_steps(total: int, warmup_fraction: float) -> int:
+    """How many steps the supervised warm-up takes: those from an `it` below `warmup_fraction` of the run."""
+    return math.ceil(warmup_fraction * total)
+
+
 def in_warmup(it: int, total: int, warmup_fraction: float) -> bool:
     """Whether the step from `it` is one of the supervised warm-up's (the first `warmup_fraction` of the run)."""
-    return it < warmup_fraction * total
+    return it < warmup_steps(total, warmup_fraction)
 
 
 def consistency_weight(it: int, total: int, beta_max: float, rampup_fraction: float,

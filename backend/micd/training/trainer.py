@@ -35,7 +35,7 @@ from micd.training.outcome import MAX_OOM_RETRIES, DataProblem
 from micd.training.plan import TrainingPlan
 from micd.training.run_context import RunContext
 from micd.training.run_data import RunData
-from micd.training.schedule import consistency_weight, in_warmup, learning_rate
+from micd.training.schedule import consistency_weight, in_warmup, learning_rate, warmup_steps
 from micd.training.validation import validate
 from micd.training.warm_start import apply as apply_parent
 
@@ -247,7 +247,8 @@ class Trainer:
             pace.add(supervised, time.time() - t_it)
             if it % o.log_every == 0 or it == plan.iterations or it == self.start_iter + 1:
                 spi = pace.recent(supervised)
-                warm_left = (max(0, math.ceil(plan.warmup_iterations) - it) if self.supervised_warmup else 0)
+                warm_left = (max(0, warmup_steps(plan.iterations, o.warmup_fraction) - it)
+                             if self.supervised_warmup else 0)
                 self.run.emit("iteration", iter=it, total=plan.iterations, loss=losses, lr=lr, beta=beta,
                               sec_per_iter=round(spi, 4), eta_s=round(pace.eta(warm_left, plan.iterations - it), 1))
             if self.data.validation and (it % plan.validate_every == 0 or it == plan.iterations):
