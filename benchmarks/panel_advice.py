@@ -25,20 +25,28 @@ def best_validation_by_seed(row: dict) -> dict:
     return out
 
 
-def advice(sources=SOURCES) -> dict:
-    rows = []
+def paired_with_weighted(sources=SOURCES):
+    """(source path, row, the WEIGHTED row of its dataset, labeled count and budget) for every equal-time row of the
+    summaries that is paired with it, in dataset, labeled count, budget and method order."""
     for path in sources:
         if not os.path.exists(path):
             continue
         with open(path, encoding="utf-8") as f:
             summary = json.load(f)
         table = {(r["dataset"], r["labeled"], r["time_budget"], r["method"]): r for r in summary["rows"]}
-        for (dataset, labeled, budget, method), micd in sorted(
+        for (dataset, labeled, budget, method), row in sorted(
                 table.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[1].get("time_budget_s") or 0.0, kv[0][3])):
             weighted = table.get((dataset, labeled, budget, WEIGHTED))
-            diff = micd.get("paired_diff_vs_supervised_weighted")
-            if method != "micd" or not budget or weighted is None or not diff:
-                continue
+            if budget and weighted is not None and row.get("paired_diff_vs_supervised_weighted"):
+                yield path, row, weighted
+
+
+def advice(sources=SOURCES) -> dict:
+    rows = []
+    for path, micd, weighted in paired_with_weighted(sources):
+        if micd["method"] == "micd":
+            dataset, labeled, budget = micd["dataset"], micd["labeled"], micd["time_budget"]
+            diff = micd["paired_diff_vs_supervised_weighted"]
             val_m, val_w = best_validation_by_seed(micd), best_validation_by_seed(weighted)
             seeds = sorted(set(val_m) & set(val_w))
             rows.append({

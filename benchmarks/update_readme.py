@@ -6,7 +6,6 @@ and written between <!-- results:equal-time --> markers in README.md and benchma
 time (nnU-Net, MICD's cost-aware forms), each against the same weighted supervised row, between
 <!-- results:equal-time-others --> markers."""
 
-import json
 import os
 import re
 import sys
@@ -65,22 +64,10 @@ def other_equal_time_rows(sources=None) -> list:
     """Every equal-time row that is neither MICD's default form nor the weighted supervised baseline (nnU-Net, the
     cost-aware forms of MICD), with the weighted supervised row it is paired with (same dataset, labeled count and
     budget), in budget order."""
-    from panel_advice import SOURCES, WEIGHTED
+    from panel_advice import SOURCES, WEIGHTED, paired_with_weighted
 
-    out = []
-    for path in sources or SOURCES:
-        if not os.path.exists(path):
-            continue
-        with open(path, encoding="utf-8") as f:
-            rows = json.load(f)["rows"]
-        table = {(r["dataset"], r["labeled"], r["time_budget"], r["method"]): r for r in rows}
-        for r in sorted(rows, key=lambda r: (r["dataset"], r["labeled"], r.get("time_budget_s") or 0.0, r["method"])):
-            weighted = table.get((r["dataset"], r["labeled"], r["time_budget"], WEIGHTED))
-            if r["method"] in ("micd", WEIGHTED) or not r["time_budget"] or weighted is None:
-                continue
-            if r.get("paired_diff_vs_supervised_weighted"):
-                out.append((r, weighted))
-    return out
+    return [(row, weighted) for _, row, weighted in paired_with_weighted(sources or SOURCES)
+            if row["method"] not in ("micd", WEIGHTED)]
 
 
 def other_forms_table() -> str:
