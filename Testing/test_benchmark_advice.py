@@ -33,9 +33,14 @@ def _row(mean, lo, hi, dataset="hippocampus"):
 def test_the_verdict_follows_the_intervals():
     assert "supervised training gave the better model" in advice_text([_row(-0.07, -0.08, -0.06)])
     assert "added Dice on every benchmark" in advice_text([_row(0.03, 0.01, 0.05), _row(0.02, 0.01, 0.03, "la")])
-    assert "not clear" in advice_text([_row(0.03, 0.01, 0.05), _row(-0.01, -0.03, 0.01, "la")])
+    assert "depended on" in advice_text([_row(0.03, 0.01, 0.05), _row(-0.01, -0.03, 0.01, "la")])
     mixed = advice_text([_row(-0.08, -0.10, -0.07), _row(-0.001, -0.011, 0.009, "la")])
-    assert "not clear" in mixed and "supervised training was better at 7m (hippocampus MRI)" in mixed
+    assert "depended on" in mixed and "supervised training was better at 7m (hippocampus MRI)" in mixed
+    both = advice_text([_row(-0.08, -0.10, -0.07), _row(0.03, 0.01, 0.05, "la")])
+    assert "depended on" in both and "added Dice at 7m (left atrium MRI)" in both
+    assert "supervised training was better at 7m (hippocampus MRI)" in both and "level or unclear" not in both
+    level = advice_text([_row(0.006, -0.004, 0.015), _row(-0.001, -0.011, 0.009, "la")])
+    assert "were level" in level and "Supervised only" not in level
     assert advice_text([]) == ""
 
 

@@ -38,12 +38,20 @@ def advice_text(rows):
                    "Method 'Supervised only' under Advanced, or give MICD more time.")
     elif len(ahead) == len(rows):
         verdict = "At these budgets the unlabeled data added Dice on every benchmark."
+    elif not ahead and not behind:
+        verdict = ("At these budgets MICD and supervised training were level: do not expect the unlabeled data to "
+                   "add Dice for the same wait.")
     else:
-        verdict = "The gain from unlabeled data was not clear at these budgets"
-        if behind and not ahead:
-            verdict += (": supervised training was better at " + ", ".join(_where(r) for r in behind) +
-                        " and level or unclear at the others; for short runs on a CPU consider Method "
-                        "'Supervised only' under Advanced")
+        said = []
+        if ahead:
+            said.append("the unlabeled data added Dice at " + ", ".join(_where(r) for r in ahead))
+        if behind:
+            said.append("supervised training was better at " + ", ".join(_where(r) for r in behind))
+        if len(ahead) + len(behind) < len(rows):
+            said.append("level or unclear at the others")
+        verdict = "The gain from unlabeled data depended on the dataset and the budget: " + "; ".join(said)
+        if behind:
+            verdict += "; for short runs on a CPU consider Method 'Supervised only' under Advanced"
         verdict += "."
     return ("Unlabeled data at equal training time on our 2-core CPU benchmarks (MICD minus supervised training with "
             "MICD's class weights, test Dice, 95 % interval): " + "; ".join(parts) + ". " + verdict)

@@ -6,7 +6,7 @@ import pytest
 
 from micd.api import train_command
 from micd.cli import build_parser
-from micd.training.options import TrainOptions, resolve
+from micd.training.options import TrainOptions, changed_on_resume, resolve
 
 
 def parsed(args):
@@ -39,3 +39,17 @@ def test_values_round_trip_and_unknown_options_are_refused():
         train_command("d.json", "out", no_such_option=3)
     with pytest.raises(TypeError):
         train_command("d.json", "out", iterations=True)
+
+
+def test_a_run_saved_before_an_option_resumes_as_it_was_trained():
+    """A run saved before --warmup-step existed trained its warm-up with whole MICD steps: resumed, it keeps them
+    (and says so if the user asks for the new form), instead of silently changing form at the resume."""
+    old_config = {"method": "micd", "warmup_fraction": 0.5, "iterations": 100}  # no warmup_step: written before it
+    args = ["train", "--dataset", "d.json", "--out", "out", "--resume"]
+    assert resolve(build_parser().parse_args(args), saved=old_config).warmup_step == "full"
+    assert resolve(build_parser().parse_args(args)).warmup_step == "supervised"  # a new run: today's default
+    asked = resolve(build_parser().parse_args([*args, "--warmup-step", "supervised"]), saved=old_config)
+    assert asked.warmup_step == "supervised"
+    assert "warmup_step: full -> supervised" in changed_on_resume(old_config, asked)
+    assert not [c for c in changed_on_resume(old_config, resolve(build_parser().parse_args(args), saved=old_config))
+                if c.startswith("warmup_step")]

@@ -159,12 +159,21 @@ PER_INVOCATION = {"resume", "config", "progress", "nproc", "device", "num_thread
 # Options a resumed run may change without changing what it trains (how long, how often it reports, where it is).
 RESUME_MAY_CHANGE = PER_INVOCATION | {"iterations", "time_budget", "log_every", "checkpoint_every", "validate_every",
                                       "export_last", "out", "cache_dir"}
+# Options added after runs were saved, with the value that trains as those runs were started (a saved config or a
+# checkpoint without the option resumes with it): a resumed run never changes form because micd gained an option.
+BEFORE_THE_OPTION = {"warmup_step": "full"}
+
+
+def as_saved(saved: dict) -> dict:
+    """A run's saved options with the options it predates filled in as it was trained (BEFORE_THE_OPTION)."""
+    return {**{k: v for k, v in BEFORE_THE_OPTION.items() if k not in saved}, **saved} if saved else saved
 
 
 def changed_on_resume(trained_with: dict, now: TrainOptions) -> List[str]:
     """The options that shape training and differ between a checkpoint and the run resuming it, as "name: old -> new"
     (None shown as "default": the method's own choice)."""
     shown = lambda v: "default" if v is None else v  # noqa: E731
+    trained_with = as_saved(trained_with)
     current = now.to_dict()
     return [f"{k}: {shown(trained_with[k])} -> {shown(current[k])}" for k in sorted(current)
             if k in trained_with and k not in RESUME_MAY_CHANGE and trained_with[k] != current[k]]
@@ -197,7 +206,7 @@ def resolve(ns: argparse.Namespace, saved: Optional[dict] = None) -> TrainOption
     given.pop("command", None)
     merged = TrainOptions().to_dict()
     if saved:
-        merged.update({k: v for k, v in saved.items() if k in merged and k not in PER_INVOCATION})
+        merged.update({k: v for k, v in as_saved(saved).items() if k in merged and k not in PER_INVOCATION})
     cfg_path = given.get("config")
     if cfg_path:
         merged.update(load_config_file(cfg_path))
