@@ -66,7 +66,8 @@ def test_train_on_a_clinical_size_case_keeps_every_callback_under_100_ms(scene, 
         timer.restore()
     job = training.job
     assert job is not None, training.statusLabel.text
-    assert len(calls) > 3  # the click, then the poller's ticks while the files were written
+    # the click, then the poller's ticks while the files were written (two suffice when the writing is quick)
+    assert len(calls) >= 2 and any(name.startswith("QtJobPoller") for name, _ms in calls), calls
     slowest = max(ms - gc for (_n, ms), gc in zip(calls, timer.gc_ms))
     print("slowest callbacks while Train exported a 512x512x200 case:", timer.slowest())
     assert slowest < CALLBACK_LIMIT_MS
