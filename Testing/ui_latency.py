@@ -87,6 +87,10 @@ class CallbackTimer:
     def since(self, mark, name=None):
         return [ms for n, ms in self.calls[mark:] if name is None or n.endswith(name)]
 
+    def gc_since(self, mark, name=None):
+        """The garbage-collection milliseconds inside each call that since() lists, in the same order."""
+        return [g for (n, _ms), g in zip(self.calls[mark:], self.gc_ms[mark:]) if name is None or n.endswith(name)]
+
     def restore(self):
         import gc
 
@@ -219,7 +223,7 @@ def measure(home, iterations=20000, log_every=1, cycles=10):
         spin(app, lambda: caught_up(training) and training.job.progress.iteration == iterations
              and training.curvesView.drawn > drawn_before, 120, "catching up after re-entry")
         catch_up_ms = (time.perf_counter() - t) * 1000
-        polls = timer.since(mark, "poll_all")
+        polls, polls_gc = timer.since(mark, "poll_all"), timer.gc_since(mark, "poll_all")
         reentry = [enter_ms] + timer.since(mark)
         job = training.job
         redraws_reentry = training.curvesView.drawn - drawn_before
@@ -281,6 +285,7 @@ def measure(home, iterations=20000, log_every=1, cycles=10):
             "plot_series_after_cycles": series_counts,
             "details": {"log_every": log_every, "events_lines": sum(1 for _ in open(events_file, encoding="utf-8")),
                         "events_mb": round(os.path.getsize(events_file) / 1e6, 2), "loss_rows_added": loss_rows,
+                        "first_poll_without_gc_ms": round(polls[0] - polls_gc[0], 1),
                         "enter_ms": round(enter_ms, 1), "polls_to_catch_up": len(polls),
                         "catch_up_ms": round(catch_up_ms, 1), "redraws_reentry": redraws_reentry,
                         "max_reentry_callback_ms": round(max(reentry), 1),
