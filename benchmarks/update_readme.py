@@ -41,6 +41,20 @@ def _signed(x: float) -> str:
     return f"{x:+.3f}".replace("-", "\u2212")
 
 
+def _where(row) -> str:
+    """The first cell of an equal-time row: dataset, labeled count, budget."""
+    return f"{DATASET_NAMES.get(row['dataset'], row['dataset'])}, {row['labeled']}, {row['time_budget']}"
+
+
+def _interval(diff) -> str:
+    lo, hi = diff["ci95"]
+    return f"{_signed(diff['mean'])} [{_signed(lo)}, {_signed(hi)}]"
+
+
+def _counts(iterations) -> str:
+    return ", ".join("?" if n is None else str(n) for n in iterations or [])
+
+
 def equal_time_table() -> str:
     """MICD against supervised with MICD's class weights at each recorded budget (the rows panel_advice.py pairs):
     mean test Dice, the paired difference with its 95 % interval, the planned iterations per seed and the machine
@@ -50,13 +64,10 @@ def equal_time_table() -> str:
     lines = ["| dataset, labeled, budget | seeds | MICD | supervised, MICD's weights | paired MICD − weighted "
              "[95 % CI] | iterations per seed, MICD / weighted | CPU, precision |", "|---|---|---|---|---|---|---|"]
     for row in advice()["rows"]:
-        diff = row["paired_diff"]
-        lo, hi = diff["ci95"]
-        lines.append(f"| {DATASET_NAMES.get(row['dataset'], row['dataset'])}, {row['labeled']}, {row['time_budget']} | "
-                     f"{len(row['seeds'])} | {row['micd_mean_dice']:.3f} | {row['weighted_mean_dice']:.3f} | "
-                     f"{_signed(diff['mean'])} [{_signed(lo)}, {_signed(hi)}] | "
-                     f"{', '.join(map(str, row['iterations']['micd']))} / "
-                     f"{', '.join(map(str, row['iterations']['weighted']))} | {_machine(row)} |")
+        lines.append(f"| {_where(row)} | {len(row['seeds'])} | {row['micd_mean_dice']:.3f} | "
+                     f"{row['weighted_mean_dice']:.3f} | {_interval(row['paired_diff'])} | "
+                     f"{_counts(row['iterations']['micd'])} / {_counts(row['iterations']['weighted'])} | "
+                     f"{_machine(row)} |")
     return "\n".join(lines)
 
 
@@ -75,13 +86,10 @@ def other_forms_table() -> str:
     lines = ["| dataset, labeled, budget | method | seeds | its mean Dice | supervised, MICD's weights | paired − weighted "
              "[95 % CI] | iterations per seed, it / weighted | CPU, precision |", "|---|---|---|---|---|---|---|---|"]
     for row, weighted in other_equal_time_rows():
-        diff = row["paired_diff_vs_supervised_weighted"]
-        lo, hi = diff["ci95"]
-        its = ", ".join("?" if n is None else str(n) for n in row.get("iterations_by_seed") or [])
-        lines.append(f"| {DATASET_NAMES.get(row['dataset'], row['dataset'])}, {row['labeled']}, {row['time_budget']} | "
-                     f"{row['method']} | {len(row['seeds'])} | {row['mean_dice']:.3f} | {weighted['mean_dice']:.3f} | "
-                     f"{_signed(diff['mean'])} [{_signed(lo)}, {_signed(hi)}] | {its} / "
-                     f"{', '.join(map(str, weighted['iterations_by_seed']))} | {_machine(weighted)} |")
+        lines.append(f"| {_where(row)} | {row['method']} | {len(row['seeds'])} | {row['mean_dice']:.3f} | "
+                     f"{weighted['mean_dice']:.3f} | {_interval(row['paired_diff_vs_supervised_weighted'])} | "
+                     f"{_counts(row.get('iterations_by_seed'))} / {_counts(weighted['iterations_by_seed'])} | "
+                     f"{_machine(weighted)} |")
     return "\n".join(lines)
 
 
