@@ -21,6 +21,15 @@ benchmarks/results/speed/<name>.json and speed.md; a finished measurement is ski
   interactive: click to segmentation node in the Segment panel, through the test harness with the real backend
             (Testing/segment_latency.py): a cold click (a new worker: Python, torch, the model), warm clicks with the
             same model and with a model the worker has not loaded yet, and `micd predict` as one process, in one run.
+  peer:     one MICD training step here against the other public MICD implementation (github:dodd-maindev/CIDSA_improve,
+            a checkout named by --peer; it is not part of this project and is imported only by that process), in
+            fp32, 2 + 2 patches of 32 x 64 x 64, width 16, 14 classes, 2 threads (issue 32, item 4): ours as `micd
+            train` runs it (freed memory kept, micd.allocator) and with glibc's defaults, the peer as its trainer runs
+            a step (forward, backward, gradient clipping, SGD, EMA of both teachers), in turn for --pairs rounds after
+            a warm-up round; the ratio of each of ours to the peer run of its round, and each process's page faults
+            and kernel time. As published the peer cannot run a step (its random-mask forward reads a name only its
+            adaptive branch sets; the adaptive branch fails on a flattened map): the harness repairs that one name
+            and times its default, random-mask form. Its package imports einops (--peer-python needs it).
 The inference models have random weights: speed and memory do not depend on the weights. Every row records the CPU
 flags that decide the precision (AMX / AVX512-BF16).
 """
@@ -49,12 +58,16 @@ import json, sys, time, torch
 from micd.methods import MethodConfig, build_method
 from micd.nets import NetworkConfig
 method, amp, iters = sys.argv[1], sys.argv[2], int(sys.argv[3])
+classes = int(sys.argv[4]) if len(sys.argv) > 4 else 3
+if len(sys.argv) > 5 and sys.argv[5] == "keep":  # as `micd train` sets it (training/session.py)
+    from micd.allocator import keep_freed_memory
+    keep_freed_memory()
 torch.manual_seed(0); torch.set_num_threads(2)
-m = build_method(method, NetworkConfig(out_channels=3, filters=16), 3, MethodConfig())
+m = build_method(method, NetworkConfig(out_channels=classes, filters=16), classes, MethodConfig())
 opt = torch.optim.SGD(m.students.parameters(), lr=0.01, momentum=0.9, nesterov=True)
 g = torch.Generator().manual_seed(0)
 x_l, x_u = torch.randn(2, 1, 32, 64, 64), torch.randn(2, 1, 32, 64, 64)
-y_l = (x_l[:, 0] > 0.5).long() + (x_l[:, 0] > 1.5).long()
+y_l = torch.bucketize(x_l[:, 0], torch.linspace(0.5, 1.5, classes - 1))  # 0..classes-1; 3: as (x > 0.5) + (x > 1.5)
 walls, cpus = [], []
 for i in range(iters + 2):
     t, c = time.perf_counter(), time.process_time()
@@ -90,6 +103,48 @@ print(json.dumps({"ok": True}))
 """
 
 
+PEER_SNIPPET = r"""
+import json, os, sys, time, torch
+peer, iters, classes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+sys.path.insert(0, peer)
+import micd
+assert os.path.abspath(micd.__file__).startswith(os.path.abspath(peer)), micd.__file__  # the peer's package, not ours
+# As published its forward cannot run with the random mask (the paper's): it passes `uncertainty_unlab`, which only
+# the adaptive branch sets (the adaptive form fails too: its uncertainty map comes back flattened). The one repair,
+# as its own next line does for the labeled batch: no uncertainty map when none was computed.
+path = os.path.join(peer, "micd", "framework.py")
+src = open(path, encoding="utf-8").read()
+unset = "self._masked_input(x_unlab, uncertainty_unlab)"
+assert src.count(unset) == 1, "the peer's framework.py is not the version this harness knows"
+framework = type(sys)("micd.framework"); framework.__package__, framework.__file__ = "micd", path
+sys.modules["micd.framework"] = framework
+exec(compile(src.replace(unset, "self._masked_input(x_unlab, uncertainty_unlab if uncertainty is not None else None)"),
+             path, "exec"), framework.__dict__)
+MICDConfig, MICDFramework = framework.MICDConfig, framework.MICDFramework
+torch.manual_seed(0); torch.set_num_threads(2)
+model = MICDFramework(MICDConfig(n_classes=classes, base_channels=16))  # random mask, its default
+model.train(); model.teacher_a.eval(); model.teacher_b.eval()  # as its trainer's epoch sets them
+params = list(model.student_a.parameters()) + list(model.student_b.parameters())
+opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)  # its trainer's optimiser
+x_l, x_u = torch.randn(2, 1, 32, 64, 64), torch.randn(2, 1, 32, 64, 64)
+y_l = torch.bucketize(x_l[:, 0], torch.linspace(0.5, 1.5, classes - 1))
+walls, cpus = [], []
+for i in range(iters + 2):
+    t, c = time.perf_counter(), time.process_time()
+    opt.zero_grad(set_to_none=True)
+    out = model(x_l, y_l, x_u, current_epoch=50)  # past its ramp-up (β = 1): inside it, its ramp uses an unimported math
+    out["loss_total"].backward()
+    torch.nn.utils.clip_grad_norm_(model.student_a.parameters(), max_norm=3.0)
+    torch.nn.utils.clip_grad_norm_(model.student_b.parameters(), max_norm=3.0)
+    opt.step(); model.update_teachers()
+    if i >= 2:
+        walls.append(time.perf_counter() - t); cpus.append(time.process_time() - c)
+walls.sort(); cpus.sort()
+print(json.dumps({"sec_per_iter": walls[len(walls) // 2], "cpu_sec_per_iter": cpus[len(cpus) // 2],
+                  "loss_terms": sorted(k for k in out if k.startswith("loss_"))}))
+"""
+
+
 def run_measured(cmd, env=None, limit_bytes=None) -> dict:
     """Run one command alone; return its wall and CPU seconds, peak RSS (MiB, from os.wait4: this child only),
     exit code and last stdout line. `limit_bytes` caps its address space."""
@@ -106,7 +161,8 @@ def run_measured(cmd, env=None, limit_bytes=None) -> dict:
     last = [l for l in out.splitlines() if l.strip()][-1:] or [""]
     plan = next((l for l in out.splitlines() if l.startswith('{"event": "plan"')), "")
     return {"wall_s": round(time.time() - t0, 2), "cpu_s": round(ru.ru_utime + ru.ru_stime, 2),
-            "peak_rss_mib": round(ru.ru_maxrss / 1024, 1), "returncode": p.returncode,
+            "peak_rss_mib": round(ru.ru_maxrss / 1024, 1), "minor_page_faults": ru.ru_minflt,
+            "kernel_s": round(ru.ru_stime, 2), "returncode": p.returncode,
             "stdout_last": last[0][:2000], "plan_line": plan[:4000], "stderr_tail": err[-600:] if p.returncode else ""}
 
 
@@ -144,6 +200,42 @@ def paired_rounds(py: str, env: dict, model: str, image: str, out_dir: str, roun
             "monai_median_wall_s": statistics.median(walls["monai"]), "variants": variants}
 
 
+def peer_rounds(py: str, peer_py: str, env: dict, peer: str, iterations: int, rounds: int, classes: int = 14) -> dict:
+    """Our MICD step (as `micd train` runs it, and with glibc's defaults) against the peer implementation's, in turn,
+    round by round, fp32: each ratio is to the peer run of the same round, so the machine's drift cancels."""
+    import statistics
+
+    ours = [py, "-c", TRAIN_SNIPPET, "micd", "off", str(iterations), str(classes)]
+    commands = {"micd (ours, as micd train runs it)": (ours + ["keep"], env),
+                "micd (ours, glibc's default allocator)": (ours + ["default"], env),
+                "peer": ([peer_py, "-c", PEER_SNIPPET, peer, str(iterations), str(classes)],
+                         {k: v for k, v in env.items() if k != "PYTHONPATH"})}
+    runs: Dict[str, List[dict]] = {k: [] for k in commands}
+    for i in range(rounds + 1):
+        for tag, (cmd, cmd_env) in commands.items():
+            r = run_measured(cmd, cmd_env)
+            if r["returncode"] != 0:
+                raise SystemExit(f"{tag} failed ({r['returncode']}): {r['stderr_tail']}")
+            if i:  # round 0 warms the page cache and the imports
+                runs[tag].append({**json.loads(r["stdout_last"]), **{k: r[k] for k in
+                                  ("wall_s", "cpu_s", "kernel_s", "minor_page_faults", "peak_rss_mib")}})
+    peer_steps = [r["sec_per_iter"] for r in runs["peer"]]
+    rows = []
+    for tag, rs in runs.items():
+        steps = [r["sec_per_iter"] for r in rs]
+        ratios = [a / b for a, b in zip(steps, peer_steps)]
+        rows.append({"implementation": tag, "runs": rs, "median_sec_per_iter": statistics.median(steps),
+                     "ratio_to_peer": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}})
+    head = subprocess.run(["git", "-C", peer, "rev-parse", "HEAD"], capture_output=True, text=True)
+    return {"kind": "training-peer", "rounds": rounds, "iterations_per_process": iterations, "precision": "fp32",
+            "classes": classes, "filters": 16, "patch": [32, 64, 64], "batch": "2+2", "threads": 2,
+            "peer": {"repository": "github:dodd-maindev/CIDSA_improve", "path": os.path.abspath(peer),
+                     "commit": head.stdout.strip() if head.returncode == 0 else None,
+                     "form": "random mask (its default, the paper's), its trainer's step; one unset name in "
+                             "framework.py's forward repaired (no uncertainty map when none was computed)"},
+            "implementations": rows}
+
+
 def make_model(folder: str, spacing, labels: dict, patch, filters: int, packed: bool = True) -> str:
     """A model folder for `labels` {value: name}: with the channel map `micd train` writes (`packed`), or as older
     folders were, one output per value up to the largest."""
@@ -168,8 +260,11 @@ def main() -> None:
     tolerant_console()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", nargs="+", default=["training", "ct", "ct-paired", "big42", "big118", "interactive"],
-                    choices=["training", "ct", "ct-paired", "big42", "big118", "interactive"])
-    ap.add_argument("--pairs", type=int, default=5, help="rounds of the ct-paired part (default 5)")
+                    choices=["training", "ct", "ct-paired", "big42", "big118", "interactive", "peer"])
+    ap.add_argument("--pairs", type=int, default=5, help="rounds of the ct-paired and peer parts (default 5)")
+    ap.add_argument("--peer", help="for --parts peer: a checkout of github:dodd-maindev/CIDSA_improve")
+    ap.add_argument("--peer-python", default=sys.executable,
+                    help="the interpreter that runs the peer (needs torch and einops; default: this one)")
     ap.add_argument("--shared", default=os.path.join(ROOT, "..", "shared"))
     ap.add_argument("--results", default=os.path.join(HERE, "results", "speed"))
     ap.add_argument("--work", default=os.path.join(HERE, "runs", "speed"))
@@ -259,6 +354,12 @@ def main() -> None:
         inference_pair(part, big, model, 12, variants=[("student_a", [], ""), ("student_a", ["--amp", "off"], "-fp32")]
                        if part == "big42" else [("student_a", [], "")])
 
+    if "peer" in a.parts:
+        if not a.peer or not os.path.isfile(os.path.join(a.peer, "micd", "framework.py")):
+            ap.error("--parts peer needs --peer, a checkout of github:dodd-maindev/CIDSA_improve "
+                     "(with micd/framework.py)")
+        record("train-micd-vs-peer", lambda: peer_rounds(py, a.peer_python, env, a.peer, a.iterations, a.pairs))
+
     if "interactive" in a.parts:
         def interactive():
             script = os.path.join(ROOT, "Testing", "segment_latency.py")
@@ -303,6 +404,24 @@ def main() -> None:
                 lines.append(f"| {v['tool']} | {v['precision']} | {q['median']:.2f} [{q['min']:.2f}, {q['max']:.2f}] | "
                              f"{v['median_wall_s']:.2f} |")
             lines.append(f"| monai sliding_window_inference | fp32 | 1 | {r['monai_median_wall_s']:.2f} |")
+    for r in rows:
+        if r.get("kind") == "training-peer":
+            lines += ["", "## Training step against the other public MICD implementation (issue 32, item 4)", "",
+                      f"{r['peer']['repository']} at {(r['peer']['commit'] or 'an unrecorded commit')[:12]}, "
+                      f"{r['peer']['form']}; {r['precision']}, {r['batch']} patches of "
+                      f"{'x'.join(map(str, r['patch']))}, width {r['filters']}, {r['classes']} classes, "
+                      f"{r['threads']} threads; {r['rounds']} rounds of the commands in turn after a warm-up round, "
+                      f"each process {r['iterations_per_process']} timed steps after 2 warm-up steps (median); "
+                      f"CPU flags {cpu_kind(r['host'].get('cpu_flags')) or 'not recorded'}, {r['measured']}. "
+                      "Page faults and kernel seconds are the whole process's.", "",
+                      "| implementation | s/step (median) | ratio to the peer, median [min, max] | minor page faults "
+                      "| kernel s |", "|---|---|---|---|---|"]
+            for v in r["implementations"]:
+                q, rs = v["ratio_to_peer"], v["runs"]
+                lines.append(f"| {v['implementation']} | {v['median_sec_per_iter']:.2f} | {q['median']:.2f} "
+                             f"[{q['min']:.2f}, {q['max']:.2f}] | "
+                             f"{', '.join(str(x['minor_page_faults']) for x in rs)} | "
+                             f"{', '.join(str(x['kernel_s']) for x in rs)} |")
     for r in rows:
         if r.get("kind") == "interactive":
             lines += ["", "## Interactive segmentation: Segment click to segmentation node (hippocampus, CPU, "
