@@ -97,6 +97,12 @@ VARIANTS = {
     # item 4: MICD without the two terms the ablation found earning nothing measurable (CFC, CMD); since a term
     # weighted 0 is not computed, its step costs about three quarters of MICD's, so at equal time it trains longer
     "micd-mcpc-only": ("micd", ["--term-weights", "1", "0", "0"]),
+    # item 5: nnU-Net's default augmentation (rotation, scaling, noise, blur, brightness, contrast, low resolution,
+    # gamma; micd.data.augment) on the product's supervised default and on MICD: with so few labeled cases it may
+    # matter more than any unlabeled term. On LA the four labeled scans show the atrium brighter over its background
+    # (0.8-1.6 z-units after micd's normalisation) than the two validation scans the models fail on most (0.5)
+    "supervised-micd-weights-nnunet-aug": ("supervised", ["--class-weights", "dhc-bgfloor", "--augment", "nnunet"]),
+    "micd-nnunet-aug": ("micd", ["--augment", "nnunet"]),
 }
 # Flags that pin a method's row to the form the benchmark compares: its supervised row is plain supervised training
 # (unweighted Dice + CE, the literature's baseline), which `micd train --method supervised` no longer is by default.

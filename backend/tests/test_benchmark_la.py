@@ -129,3 +129,16 @@ def test_hippocampus_report_is_unchanged():
     assert text == open(os.path.join(results, "ssl-cpu.md"), encoding="utf-8").read()
     assert all(r["dataset"] == "hippocampus" and r["time_budget"] is None for r in summary["rows"])
     assert sb.config("cpu") == sb.PRESETS["cpu"] and sb.config("cpu", "la")["labeled"] == [4, 8]
+
+
+def test_every_benchmark_form_is_a_micd_train_command():
+    """Each method and variant the benchmark can run is flags that `micd train` itself accepts (a typo would otherwise
+    surface only hours into a grid)."""
+    from micd.cli import build_parser
+
+    for method in sb.ORDER:
+        if method in sb.EXTERNAL:
+            continue
+        base, extra = sb.VARIANTS.get(method, (method, sb.METHOD_FLAGS.get(method, [])))
+        args = build_parser().parse_args(["train", "--dataset", "d.json", "--out", "o", "--method", base, *extra])
+        assert args.method == base, method
