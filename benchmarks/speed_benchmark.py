@@ -45,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from micd.cli import tolerant_console
 
@@ -166,43 +166,58 @@ def run_measured(cmd, env=None, limit_bytes=None) -> dict:
             "stdout_last": last[0][:2000], "plan_line": plan[:4000], "stderr_tail": err[-600:] if p.returncode else ""}
 
 
+def in_turn(commands: Dict[str, tuple], rounds: int) -> Dict[str, List[dict]]:
+    """Run {tag: (command, env)} one after another, round by round, alone: a warm-up round (page cache, imports) and
+    then `rounds` measured ones, whose `run_measured` records come back per tag in round order, so that a ratio of
+    two tags' i-th runs compares runs made minutes apart and the machine's drift cancels. A failed run stops it."""
+    runs: Dict[str, List[dict]] = {tag: [] for tag in commands}
+    for i in range(rounds + 1):
+        for tag, (cmd, cmd_env) in commands.items():
+            r = run_measured(cmd, cmd_env)
+            if r["returncode"] != 0:
+                raise SystemExit(f"{tag} failed ({r['returncode']}): {r['stderr_tail']}")
+            if i:
+                runs[tag].append(r)
+    return runs
+
+
+def ratio_summary(values: List[float], base: List[float]) -> dict:
+    """Median, min and max of the round-by-round ratios values[i] / base[i]."""
+    import statistics
+
+    ratios = [v / b for v, b in zip(values, base)]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+
+
 def paired_rounds(py: str, env: dict, model: str, image: str, out_dir: str, rounds: int) -> dict:
     """`micd predict` (default precision and --amp off) against the plain MONAI call, in turn, round by round: each
-    ratio is to the MONAI run of the same round, so the machine's drift cancels."""
+    ratio is to the MONAI run of the same round."""
     import statistics
 
     os.makedirs(out_dir, exist_ok=True)
-    commands = {"monai": [py, "-c", BASELINE_SNIPPET, model, image, os.path.join(out_dir, "monai.nii.gz"), "0.25"]}
+    commands = {"monai": ([py, "-c", BASELINE_SNIPPET, model, image, os.path.join(out_dir, "monai.nii.gz"), "0.25"],
+                          env)}
     for tag, extra in (("micd predict", []), ("micd predict --amp off", ["--amp", "off"])):
-        commands[tag] = [py, "-m", "micd", "predict", "--model", model, "--input", image, "--output",
-                         os.path.join(out_dir, f"micd{len(extra)}.nii.gz"), "--device", "cpu", "--branches",
-                         "student_a", "--num-threads", "2", "--overwrite", *extra]
-    walls: Dict[str, List[float]] = {k: [] for k in commands}
-    precision: Dict[str, Optional[str]] = {}
-    for i in range(rounds + 1):
-        for tag, cmd in commands.items():
-            r = run_measured(cmd, env)
-            if r["returncode"] != 0:
-                raise RuntimeError(f"{tag} failed ({r['returncode']}): {r['stderr_tail']}")
-            if i:  # round 0 warms the page cache and the imports
-                walls[tag].append(r["wall_s"])
-            if r["plan_line"]:
-                precision[tag] = json.loads(r["plan_line"]).get("precision")
+        commands[tag] = ([py, "-m", "micd", "predict", "--model", model, "--input", image, "--output",
+                          os.path.join(out_dir, f"micd{len(extra)}.nii.gz"), "--device", "cpu", "--branches",
+                          "student_a", "--num-threads", "2", "--overwrite", *extra], env)
+    runs = in_turn(commands, rounds)
+    walls = {tag: [r["wall_s"] for r in rs] for tag, rs in runs.items()}
     variants = []
-    for tag in commands:
+    for tag, rs in runs.items():
         if tag == "monai":
             continue
-        ratios = [w / b for w, b in zip(walls[tag], walls["monai"])]
-        variants.append({"tool": tag, "precision": precision.get(tag) or "fp32", "walls_s": walls[tag],
-                         "median_wall_s": statistics.median(walls[tag]),
-                         "ratio": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}})
+        plan = next((r["plan_line"] for r in reversed(rs) if r["plan_line"]), "")
+        variants.append({"tool": tag, "precision": (json.loads(plan).get("precision") if plan else None) or "fp32",
+                         "walls_s": walls[tag], "median_wall_s": statistics.median(walls[tag]),
+                         "ratio": ratio_summary(walls[tag], walls["monai"])})
     return {"kind": "inference-paired", "rounds": rounds, "image": image, "monai_walls_s": walls["monai"],
             "monai_median_wall_s": statistics.median(walls["monai"]), "variants": variants}
 
 
 def peer_rounds(py: str, peer_py: str, env: dict, peer: str, iterations: int, rounds: int, classes: int = 14) -> dict:
     """Our MICD step (as `micd train` runs it, and with glibc's defaults) against the peer implementation's, in turn,
-    round by round, fp32: each ratio is to the peer run of the same round, so the machine's drift cancels."""
+    round by round, fp32: each ratio is to the peer run of the same round."""
     import statistics
 
     ours = [py, "-c", TRAIN_SNIPPET, "micd", "off", str(iterations), str(classes)]
@@ -210,22 +225,15 @@ def peer_rounds(py: str, peer_py: str, env: dict, peer: str, iterations: int, ro
                 "micd (ours, glibc's default allocator)": (ours + ["default"], env),
                 "peer": ([peer_py, "-c", PEER_SNIPPET, peer, str(iterations), str(classes)],
                          {k: v for k, v in env.items() if k != "PYTHONPATH"})}
-    runs: Dict[str, List[dict]] = {k: [] for k in commands}
-    for i in range(rounds + 1):
-        for tag, (cmd, cmd_env) in commands.items():
-            r = run_measured(cmd, cmd_env)
-            if r["returncode"] != 0:
-                raise SystemExit(f"{tag} failed ({r['returncode']}): {r['stderr_tail']}")
-            if i:  # round 0 warms the page cache and the imports
-                runs[tag].append({**json.loads(r["stdout_last"]), **{k: r[k] for k in
-                                  ("wall_s", "cpu_s", "kernel_s", "minor_page_faults", "peak_rss_mib")}})
+    runs = {tag: [{**json.loads(r["stdout_last"]), **{k: r[k] for k in
+                   ("wall_s", "cpu_s", "kernel_s", "minor_page_faults", "peak_rss_mib")}} for r in rs]
+            for tag, rs in in_turn(commands, rounds).items()}
     peer_steps = [r["sec_per_iter"] for r in runs["peer"]]
     rows = []
     for tag, rs in runs.items():
         steps = [r["sec_per_iter"] for r in rs]
-        ratios = [a / b for a, b in zip(steps, peer_steps)]
         rows.append({"implementation": tag, "runs": rs, "median_sec_per_iter": statistics.median(steps),
-                     "ratio_to_peer": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}})
+                     "ratio_to_peer": ratio_summary(steps, peer_steps)})
     head = subprocess.run(["git", "-C", peer, "rev-parse", "HEAD"], capture_output=True, text=True)
     return {"kind": "training-peer", "rounds": rounds, "iterations_per_process": iterations, "precision": "fp32",
             "classes": classes, "filters": 16, "patch": [32, 64, 64], "batch": "2+2", "threads": 2,
