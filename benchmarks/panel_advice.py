@@ -51,7 +51,8 @@ def advice(sources=SOURCES) -> dict:
             val_m, val_w = best_validation_by_seed(micd), best_validation_by_seed(weighted)
             seeds = sorted(set(val_m) & set(val_w))
             rows.append({
-                "dataset": dataset, "labeled": labeled, "time_budget": budget, "seeds": micd["seeds"],
+                "dataset": dataset, "labeled": labeled, "time_budget": budget, "time_budget_s": micd["time_budget_s"],
+                "seeds": micd["seeds"],
                 # unrounded: the panel rounds as the tables do, so both print the same figures
                 "micd_mean_dice": micd["mean_dice"], "weighted_mean_dice": weighted["mean_dice"],
                 "paired_diff": {"mean": diff["mean"], "ci95": list(diff["ci95"]), "n": diff["n"]},

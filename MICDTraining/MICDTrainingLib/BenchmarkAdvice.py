@@ -22,6 +22,18 @@ def _where(row):
     return f"{row['time_budget']} ({DATASET_TITLES.get(row['dataset'], row['dataset'])})"
 
 
+def _longest_budgets(rows):
+    """The row at the longest budget of each dataset and label count measured at more than one budget (the rows
+    come in budget order when they carry no time_budget_s)."""
+    longest, count = {}, {}
+    for r in rows:
+        key = (r["dataset"], r.get("labeled"))
+        count[key] = count.get(key, 0) + 1
+        if key not in longest or r.get("time_budget_s", 0) >= longest[key].get("time_budget_s", 0):
+            longest[key] = r
+    return [r for key, r in longest.items() if count[key] > 1]
+
+
 def advice_text(rows):
     """One paragraph: each measured row, then what follows from all of them; "" without rows."""
     if not rows:
@@ -50,7 +62,12 @@ def advice_text(rows):
         if len(ahead) + len(behind) < len(rows):
             said.append("level or unclear at the others")
         verdict = "The gain from unlabeled data depended on the dataset and the budget: " + "; ".join(said)
-        if behind:
+        stubborn = [r for r in _longest_budgets(rows) if r in behind]
+        if stubborn:
+            verdict += ("; a longer wait did not bring it on the " + ", ".join(
+                f"{DATASET_TITLES.get(r['dataset'], r['dataset'])} (up to {r['time_budget']})" for r in stubborn) +
+                "): compare MICD with Method 'Supervised only' under Advanced on your own validation cases")
+        elif behind:
             verdict += "; for short runs on a CPU consider Method 'Supervised only' under Advanced"
         verdict += "."
     return ("Unlabeled data at equal training time on our 2-core CPU benchmarks (MICD minus supervised training with "
