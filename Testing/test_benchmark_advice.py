@@ -5,7 +5,7 @@ import importlib.util
 import json
 import pathlib
 
-from MICDTrainingLib.BenchmarkAdvice import ADVICE_FILE, advice_text, load_rows
+from MICDTrainingLib.BenchmarkAdvice import ADVICE_FILE, advice_summary, advice_text, load_rows, verdict
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -42,13 +42,14 @@ def test_the_verdict_follows_the_intervals():
     assert "supervised training was better at 7m (hippocampus MRI)" in both and "level or unclear" not in both
     assert "for short runs on a CPU" in both and "longer wait" not in both
     # behind at a dataset's longest budget too: the panel may not tell the user that waiting longer is the cure
-    stubborn = advice_text([_row(-0.08, -0.10, -0.07, "hippocampus", "7m"), _row(0.03, 0.02, 0.04, "hippocampus", "24m"),
+    stubborn = advice_text([_row(-0.08, -0.10, -0.07, "hippocampus", "7m"),
+                            _row(0.03, 0.02, 0.04, "hippocampus", "24m"),
                             _row(-0.10, -0.14, -0.06, "la", "15m"), _row(-0.02, -0.04, -0.01, "la", "45m")])
     assert "a longer wait did not bring it on the left atrium MRI (up to 45m)" in stubborn
     assert "hippocampus MRI (up to" not in stubborn and "for short runs" not in stubborn
     level = advice_text([_row(0.006, -0.004, 0.015), _row(-0.001, -0.011, 0.009, "la")])
     assert "were level" in level and "Supervised only" not in level
-    assert advice_text([]) == ""
+    assert advice_text([]) == "" and advice_summary([]) == ""
 
 
 def test_the_panel_shows_it(scene):
@@ -60,7 +61,9 @@ def test_the_panel_shows_it(scene):
     logic.runs_to_attach.return_value = []
     logic.resumable_runs.return_value = []
     form = TrainingWidget(logic, dependency_check=lambda then=None: True).training.form
-    text = form.adviceLabel.text
-    assert text == advice_text(load_rows()) and not form.adviceLabel.isHidden()
+    text, tip = form.adviceLabel.text, form.adviceLabel.toolTip
+    # the label holds the verdict (every figure would not fit the panel); its tooltip every row's figures
+    assert text == advice_summary(load_rows()) and verdict(load_rows()) in text and not form.adviceLabel.isHidden()
+    assert tip == advice_text(load_rows()) and verdict(load_rows()) in tip
     first = load_rows()[0]
-    assert f"{first['paired_diff']['mean']:+.3f}" in text and first["time_budget"] in text
+    assert f"{first['paired_diff']['mean']:+.3f}" in tip and first["time_budget"] in tip

@@ -25,7 +25,8 @@ benchmarks/results/speed/<name>.json and speed.md; a finished measurement is ski
             a checkout named by --peer; it is not part of this project and is imported only by that process), in
             fp32, 2 + 2 patches of 32 x 64 x 64, width 16, 14 classes, 2 threads (issue 32, item 4): ours as `micd
             train` runs it (freed memory kept, micd.allocator) and with glibc's defaults, the peer as its trainer runs
-            a step (forward, backward, gradient clipping, SGD, EMA of both teachers), in turn for --pairs rounds after
+            a step (forward, backward, gradient clipping, SGD, EMA of both teachers), and once more with micd's
+            allocator settings (from glibc's environment: the allocator's share), in turn for --pairs rounds after
             a warm-up round; the ratio of each of ours to the peer run of its round, and each process's page faults
             and kernel time. As published the peer cannot run a step (its random-mask forward reads a name only its
             adaptive branch sets; the adaptive branch fails on a flattened map): the harness repairs that one name
@@ -220,11 +221,18 @@ def peer_rounds(py: str, peer_py: str, env: dict, peer: str, iterations: int, ro
     round by round, fp32: each ratio is to the peer run of the same round."""
     import statistics
 
+    from micd import allocator
+
+    # micd.allocator's mallopt settings as glibc reads them from the environment at start-up, for the peer's process
+    allocator_env = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(allocator.TRIM_THRESHOLD),
+                     "MALLOC_MMAP_THRESHOLD_": str(allocator.MMAP_THRESHOLD)}
     ours = [py, "-c", TRAIN_SNIPPET, "micd", "off", str(iterations), str(classes)]
+    peer_cmd = [peer_py, "-c", PEER_SNIPPET, peer, str(iterations), str(classes)]
+    peer_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
     commands = {"micd (ours, as micd train runs it)": (ours + ["keep"], env),
                 "micd (ours, glibc's default allocator)": (ours + ["default"], env),
-                "peer": ([peer_py, "-c", PEER_SNIPPET, peer, str(iterations), str(classes)],
-                         {k: v for k, v in env.items() if k != "PYTHONPATH"})}
+                "peer": (peer_cmd, peer_env),
+                "peer (with micd's allocator settings)": (peer_cmd, {**peer_env, **allocator_env})}  # its share
     runs = {tag: [{**json.loads(r["stdout_last"]), **{k: r[k] for k in
                    ("wall_s", "cpu_s", "kernel_s", "minor_page_faults", "peak_rss_mib")}} for r in rs]
             for tag, rs in in_turn(commands, rounds).items()}

@@ -34,24 +34,19 @@ def _longest_budgets(rows):
     return [r for key, r in longest.items() if count[key] > 1]
 
 
-def advice_text(rows):
-    """One paragraph: each measured row, then what follows from all of them; "" without rows."""
+def verdict(rows):
+    """What follows from all the rows, in a few sentences; "" without rows."""
     if not rows:
         return ""
-    parts = []
-    for r in rows:
-        d = r["paired_diff"]
-        parts.append(f"{DATASET_TITLES.get(r['dataset'], r['dataset'])}, {r['labeled']} labeled, {r['time_budget']}: "
-                     f"{d['mean']:+.3f} Dice [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]")
     behind = [r for r in rows if r["paired_diff"]["ci95"][1] < 0]
     ahead = [r for r in rows if r["paired_diff"]["ci95"][0] > 0]
     if len(behind) == len(rows):
-        verdict = ("At these budgets supervised training gave the better model: for short runs on a CPU choose "
+        text = ("At these budgets supervised training gave the better model: for short runs on a CPU choose "
                    "Method 'Supervised only' under Advanced, or give MICD more time.")
     elif len(ahead) == len(rows):
-        verdict = "At these budgets the unlabeled data added Dice on every benchmark."
+        text = "At these budgets the unlabeled data added Dice on every benchmark."
     elif not ahead and not behind:
-        verdict = ("At these budgets MICD and supervised training were level: do not expect the unlabeled data to "
+        text = ("At these budgets MICD and supervised training were level: do not expect the unlabeled data to "
                    "add Dice for the same wait.")
     else:
         said = []
@@ -61,14 +56,34 @@ def advice_text(rows):
             said.append("supervised training was better at " + ", ".join(_where(r) for r in behind))
         if len(ahead) + len(behind) < len(rows):
             said.append("level or unclear at the others")
-        verdict = "The gain from unlabeled data depended on the dataset and the budget: " + "; ".join(said)
+        text = "The gain from unlabeled data depended on the dataset and the budget: " + "; ".join(said)
         stubborn = [r for r in _longest_budgets(rows) if r in behind]
         if stubborn:
-            verdict += ("; a longer wait did not bring it on the " + ", ".join(
+            text += ("; a longer wait did not bring it on the " + ", ".join(
                 f"{DATASET_TITLES.get(r['dataset'], r['dataset'])} (up to {r['time_budget']})" for r in stubborn) +
-                "): compare MICD with Method 'Supervised only' under Advanced on your own validation cases")
+                ": compare MICD with Method 'Supervised only' under Advanced on cases you hold out")
         elif behind:
-            verdict += "; for short runs on a CPU consider Method 'Supervised only' under Advanced"
-        verdict += "."
+            text += "; for short runs on a CPU consider Method 'Supervised only' under Advanced"
+        text += "."
+    return text
+
+
+def advice_text(rows):
+    """One paragraph: each measured row, then the verdict; "" without rows (the label's tooltip)."""
+    if not rows:
+        return ""
+    parts = []
+    for r in rows:
+        d = r["paired_diff"]
+        parts.append(f"{DATASET_TITLES.get(r['dataset'], r['dataset'])}, {r['labeled']} labeled, {r['time_budget']}: "
+                     f"{d['mean']:+.3f} Dice [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]")
     return ("Unlabeled data at equal training time on our 2-core CPU benchmarks (MICD minus supervised training with "
-            "MICD's class weights, test Dice, 95 % interval): " + "; ".join(parts) + ". " + verdict)
+            "MICD's class weights, test Dice, 95 % interval): " + "; ".join(parts) + ". " + verdict(rows))
+
+
+def advice_summary(rows):
+    """The label's text: the verdict alone, as every figure would not fit the panel; "" without rows."""
+    if not rows:
+        return ""
+    return ("Unlabeled data at equal training time on our CPU benchmarks (point here for the figures): "
+            + verdict(rows))

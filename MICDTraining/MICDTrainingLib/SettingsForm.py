@@ -12,7 +12,7 @@ import qt
 
 from MICDCommon import qtsupport
 
-from .BenchmarkAdvice import advice_text, load_rows
+from .BenchmarkAdvice import advice_summary, advice_text, load_rows
 from .Parameters import ADVANCED_OPTIONS, METHOD_TITLES, METHODS, TrainingSettings
 
 try:
@@ -51,8 +51,10 @@ class SettingsForm:
         self.deviceCombo.addItems(list(DEVICE_CHOICES))
         form.addRow(_("Device:"), self.deviceCombo)
         # what unlabeled data brought at equal time on our benchmarks (issue 32): no promise the data do not show
-        self.adviceLabel = qt.QLabel(advice_text(load_rows()))
+        rows = load_rows()
+        self.adviceLabel = qt.QLabel(advice_summary(rows))
         self.adviceLabel.wordWrap = True
+        self.adviceLabel.setToolTip(advice_text(rows))
         form.addRow(self.adviceLabel)
         if not self.adviceLabel.text:
             self.adviceLabel.hide()
