@@ -42,12 +42,12 @@ def verdict(rows):
     ahead = [r for r in rows if r["paired_diff"]["ci95"][0] > 0]
     if len(behind) == len(rows):
         text = ("At these budgets supervised training gave the better model: for short runs on a CPU choose "
-                   "Method 'Supervised only' under Advanced, or give MICD more time.")
+                "Method 'Supervised only' under Advanced, or give MICD more time.")
     elif len(ahead) == len(rows):
         text = "At these budgets the unlabeled data added Dice on every benchmark."
     elif not ahead and not behind:
         text = ("At these budgets MICD and supervised training were level: do not expect the unlabeled data to "
-                   "add Dice for the same wait.")
+                "add Dice for the same wait.")
     else:
         said = []
         if ahead:
