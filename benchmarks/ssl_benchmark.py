@@ -363,11 +363,13 @@ def kind_of(run: dict) -> str:
     return cpu_kind(run.get("cpu_flags")) or "not recorded"
 
 
-def foreground_ratio(ev: dict) -> float:
+def foreground_ratio(ev: dict) -> Optional[float]:
     """Mean over test cases of (predicted foreground voxels / reference foreground voxels): 1 is right, >1 means
     over-segmentation."""
     import SimpleITK as sitk
 
+    if not all(os.path.exists(case["prediction"]) and os.path.exists(case["reference"]) for case in ev["cases"]):
+        return None  # the files are gone (another machine's runs folder): no ratio rather than no report
     ratios = []
     for case in ev["cases"]:
         p = sitk.GetArrayFromImage(sitk.ReadImage(case["prediction"]))  # a copy: a view would outlive its image
@@ -547,9 +549,11 @@ def summarize(runs: List[dict], others: Optional[List[dict]] = None, dataset: st
             "train_cpu_s_mean": float(np.mean([r["train_cpu_s"] for r in rs if r.get("train_cpu_s") is not None] or
                                               [float("nan")])),
             "sec_per_iter_median": float(np.median([r.get("sec_per_iter_median") or float("nan") for r in rs])),
-            # records of another tool (nnunet_row.py) carry the evaluation only
-            "foreground_ratio": float(np.mean([r.get("foreground_ratio") or foreground_ratio(r["evaluation"])
-                                               for r in rs] or [float("nan")])),
+            # records of another tool (nnunet_row.py) carry the evaluation only: their ratio comes from the prediction
+            # files, which live in the (uncommitted) runs folder; without them the record has none
+            "foreground_ratio": float(np.mean([x for x in (r.get("foreground_ratio") or
+                                                           foreground_ratio(r["evaluation"]) for r in rs)
+                                               if x is not None] or [float("nan")])),
             "final_class_weights": [r.get("final_class_weights") for r in rs],
         })
     curves = {f"L{k}-s{r['seed']}": r.get("validation_curve") for (k, m), rs in groups.items() if m == "supervised"
